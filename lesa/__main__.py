@@ -1,0 +1,3 @@
+from lesa.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The ``lesa`` command line: argparse subcommands, each a thin call into the package.
+
+Each feature module that offers subcommands defines ``add_commands(subparsers)``; the list
+``COMMAND_MODULES`` below names them, so adding a command is one line here.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lesa.errors import LesaError
+
+# Modules defining ``add_commands(subparsers)``. Imported lazily so `lesa --help` stays fast.
+COMMAND_MODULES = [
+    "lesa.tf_formats.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lesa import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lesa",
+        description="LESA: shared multi-attention for multi-label zero-shot learning (PyTorch port).",
+    )
+    parser.add_argument("--version", action="version", version=f"lesa {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a module not written yet on this branch
+            if exc.name == name:
+                continue
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except LesaError as exc:
+        print(f"lesa: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lesa: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
