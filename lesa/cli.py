@@ -13,7 +13,14 @@ from lesa.errors import LesaError
 
 # Modules defining ``add_commands(subparsers)``. Imported lazily so `lesa --help` stays fast.
 COMMAND_MODULES = [
-    "lesa.tf_formats.commands",
+    "lesa.commands.demo",        # lesa demo, lesa synth
+    "lesa.commands.extract",     # lesa extract, lesa merge-shards
+    "lesa.commands.train",       # lesa train
+    "lesa.commands.evaluate",    # lesa evaluate
+    "lesa.commands.convert",     # lesa import-tf, lesa convert-tfrecord
+    "lesa.commands.visualize",   # lesa visualize, lesa plot, lesa tag
+    "lesa.commands.download",    # lesa download
+    "lesa.commands.bench",       # lesa bench
 ]
 
 

@@ -1,0 +1,1 @@
+"""One module per ``lesa`` subcommand group; each defines ``add_commands(subparsers)``."""
