@@ -1,0 +1,132 @@
+"""HDF5 feature-file layout: write, resume after interruption, read one file or shards as one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lesa.datasets.h5 import FeatureFile, FeatureWriter, open_features, partial_path, read_split_files
+from lesa.errors import DataError, ShapeError
+
+DIMS = {"labels_1k": 10, "labels_81": 3}
+
+
+def batch(start, n, rng=None):
+    rng = rng or np.random.default_rng(start)
+    ids = [f"img_{i:04d}.jpg" for i in range(start, start + n)]
+    feats = rng.standard_normal((n, 196, 512)).astype(np.float32)
+    labels = {k: rng.integers(-1, 2, size=(n, d)).astype(np.int8) for k, d in DIMS.items()}
+    return ids, feats, labels
+
+
+def write(path, batches, **kw):
+    with FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"}, **kw) as w:
+        for b in batches:
+            w.append(*b)
+        w.finish()
+
+
+def test_roundtrip(tmp_path):
+    path = tmp_path / "train.h5"
+    b1, b2 = batch(0, 3), batch(3, 2)
+    write(path, [b1, b2])
+    assert not partial_path(path).exists()
+    with FeatureFile(path) as f:
+        assert len(f) == 5 and f.complete
+        assert f.img_ids == b1[0] + b2[0]
+        assert f.attrs["dataset"] == "nus_wide" and f.attrs["backbone"] == "vgg19_conv54"
+        np.testing.assert_array_equal(f.features[3:5], b2[1])
+        assert f.labels["labels_81"].dtype == np.int8
+    split = open_features(path)
+    feats, labels = split.read([4, 0, 4])
+    np.testing.assert_array_equal(feats[0], b2[1][1])
+    np.testing.assert_array_equal(feats[1], b1[1][0])
+    np.testing.assert_array_equal(labels["labels_1k"][2], b2[2]["labels_1k"][1])
+    got = np.concatenate([f for f, _ in split.iter_batches(2)])
+    np.testing.assert_array_equal(got, np.concatenate([b1[1], b2[1]]))
+
+
+def test_float16(tmp_path):
+    path = tmp_path / "x.h5"
+    ids, feats, labels = batch(0, 2)
+    with FeatureWriter(path, "nus_wide", "Train", DIMS, dtype="float16") as w:
+        w.append(ids, feats, labels)
+        w.finish()
+    split = open_features(path)
+    assert split.feature_dtype == np.float16
+    np.testing.assert_allclose(split.read_features([0, 1]), feats, rtol=1e-3, atol=1e-3)
+
+
+def test_interrupted_file_is_not_complete_and_resumes(tmp_path):
+    path = tmp_path / "train.h5"
+    b1, b2, b3 = batch(0, 2), batch(2, 2), batch(4, 1)
+    w = FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"})
+    w.append(*b1)
+    w.append(*b2)
+    # simulate a kill in the middle of the next batch: rows grown but counter not advanced
+    w._file["features"].resize(6, axis=0)
+    w.close()
+    with pytest.raises(DataError, match="--resume"):
+        FeatureFile(path)
+    with pytest.raises(DataError, match="incomplete"):
+        FeatureFile(partial_path(path))
+    with FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"}, resume=True) as w:
+        assert w.n_written == 4 and w.done_ids == b1[0] + b2[0]
+        w.append(*b3)
+        w.finish()
+    ref = tmp_path / "ref.h5"
+    write(ref, [b1, b2, b3])
+    a, b = open_features(path), open_features(ref)
+    assert a.img_ids == b.img_ids
+    np.testing.assert_array_equal(a.read_features(range(5)), b.read_features(range(5)))
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    path = tmp_path / "t.h5"
+    w = FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"})
+    w.append(*batch(0, 1))
+    w.close()
+    with pytest.raises(DataError, match="backbone"):
+        FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "other"}, resume=True)
+
+
+def test_bad_inputs(tmp_path):
+    path = tmp_path / "t.h5"
+    with FeatureWriter(path, "nus_wide", "Train", DIMS) as w:
+        ids, feats, labels = batch(0, 2)
+        with pytest.raises(ShapeError):
+            w.append(ids, feats[:, :100], labels)
+        with pytest.raises(DataError):
+            w.append(ids, feats, {"labels_1k": labels["labels_1k"] * 2, "labels_81": labels["labels_81"]})
+        w.finish()
+    with pytest.raises(DataError, match="already exists"):
+        FeatureWriter(path, "nus_wide", "Train", DIMS)
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError):
+        FeatureFile(bogus)
+    import h5py
+    wrong = tmp_path / "wrong.h5"
+    with h5py.File(wrong, "w") as f:
+        f["features"] = np.zeros((2, 49, 512), np.float32)
+        f["img_ids"] = np.array([b"a", b"b"])
+        f.attrs["complete"] = True
+    with pytest.raises(ShapeError, match="196, 512"):
+        FeatureFile(wrong)
+    with pytest.raises(DataError, match="not found"):
+        FeatureFile(tmp_path / "nope.h5")
+
+
+def test_shards_read_as_one(tmp_path):
+    batches = [batch(0, 3), batch(3, 2)]
+    for rank, b in enumerate(batches):
+        with FeatureWriter(tmp_path / f"s.rank{rank}.h5", "nus_wide", "Train", DIMS,
+                           attrs={"shard_rank": rank, "shard_world_size": 2}) as w:
+            w.append(*b)
+            w.finish()
+    split = read_split_files(str(tmp_path / "s.rank*.h5"))
+    assert len(split) == 5
+    assert split.img_ids == batches[0][0] + batches[1][0]
+    np.testing.assert_array_equal(split.read_features([4, 1]), np.stack([batches[1][1][1], batches[0][1][1]]))
+    (tmp_path / "s.rank1.h5").unlink()
+    with pytest.raises(DataError, match="missing"):
+        read_split_files(str(tmp_path / "s.rank*.h5"))
