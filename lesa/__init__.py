@@ -15,3 +15,15 @@ from lesa.errors import (  # noqa: F401
     TFRecordError,
     TrainingError,
 )
+
+from lesa import metrics  # noqa: E402,F401
+from lesa.model import LESA, LESAConfig, LESAOutput  # noqa: E402,F401
+from lesa.optim import AdaptiveLR, TFRMSprop  # noqa: E402,F401
+from lesa.tf_weights import load_tf_checkpoint  # noqa: E402,F401
+
+
+def read_tf_checkpoint(path, *args, **kwargs):
+    """Read a TF1 checkpoint (V2 bundle or V1 file) into {name: array}, without TensorFlow."""
+    from lesa.tf_formats import read_tf_checkpoint as _read
+
+    return _read(path, *args, **kwargs)

@@ -1,0 +1,118 @@
+"""Map the original's TF1 variables onto a ``LESA`` module, and back.
+
+TF variable names written by the original's ``tf.train.Saver``:
+
+    conv/conv/weights                         (2, 2, 512, 512)  HWIO
+    conv/conv/biases                          (512,)            only without batch-norm
+    conv/conv/batch_normalization/{gamma, beta, moving_mean, moving_variance}  (512,)
+    attention_layer/w_att_1                   (513, 512) or (T, 513, 512) with separate W1
+    attention_layer/w_att_2                   (513, T)
+    prediction_frac/W                         (512, 300)
+    vecs                                      (C, 300)          only with trainable vectors
+
+Anything else (the learning-rate ``Variable``, ``conv/is_train``, the RMSProp slots ``*/RMSProp``
+and ``*/RMSProp_1``) is not part of the model and is returned as extras.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lesa.errors import CheckpointError
+from lesa.model import LESA, LESAConfig
+
+CONV_W = "conv/conv/weights"
+CONV_B = "conv/conv/biases"
+BN = "conv/conv/batch_normalization/"
+W1 = "attention_layer/w_att_1"
+W2 = "attention_layer/w_att_2"
+W = "prediction_frac/W"
+VECS = "vecs"
+
+
+def _tf_to_torch_names(model: LESA) -> dict[str, tuple[str, object]]:
+    """TF name -> (torch state_dict key, converter from the TF array to the torch layout)."""
+    same = np.asarray
+    names = {W1: ("w_att_1", same), W2: ("w_att_2", same), W: ("W", same)}
+    if model.conv is not None:
+        # TF1 conv kernels are HWIO; torch wants OIHW
+        names[CONV_W] = ("conv.weight", lambda a: np.transpose(a, (3, 2, 0, 1)))
+        if model.conv.bias is not None:
+            names[CONV_B] = ("conv.bias", same)
+    if model.bn is not None:
+        for tf_name, key in (("gamma", "weight"), ("beta", "bias"),
+                             ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
+            names[BN + tf_name] = (f"bn.{key}", same)
+    if model.vecs is not None:
+        names[VECS] = ("vecs", same)
+    return names
+
+
+def is_model_variable(name: str) -> bool:
+    return name in (CONV_W, CONV_B, W1, W2, W, VECS) or (
+        name.startswith(BN) and "RMSProp" not in name
+    )
+
+
+def load_tf_weights(model: LESA, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> dict:
+    """Copy TF-named arrays into ``model``; returns the arrays that are not model variables.
+
+    Raises CheckpointError listing every missing tensor and every shape mismatch.
+    """
+    wanted = _tf_to_torch_names(model)
+    state = model.state_dict()
+    missing = [n for n in wanted if n not in tensors]
+    mismatched = []
+    converted = {}
+    for tf_name, (key, convert) in wanted.items():
+        if tf_name not in tensors:
+            continue
+        array = np.asarray(convert(np.asarray(tensors[tf_name])))
+        if tuple(array.shape) != tuple(state[key].shape):
+            mismatched.append(f"{tf_name}: checkpoint {tuple(np.shape(tensors[tf_name]))}, "
+                              f"model expects {tuple(state[key].shape)} (as {key})")
+        converted[key] = array
+    unexpected = [n for n in tensors if is_model_variable(n) and n not in wanted]
+    if missing or mismatched or unexpected:
+        lines = [f"{source} does not fit this LESA model ({model.config}):"]
+        lines += [f"  missing: {n}" for n in missing]
+        lines += [f"  shape mismatch: {m}" for m in mismatched]
+        lines += [f"  not used by this configuration: {n}" for n in unexpected]
+        lines.append("  (use `lesa import-tf` to infer the configuration from the checkpoint)")
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for key, array in converted.items():
+            state[key].copy_(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+    return {n: a for n, a in tensors.items() if n not in wanted}
+
+
+def load_tf_checkpoint(model: LESA, path) -> dict:
+    """Fill ``model`` from a checkpoint written by the original (TF1 V2 bundle, or V1 file).
+
+    Weights, batch-norm statistics and trainable vectors are loaded; optimizer slots and other
+    extras are returned as a dict (name -> array).
+    """
+    from lesa.tf_formats import read_tf_checkpoint
+
+    return load_tf_weights(model, read_tf_checkpoint(path), source=str(path))
+
+
+def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LESAConfig:
+    """The model configuration implied by the variables present in a TF checkpoint.
+
+    ``shapes`` maps TF names to shapes (``lesa.tf_formats.list_tf_checkpoint`` gives them).
+    Loss weights cannot be seen in a checkpoint: they come from ``base`` (default: the paper's).
+    """
+    if W1 not in shapes or W2 not in shapes or W not in shapes:
+        raise CheckpointError(
+            "not a LESA checkpoint: it lacks the attention/prediction variables "
+            f"{[n for n in (W1, W2, W) if n not in shapes]} (found {sorted(shapes)[:8]}...)"
+        )
+    values = (base or LESAConfig()).to_dict()
+    w1 = tuple(shapes[W1])
+    values["separate_w1"] = len(w1) == 3
+    values["n_attention"] = int(tuple(shapes[W2])[-1])
+    values["conv"] = CONV_W in shapes
+    values["batchnorm"] = (BN + "gamma") in shapes
+    values["trainable_vecs"] = VECS in shapes
+    return LESAConfig.from_dict(values)
