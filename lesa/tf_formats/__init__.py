@@ -1,0 +1,8 @@
+"""TF1 file formats read (and, for tests, written) without TensorFlow.
+
+- ``read_tf_checkpoint`` / ``list_tf_checkpoint``: V2 bundles (``prefix.index`` + ``prefix.data-*``)
+  and V1 single-file tables (TF-slim model zoo ``vgg_19.ckpt``), checksums verified.
+- ``iter_tfrecords`` / ``write_tfrecords``: TFRecord framing, plain/ZLIB/GZIP, CRCs verified.
+- ``parse_example`` / ``encode_example``: ``tf.train.Example`` protos.
+"""
+from lesa.tf_formats.checkpoint import TensorInfo, list_tf_checkpoint, read_tf_checkpoint  # noqa: F401
