@@ -6,3 +6,5 @@
 - ``parse_example`` / ``encode_example``: ``tf.train.Example`` protos.
 """
 from lesa.tf_formats.checkpoint import TensorInfo, list_tf_checkpoint, read_tf_checkpoint  # noqa: F401
+from lesa.tf_formats.example import encode_example, parse_example  # noqa: F401,E402
+from lesa.tf_formats.tfrecord import iter_tfrecords, write_tfrecords  # noqa: F401,E402

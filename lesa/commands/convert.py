@@ -1,0 +1,62 @@
+"""Bring the original's artefacts over: ``lesa convert-tfrecord`` (TFRecord features -> HDF5).
+
+Each ``_add_*`` function adds one subparser; ``add_commands`` lists them, so another conversion
+(e.g. ``import-tf``) is one more function and one more line.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _add_convert_tfrecord(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert-tfrecord", help="the original's TFRecord feature files -> one HDF5 split file",
+        description=(
+            "Stream the original's TFRecord feature files (plain, ZLIB or GZIP; every CRC verified) "
+            "into the HDF5 feature layout that `lesa train` / `lesa evaluate` read. Several inputs "
+            "are concatenated in the order given. A corrupted input stops with an error naming the "
+            "record; every record before it stays in OUT.h5.partial (not marked complete)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="IN.tfrecords [IN2.tfrecords ...] OUT.h5 (the last path is the output)")
+    parser.add_argument("--dataset", required=True, choices=["nus-wide", "openimages"],
+                        help="which dataset the files hold (checked against the records' keys)")
+    parser.add_argument("--split", metavar="NAME",
+                        help="split name stored in the file (default: from the input file name, "
+                             "e.g. NUS_WIDE_Train_... -> Train, train_feature_... -> train)")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                        help="feature storage precision (float16 halves the size)")
+    parser.add_argument("--compression", choices=["auto", "none", "ZLIB", "GZIP"], default="auto",
+                        help="input compression (auto: from the first bytes, then the file name)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted conversion (OUT.h5.partial)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run_convert_tfrecord)
+
+
+def run_convert_tfrecord(args) -> int:
+    from lesa.datasets.tfrecord_source import convert_tfrecords
+    from lesa.errors import ConfigError
+
+    if len(args.paths) < 2:
+        raise ConfigError("convert-tfrecord needs at least one input and the output: IN.tfrecords OUT.h5")
+    *inputs, out = args.paths
+    if not out.endswith((".h5", ".hdf5")):
+        raise ConfigError(f"the last path {out!r} is the output and should end in .h5")
+    summary = convert_tfrecords(
+        inputs, out, dataset=args.dataset, split=args.split, dtype=args.dtype,
+        compression=None if args.compression == "auto" else args.compression,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    dims = ", ".join(f"{name} {dim}" for name, dim in summary.label_dims.items())
+    resumed = f" ({summary.n_skipped} already there)" if summary.n_skipped else ""
+    print(f"wrote {summary.path}: {summary.n_records} records{resumed}, schema {summary.schema}, labels: {dims}")
+    return 0
+
+
+SUBCOMMANDS = [_add_convert_tfrecord]
+
+
+def add_commands(subparsers) -> None:
+    for add in SUBCOMMANDS:
+        add(subparsers)

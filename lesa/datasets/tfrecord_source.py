@@ -1,0 +1,254 @@
+"""The original's TFRecord feature files, read directly (streaming) or converted to the HDF5 layout.
+
+The extraction scripts of the original wrote one ``tf.train.Example`` per image, every value a
+one-element bytes list:
+
+    NUS-WIDE                     img_id, feature (196*512 float32), label_1k (1000 float32), label_81 (81 float32)
+    Open Images train/validation img_id, feature, label (7186 int32)
+    Open Images test             img_id, feature, seen_label (7186 int32), unseen_label (2594 int32)
+
+Records come out as ``FeatureRecord(img_id, feature (196, 512) float32, {label name: (D,) int8})``
+with the label names of the HDF5 layout (``lesa.datasets.h5``): labels_1k, labels_81, labels,
+seen_labels, unseen_labels. The schema is recognised from the keys of the first record.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from lesa.datasets.h5 import FEATURE_SHAPE, FeatureWriter, partial_path
+from lesa.errors import ConfigError, TFRecordError
+from lesa.tf_formats import iter_tfrecords, parse_example
+
+FEATURE_BYTES = FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * 4
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    dataset: str  # HDF5 ``dataset`` attribute
+    labels: tuple  # ((tfrecord key, HDF5 label name, stored dtype), ...)
+
+    @property
+    def keys(self) -> set:
+        return {"img_id", "feature", *(key for key, _, _ in self.labels)}
+
+
+SCHEMAS = (
+    Schema("nus_wide", "nus_wide", (("label_1k", "labels_1k", "<f4"), ("label_81", "labels_81", "<f4"))),
+    Schema("openimages", "openimages", (("label", "labels", "<i4"),)),
+    Schema("openimages_test", "openimages",
+           (("seen_label", "seen_labels", "<i4"), ("unseen_label", "unseen_labels", "<i4"))),
+)
+DATASET_NAMES = {"nus-wide": "nus_wide", "nus_wide": "nus_wide", "openimages": "openimages"}
+
+
+class FeatureRecord(NamedTuple):
+    img_id: str
+    feature: np.ndarray  # (196, 512) float32
+    labels: dict  # {HDF5 label name: (D,) int8 in {-1, 0, 1}}
+
+
+def detect_schema(keys, where: str = "record") -> Schema:
+    keys = set(keys)
+    for schema in SCHEMAS:
+        if keys == schema.keys:
+            return schema
+    known = "; ".join(f"{s.name}: {', '.join(sorted(s.keys))}" for s in SCHEMAS)
+    raise TFRecordError(f"{where}: keys {sorted(keys)} match none of the original's feature schemas ({known}); "
+                        "this is not a feature file written by the original's extraction scripts")
+
+
+def _single_bytes(example: dict, key: str, where: str) -> bytes:
+    value = example[key]
+    if not isinstance(value, list) or len(value) != 1:
+        raise TFRecordError(f"{where}: {key!r} should be one bytes value, found {type(value).__name__} "
+                            f"of length {len(value)}; not a feature file of the original")
+    return value[0]
+
+
+def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
+    """One parsed Example of ``schema`` -> FeatureRecord (sizes and label values checked)."""
+    raw_id = _single_bytes(example, "img_id", where)
+    try:
+        img_id = raw_id.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TFRecordError(f"{where}: img_id is not UTF-8 text; the file is corrupted") from None
+    raw = _single_bytes(example, "feature", where)
+    if len(raw) != FEATURE_BYTES:
+        raise TFRecordError(f"{where} ({img_id}): feature has {len(raw)} bytes, expected {FEATURE_BYTES} "
+                            "(196x512 float32 VGG-19 conv5_4 regions); the file holds other features")
+    feature = np.frombuffer(raw, dtype="<f4").reshape(FEATURE_SHAPE).astype(np.float32)
+    labels = {}
+    for key, h5_name, dtype in schema.labels:
+        raw = _single_bytes(example, key, where)
+        if len(raw) % 4:
+            raise TFRecordError(f"{where} ({img_id}): {key} has {len(raw)} bytes, not whole {dtype[1:]} values")
+        values = np.frombuffer(raw, dtype=dtype)
+        if values.size and not np.all((values == -1) | (values == 0) | (values == 1)):
+            raise TFRecordError(f"{where} ({img_id}): {key} holds values other than -1, 0, 1")
+        labels[h5_name] = values.astype(np.int8)
+    return FeatureRecord(img_id, feature, labels)
+
+
+def iter_feature_records(paths, dataset: str | None = None, compression: str | None = None,
+                         label_dims: dict | None = None) -> Iterator[FeatureRecord]:
+    """Stream FeatureRecords from one or more TFRecord files (in the given order).
+
+    dataset: "nus-wide" or "openimages" to insist on that dataset (default: any known schema).
+    label_dims: if given, filled with {label name: D} from the first record, and every later
+    record must have the same widths.
+    """
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    wanted = _dataset_name(dataset)
+    schema = None
+    dims = {} if label_dims is None else label_dims
+    for path in paths:
+        for index, record in enumerate(iter_tfrecords(path, compression=compression)):
+            where = f"{path}: record {index}"
+            example = parse_example(record, where)
+            if schema is None:
+                schema = detect_schema(example.keys(), where)
+                if wanted and schema.dataset != wanted:
+                    raise TFRecordError(f"{where}: the file is a {schema.name} feature file, not {dataset}; "
+                                        "pass the matching --dataset")
+            elif set(example) != schema.keys:
+                raise TFRecordError(f"{where}: keys {sorted(example)} differ from the first record's "
+                                    f"{sorted(schema.keys)}; files of different schemas cannot be mixed")
+            item = decode_record(example, schema, where)
+            for name, values in item.labels.items():
+                if dims.setdefault(name, values.size) != values.size:
+                    raise TFRecordError(f"{where} ({item.img_id}): {name} has {values.size} columns, earlier "
+                                        f"records {dims[name]}; the files do not belong together")
+            yield item
+
+
+def iter_feature_batches(paths, batch_size: int, dataset: str | None = None, compression: str | None = None
+                         ) -> Iterator[tuple[list, np.ndarray, dict]]:
+    """Batches of ``(img_ids, features (B, 196, 512) float32, {label name: (B, D) int8})``, streaming."""
+    batch: list[FeatureRecord] = []
+    for record in iter_feature_records(paths, dataset, compression):
+        batch.append(record)
+        if len(batch) == batch_size:
+            yield _stack(batch)
+            batch = []
+    if batch:
+        yield _stack(batch)
+
+
+def _stack(batch: list[FeatureRecord]) -> tuple[list, np.ndarray, dict]:
+    return ([r.img_id for r in batch], np.stack([r.feature for r in batch]),
+            {name: np.stack([r.labels[name] for r in batch]) for name in batch[0].labels})
+
+
+def _dataset_name(dataset: str | None) -> str | None:
+    if dataset is None:
+        return None
+    try:
+        return DATASET_NAMES[dataset.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages") from None
+
+
+def split_from_filename(path) -> str | None:
+    """The split an original feature file holds, from its name (NUS_WIDE_Train_..., train_feature_...)."""
+    name = Path(path).name
+    match = re.match(r"NUS_WIDE_([A-Za-z]+)_", name)
+    if match:
+        return match.group(1)
+    match = re.match(r"(?:OI_seen_unseen_)?(train|validation|test)_feature", name)
+    return match.group(1) if match else None
+
+
+@dataclass
+class ConvertSummary:
+    path: Path
+    n_records: int
+    n_skipped: int  # already in the file of a resumed conversion
+    schema: str
+    label_dims: dict
+
+
+def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: str | None = None,
+                      dtype: str = "float32", compression: str | None = None, batch_size: int = 256,
+                      resume: bool = False, overwrite: bool = False, progress: bool = True) -> ConvertSummary:
+    """Stream the original's TFRecord feature files into one HDF5 split file (``lesa.datasets.h5``).
+
+    A corrupted or truncated input stops the conversion with ``TFRecordError`` after every record
+    before the bad one was written to ``OUT.partial``; the file is not marked complete and not
+    renamed (``resume=True`` continues it once the input is fixed).
+    """
+    from tqdm import tqdm
+
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ConfigError("no TFRecord input files given")
+    for path in inputs:
+        if not path.is_file():
+            raise TFRecordError(f"TFRecord file not found: {path}")
+    split = split or split_from_filename(inputs[0])
+    if not split:
+        raise ConfigError(f"cannot tell the split from the file name {inputs[0].name}; pass --split NAME")
+    _dataset_name(dataset)  # validate before any work
+
+    label_dims: dict = {}
+    records = iter_feature_records(inputs, dataset, compression, label_dims)
+    first = next(records, None)
+    if first is None:
+        raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
+    schema = detect_schema({"img_id", "feature", *_tf_keys(first.labels)})
+    writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype,
+                           attrs={"source": "tfrecord", "backbone": "vgg19_conv54"},
+                           resume=resume, overwrite=overwrite)
+    done = writer.done_ids if resume else []
+    n_seen = 0
+    n_new = 0
+    batch: list[FeatureRecord] = []
+
+    def flush():
+        if batch:
+            writer.append(*_stack(batch))
+            batch.clear()
+
+    bar = tqdm(desc=f"convert {Path(out).name}", unit="rec", disable=not progress)
+    try:
+        for record in _chain(first, records):
+            if n_seen < len(done):
+                if record.img_id != done[n_seen]:
+                    raise TFRecordError(f"{partial_path(out)} (resume): record {n_seen} is {record.img_id!r} in "
+                                        f"the input but {done[n_seen]!r} in the file; convert without --resume")
+                n_seen += 1
+                bar.update()
+                continue
+            batch.append(record)
+            n_seen += 1
+            n_new += 1
+            bar.update()
+            if len(batch) >= batch_size:
+                flush()
+        if n_seen < len(done):
+            raise TFRecordError(f"{partial_path(out)} (resume): holds {len(done)} records but the inputs only "
+                                f"{n_seen}; convert without --resume")
+        flush()
+        writer.finish()
+    except TFRecordError:
+        flush()  # keep every good record read before the failure
+        raise
+    finally:
+        bar.close()
+        writer.close()
+    return ConvertSummary(Path(out), n_new, len(done), schema.name, dict(label_dims))
+
+
+def _tf_keys(labels: dict) -> list[str]:
+    names = {h5: key for schema in SCHEMAS for key, h5, _ in schema.labels}
+    return [names[name] for name in labels]
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
