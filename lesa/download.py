@@ -663,7 +663,8 @@ class FailuresReport:
 
     def failed_for_good(self, image_id: str) -> bool:
         row = self.previous.get(image_id)
-        return row is not None and is_permanent(row.get("reason", ""))
+        # A line cut short by kill -9 parses with missing fields: treat it as unknown.
+        return row is not None and is_permanent(row.get("reason") or "")
 
     def append(self, result: ImageResult) -> None:
         if self._handle is None:
@@ -736,6 +737,8 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
 
     options = options or DownloadOptions()
     options.check()
+    if total is None and hasattr(records, "__len__"):
+        total = len(records)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
