@@ -464,6 +464,10 @@ class _V1Table:
             values = _tensor_proto_values(record.data, tf_dtype, count, self.path, name)
             regions.append((tuple(index), values))
             covered += count
+        for i, (a, _) in enumerate(regions):  # overlapping slices would leave holes unfilled
+            for b, _ in regions[i + 1:]:
+                if all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b)) and len(a):
+                    raise CheckpointError(f"{self.path}: tensor {name!r} has overlapping slices; the file is corrupted")
         if covered != total:
             raise CheckpointError(f"{self.path}: tensor {name!r} of shape {shape} has {covered} of its {total} "
                                   "values stored; the file is truncated or corrupted")
