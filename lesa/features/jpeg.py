@@ -25,6 +25,15 @@ GIF_MAGICS = (b"GIF87a", b"GIF89a")
 MAX_PIXELS = 100_000_000
 
 
+class ImageDecodeError(ImageError):
+    """An image that cannot be used; ``reason`` is a short code for summaries: empty, not_image,
+    gif, cmyk, too_large, truncated, corrupt."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def image_format(data: bytes) -> str:
     """'jpeg', 'png', 'gif' or 'unknown' from the magic bytes (as TF's kernel classified them)."""
     if data[:3] == JPEG_MAGIC:
@@ -44,16 +53,16 @@ def decode_jpeg(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
     """
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
-        raise ImageError(f"{name}: empty file (0 bytes); re-download the image")
+        raise ImageDecodeError(f"{name}: empty file (0 bytes); re-download the image", "empty")
     kind = image_format(data)
     if kind == "jpeg":
         return _decode_jpeg_bytes(data, name, max_pixels)
     if kind == "png":
         return _decode_png_bytes(data, name, max_pixels)
     if kind == "gif":
-        raise ImageError(f"{name}: GIF data; TF1's decode_jpeg returned 4-D frames for GIFs and the "
-                         "original extraction failed on them. Convert it to JPEG to include it")
-    raise ImageError(f"{name}: not a JPEG/PNG image (first bytes {data[:8]!r}); re-download the image")
+        raise ImageDecodeError(f"{name}: GIF data; TF1's decode_jpeg returned 4-D frames for GIFs and the "
+                         "original extraction failed on them. Convert it to JPEG to include it", "gif")
+    raise ImageDecodeError(f"{name}: not a JPEG/PNG image (first bytes {data[:8]!r}); re-download the image", "not_image")
 
 
 def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -62,10 +71,10 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     try:
         height, width, colorspace, _sub = simplejpeg.decode_jpeg_header(data)
     except (ValueError, RuntimeError) as exc:
-        raise ImageError(f"{name}: corrupt JPEG header ({exc}); re-download the image") from exc
+        raise ImageDecodeError(f"{name}: corrupt JPEG header ({exc}); re-download the image", "corrupt") from exc
     if colorspace in ("CMYK", "YCCK"):
-        raise ImageError(f"{name}: {colorspace} JPEG is not supported; convert it to RGB "
-                         "(e.g. `convert in.jpg -colorspace sRGB out.jpg`)")
+        raise ImageDecodeError(f"{name}: {colorspace} JPEG is not supported; convert it to RGB "
+                         "(e.g. `convert in.jpg -colorspace sRGB out.jpg`)", "cmyk")
     _check_size(height, width, name, max_pixels)
     # TF1: JDCT_IFAST + fancy upsampling = fastdct=True, fastupsample=False
     options = dict(colorspace="RGB", fastdct=True, fastupsample=False)
@@ -76,14 +85,14 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         # TF1: a truncated stream ("Premature end") failed with "Invalid JPEG data"; other libjpeg
         # warnings (e.g. extraneous bytes) were only logged and the image was used.
         if "Premature end" in message:
-            raise ImageError(f"{name}: truncated JPEG ({message}); re-download the image") from exc
+            raise ImageDecodeError(f"{name}: truncated JPEG ({message}); re-download the image", "truncated") from exc
         try:
             image = simplejpeg.decode_jpeg(data, strict=False, **options)
         except (ValueError, RuntimeError) as exc2:
-            raise ImageError(f"{name}: cannot decode JPEG ({exc2}); the file is corrupt — "
-                             "re-download it") from exc2
+            raise ImageDecodeError(f"{name}: cannot decode JPEG ({exc2}); the file is corrupt — "
+                             "re-download it", "corrupt") from exc2
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError(f"{name}: decoded to shape {image.shape}, not (H, W, 3)")
+        raise ImageDecodeError(f"{name}: decoded to shape {image.shape}, not (H, W, 3)", "corrupt")
     return image
 
 
@@ -98,7 +107,7 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     try:
         tensor = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
-        raise ImageError(f"{name}: cannot decode PNG ({exc}); the file is truncated or corrupt") from exc
+        raise ImageDecodeError(f"{name}: cannot decode PNG ({exc}); the file is truncated or corrupt", "corrupt") from exc
     image = tensor.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
     if image.dtype != np.uint8:  # 16-bit PNG: libpng's strip_16 keeps the high byte
         image = (image.astype(np.uint32) >> 8).astype(np.uint8)
@@ -107,7 +116,7 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
 
 def _check_size(height: int, width: int, name: str, max_pixels: int) -> None:
     if height <= 0 or width <= 0:
-        raise ImageError(f"{name}: invalid image size {width}x{height}")
+        raise ImageDecodeError(f"{name}: invalid image size {width}x{height}", "corrupt")
     if height * width > max_pixels:
-        raise ImageError(f"{name}: image of {width}x{height} pixels exceeds the limit of {max_pixels} "
-                         "(--max-pixels); downscale it or raise the limit")
+        raise ImageDecodeError(f"{name}: image of {width}x{height} pixels exceeds the limit of {max_pixels} "
+                         "(--max-pixels); downscale it or raise the limit", "too_large")

@@ -1,0 +1,168 @@
+"""NUS-WIDE metadata -> the images of a split and their labels, as the original extraction did.
+
+Layout expected under ``root`` (the NUS-WIDE release, as the original used it)::
+
+    ImageList/Imagelist.txt              all 269,648 images (Windows paths), the row order of labels
+    ImageList/{Train,Test}Imagelist.txt  the split's images, ``<concept>\\<file>.jpg``
+    NUS_WID_Tags/TagList1k.txt           the 1000 tags
+    NUS_WID_Tags/AllTags1k.txt           (269648, 1000) 0/1 tag matrix, tab separated
+    Concepts81.txt                       the 81 human-annotated concepts
+    AllLabels/Labels_<concept>.txt       (269648,) 0/1 per concept
+    Flickr/<concept>/<file>.jpg          the images (``images_dir`` overrides)
+
+Labels (pure functions, ``nus_wide_labels``): ``labels_81 = 2*y - 1``; ``labels_1k = 2*y - 1`` with the
+75 tags that are also among the 81 concepts set to 0 (the unseen labels are not trained on).
+Images skipped before extraction, as the original did: missing files, files byte-equal to Flickr's
+"photo unavailable" placeholder (recognised by SHA-256), files of at most 4000 bytes.
+Image ids stored are the split-list entries with ``/`` (``actor/0001_2124494179.jpg``); the original
+stored ``./data/NUS_WIDE/Flickr/`` + that path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lesa.datasets.embeddings import read_label_list
+from lesa.errors import DataError
+
+SPLITS = ("Train", "Test")
+# SHA-256 of the bytes Flickr served for deleted photos (a 3,344-byte PNG; the original compared
+# every file with its copy temps/test.jpg).
+FLICKR_PLACEHOLDER_SHA256 = "e29a55808b2b6bb0681116206863eda419e5012384ed75bda880bf87e440676f"
+FLICKR_PLACEHOLDER_SIZE = 3344
+# original: cap_file_size — files of at most this many bytes are "probably unavailable images"
+MIN_IMAGE_BYTES = 4000
+
+
+def seen_unseen_tag_indices(tags_1k: Sequence[str], concepts_81: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the 1000 tags of the seen tags (not concepts) and of those that are concepts."""
+    concepts = set(concepts_81)
+    seen = np.array([i for i, t in enumerate(tags_1k) if t not in concepts], dtype=np.int64)
+    unseen = np.array([i for i, t in enumerate(tags_1k) if t in concepts], dtype=np.int64)
+    return seen, unseen
+
+
+def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_idx: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 matrices -> (labels_1k (N,1000), labels_81 (N,81)) int8 in {-1,0,1} as the original."""
+    labels_1k = (2 * np.asarray(tags01_1k, dtype=np.int8) - 1).astype(np.int8)
+    labels_1k[:, unseen_tag_idx] = 0  # original: tags among the 81 concepts are unseen -> 0
+    labels_81 = (2 * np.asarray(labels01_81, dtype=np.int8) - 1).astype(np.int8)
+    return labels_1k, labels_81
+
+
+def read_01_matrix(path: Path, n_cols: int) -> np.ndarray:
+    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols)."""
+    if not path.exists():
+        raise DataError(f"NUS-WIDE label file {path} not found; check --root")
+    raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    is_digit = (raw == ord("0")) | (raw == ord("1"))
+    is_space = (raw == ord("\t")) | (raw == ord(" ")) | (raw == ord("\r")) | (raw == ord("\n"))
+    bad = np.nonzero(~(is_digit | is_space))[0]
+    if bad.size:
+        line = int(np.count_nonzero(raw[: bad[0]] == ord("\n"))) + 1
+        raise DataError(f"{path}: line {line} has {bytes(raw[bad[0]:bad[0] + 1])!r}; only 0/1 values expected")
+    # two digits in a row would be a number like 10: refuse
+    if np.any(is_digit[1:] & is_digit[:-1]):
+        raise DataError(f"{path}: multi-digit values found; only 0/1 values expected")
+    line_of = np.cumsum(raw == ord("\n"))[is_digit]
+    digits = raw[is_digit] - ord("0")
+    if digits.size == 0:
+        return np.zeros((0, n_cols), dtype=np.uint8)
+    _, counts = np.unique(line_of, return_counts=True)
+    if np.any(counts != n_cols) or digits.size % n_cols:
+        first = int(np.nonzero(counts != n_cols)[0][0]) if np.any(counts != n_cols) else 0
+        raise DataError(f"{path}: row {first + 1} has {int(counts[first])} values; expected {n_cols} per line")
+    return digits.reshape(-1, n_cols)
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(f"NUS-WIDE file {path} not found; check --root")
+    lines = [line.strip().replace("\\", "/") for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:
+    """Why the original skipped this file: 'missing', 'placeholder', 'small' — or None (keep it)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "missing"
+    if size == FLICKR_PLACEHOLDER_SIZE:
+        if hashlib.sha256(path.read_bytes()).hexdigest() == FLICKR_PLACEHOLDER_SHA256:
+            return "placeholder"
+    if size <= min_bytes:
+        return "small"
+    return None
+
+
+@dataclass
+class NusWideSplit:
+    """The images of one split that are extracted, their labels, and what was skipped."""
+
+    split: str
+    img_ids: list[str]              # split-list entries with '/'
+    paths: list[Path]
+    labels: dict[str, np.ndarray]   # labels_1k (N,1000), labels_81 (N,81) int8
+    label_names: dict[str, list[str]]
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> img ids
+
+    def skipped_counts(self) -> dict[str, int]:
+        return dict(Counter({k: len(v) for k, v in self.skipped.items()}))
+
+
+def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
+                        min_bytes: int = MIN_IMAGE_BYTES) -> NusWideSplit:
+    """Read the metadata under ``root`` and list the ``split`` ('Train'|'Test') images to extract."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise DataError(f"NUS-WIDE split {split!r} is not one of {SPLITS}")
+    images_dir = Path(images_dir) if images_dir else root / "Flickr"
+    tags_1k = read_label_list(root / "NUS_WID_Tags" / "TagList1k.txt")
+    concepts_81 = read_label_list(root / "Concepts81.txt")
+    if len(tags_1k) != 1000 or len(concepts_81) != 81:
+        raise DataError(f"{root}: TagList1k.txt has {len(tags_1k)} tags and Concepts81.txt "
+                        f"{len(concepts_81)} concepts; expected 1000 and 81")
+    _, unseen_idx = seen_unseen_tag_indices(tags_1k, concepts_81)
+    all_images = _read_lines(root / "ImageList" / "Imagelist.txt")
+    # original: images are matched to label rows by file name only (last one wins)
+    row_of = {name.split("/")[-1]: row for row, name in enumerate(all_images)}
+    tags01 = read_01_matrix(root / "NUS_WID_Tags" / "AllTags1k.txt", 1000)
+    concept_cols = [read_01_matrix(root / "AllLabels" / f"Labels_{c}.txt", 1)[:, 0] for c in concepts_81]
+    labels01_81 = np.stack(concept_cols, axis=1)
+    for what, arr in (("NUS_WID_Tags/AllTags1k.txt", tags01), ("AllLabels/Labels_*.txt", labels01_81)):
+        if arr.shape[0] != len(all_images):
+            raise DataError(f"{root / what}: {arr.shape[0]} rows but ImageList/Imagelist.txt lists "
+                            f"{len(all_images)} images; the metadata files do not belong together")
+
+    entries = _read_lines(root / "ImageList" / f"{split}Imagelist.txt")
+    kept_ids, kept_paths, rows = [], [], []
+    skipped: dict[str, list[str]] = {}
+    for entry in entries:
+        if not entry:
+            continue
+        key = entry.split("/")[-1]
+        if key not in row_of:
+            raise DataError(f"{root / 'ImageList' / f'{split}Imagelist.txt'}: image {entry!r} is not in "
+                            "ImageList/Imagelist.txt; the metadata files do not belong together")
+        path = images_dir / entry
+        reason = skip_reason(path, min_bytes)
+        if reason:
+            skipped.setdefault(reason, []).append(entry)
+            continue
+        kept_ids.append(entry)
+        kept_paths.append(path)
+        rows.append(row_of[key])
+    rows_arr = np.array(rows, dtype=np.int64)
+    labels_1k, labels_81 = nus_wide_labels(tags01[rows_arr], labels01_81[rows_arr], unseen_idx)
+    return NusWideSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
+                        {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped)

@@ -1,0 +1,367 @@
+"""Extraction engine: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
+
+    image files --(worker processes: read + decode)--> uint8 images
+                --(device: vgg_preprocess_batch, VGG19Conv54 at --precision)--> (B, 196, 512)
+                --> FeatureWriter (lesa.datasets.h5), labels from the dataset source
+
+- Order is preserved (the file rows follow the image list); a bad image is skipped and logged with
+  its reason, never its batch; a summary counts written / skipped (before extraction: missing,
+  placeholder, small) / failed (decode errors) by reason.
+- Crash safety: every batch is durable once written; ``resume=True`` continues ``<out>.partial``
+  and the final file equals an uninterrupted run's. Failed images are logged, one per line, in
+  ``<out>.failed.tsv`` (position, image id, reason, message).
+- Sharding: rank ``r`` of ``world_size`` takes the contiguous slice
+  ``[n*r//world_size, n*(r+1)//world_size)`` of the image list and writes
+  ``<stem>.shard-RRRRR-of-WWWWW.h5``; ``merge_shards`` joins them into the file one rank would write.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from lesa.datasets.h5 import FeatureWriter, partial_path, read_split_files
+from lesa.errors import ConfigError, DataError, ImageError, LesaError
+from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
+from lesa.features.preprocess import vgg_preprocess_batch
+from lesa.features.vgg import VGG19Conv54, precision_context
+
+DECODERS = ("exact", "gpu")
+BACKBONE = "vgg19_conv54"
+
+
+@dataclass
+class ExtractionSource:
+    """What to extract: images in order, how to label them, and what was skipped beforehand."""
+
+    dataset: str
+    split: str
+    img_ids: list[str]
+    paths: list[Path]
+    label_dims: dict[str, int]
+    labels_for: Callable[[np.ndarray], dict[str, np.ndarray]]  # positions (B,) -> {name: (B, D)}
+    label_names: dict[str, list[str]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> image ids
+
+    def __len__(self) -> int:
+        return len(self.img_ids)
+
+
+def nus_wide_source(split) -> ExtractionSource:
+    """From ``lesa.datasets.nus_wide.load_nus_wide_split(...)``."""
+    labels = split.labels
+    return ExtractionSource("nus_wide", split.split, split.img_ids, split.paths,
+                            {k: v.shape[1] for k, v in labels.items()},
+                            lambda pos: {k: v[pos] for k, v in labels.items()},
+                            split.label_names, split.skipped)
+
+
+def openimages_source(split) -> ExtractionSource:
+    """From ``lesa.datasets.openimages.load_openimages_split(...)``."""
+    labels = split.labels
+    return ExtractionSource("openimages", split.split, split.img_ids, split.paths, dict(labels.label_dims),
+                            lambda pos: {k: labels.dense(k, pos) for k in labels.label_dims},
+                            split.label_names, split.skipped)
+
+
+@dataclass
+class ExtractionSummary:
+    output: Path
+    written: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # before extraction, by reason
+    failed: dict[str, int] = field(default_factory=dict)   # decode errors, by reason
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    resumed_from: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"written": self.written, "skipped": self.skipped, "failed": self.failed},
+                          sort_keys=True)
+
+    def lines(self) -> list[str]:
+        def fmt(d):
+            return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+        return [f"wrote {self.written} images to {self.output}"
+                + (f" (resumed after {self.resumed_from})" if self.resumed_from else ""),
+                f"skipped before extraction: {fmt(self.skipped)}",
+                f"failed to decode: {fmt(self.failed)}",
+                f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s"]
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous slice of ``n`` items that ``rank`` of ``world_size`` extracts."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
+    """``out.h5`` -> ``out.shard-00001-of-00004.h5`` (the output itself when world_size == 1)."""
+    output = Path(output)
+    if world_size == 1:
+        return output
+    return output.with_name(f"{output.stem}.shard-{rank:05d}-of-{world_size:05d}{output.suffix}")
+
+
+def failed_log_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".failed.tsv")
+
+
+# -- reading images in worker processes --------------------------------------------------------
+class _ImageReader(torch.utils.data.Dataset):
+    """Item k -> (k, uint8 image (H, W, 3) tensor or raw bytes or None, reason, message)."""
+
+    def __init__(self, paths: Sequence[Path], positions: Sequence[int], decode: bool, max_pixels: int):
+        self.paths, self.positions, self.decode, self.max_pixels = paths, positions, decode, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int):
+        pos = self.positions[k]
+        path = self.paths[pos]
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            return pos, None, "unreadable", f"{path}: cannot read ({exc.strerror or exc})"
+        if not self.decode:
+            return pos, data, "", ""
+        try:
+            image = decode_jpeg(data, str(path), self.max_pixels)
+        except ImageError as exc:
+            return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
+        return pos, torch.from_numpy(image), "", ""
+
+
+def _collate(items):
+    return items
+
+
+def _decode_on_gpu(items, device, max_pixels):
+    """decoder=gpu: nvjpeg through torchvision for JPEG bytes; other bytes or failures fall back
+    to the exact CPU decoder (so nothing is lost). Returns [(pos, image|None, reason, message)]."""
+    from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+
+    out = list(items)
+    jpeg_idx = [i for i, (_, data, _, _) in enumerate(items) if data is not None and image_format(data) == "jpeg"]
+    decoded = {}
+    if jpeg_idx:
+        tensors = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpeg_idx]
+        try:
+            images = tv_decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+            decoded = {i: im.permute(1, 2, 0) for i, im in zip(jpeg_idx, images)}
+        except RuntimeError:
+            decoded = {}
+    for i, (pos, data, reason, message) in enumerate(items):
+        if data is None:
+            continue
+        if i in decoded:
+            h, w = decoded[i].shape[:2]
+            if h * w <= max_pixels:
+                out[i] = (pos, decoded[i], "", "")
+                continue
+        try:
+            out[i] = (pos, torch.from_numpy(decode_jpeg(data, str(pos), max_pixels)), "", "")
+        except ImageError as exc:
+            out[i] = (pos, None, getattr(exc, "reason", "corrupt"), str(exc))
+    return out
+
+
+def _resume_position(ids: Sequence[str], positions: Sequence[int], done_ids: Sequence[str], where) -> int:
+    """Index into ``positions`` after the last image already written (written ids are a
+    subsequence of the list: failed images are missing from it)."""
+    j = 0
+    if not done_ids:
+        return 0
+    for k, pos in enumerate(positions):
+        if ids[pos] == done_ids[j]:
+            j += 1
+            if j == len(done_ids):
+                return k + 1
+    raise DataError(f"{where}: the images already in the file are not in this image list "
+                    "(different dataset root or split?); run without --resume to start over")
+
+
+def _read_failed_log(path: Path, before_position: int) -> list[str]:
+    """Lines of a failed-image log for positions before ``before_position`` (what survives a resume)."""
+    if not path.exists():
+        return []
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[0].isdigit() and int(parts[0]) < before_position:
+            keep.append(line)
+    return keep
+
+
+def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54, *,
+                     device: str = "cpu", batch_size: int = 64, workers: int = 2, precision: str = "fp32",
+                     decoder: str = "exact", dtype: str = "float32", channels_last: bool = False,
+                     resume: bool = False, overwrite: bool = False, rank: int = 0, world_size: int = 1,
+                     max_pixels: int = MAX_PIXELS, progress: bool = True, attrs: dict | None = None,
+                     log: Callable[[str], None] | None = None) -> ExtractionSummary:
+    """Extract ``source`` (or this rank's shard of it) into ``output``; returns the summary."""
+    if decoder not in DECODERS:
+        raise ConfigError(f"--decoder {decoder!r} is not one of {DECODERS}")
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(f"--batch-size {batch_size} / --workers {workers}: need batch >= 1, workers >= 0")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    if decoder == "gpu" and device.type != "cuda":
+        raise ConfigError("--decoder gpu needs --device cuda; use --decoder exact on CPU")
+    start, stop = shard_range(len(source), rank, world_size)
+    positions = list(range(start, stop))
+    out_path = shard_path(output, rank, world_size)
+    log = log or (lambda message: None)
+
+    model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    file_attrs = {
+        "backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
+        "decoder": decoder if decoder == "gpu" else "exact (simplejpeg fastdct, TF1-identical)",
+        "precision": precision, "skipped_before_extraction": json.dumps(
+            {k: len(v) for k, v in sorted(source.skipped.items())}, sort_keys=True),
+        **(attrs or {}),
+    }
+    if world_size > 1:
+        file_attrs.update(shard_rank=rank, shard_world_size=world_size, shard_start=start, shard_stop=stop)
+    failed_path = failed_log_path(out_path)
+    if resume and out_path.exists() and not overwrite:
+        return _summary_of_complete(out_path)
+    writer = FeatureWriter(out_path, source.dataset, source.split, source.label_dims, dtype=dtype,
+                           attrs=file_attrs, label_names=source.label_names or None, resume=resume,
+                           overwrite=overwrite)
+    t0 = time.perf_counter()
+    with writer:
+        begin = _resume_position(source.img_ids, positions, writer.done_ids, partial_path(out_path)) \
+            if resume else 0
+        resumed_from = writer.n_written
+        old_failures = _read_failed_log(failed_path, positions[begin] if begin < len(positions) else stop) \
+            if resume else []
+        failed = Counter(line.split("\t")[2] for line in old_failures)
+        with open(failed_path, "w", encoding="utf-8") as flog:
+            for line in old_failures:
+                flog.write(line + "\n")
+            flog.flush()
+            todo = positions[begin:]
+            reader = _ImageReader(source.paths, todo, decode=decoder == "exact", max_pixels=max_pixels)
+            loader = torch.utils.data.DataLoader(
+                reader, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+                prefetch_factor=4 if workers else None, persistent_workers=False,
+            )
+            bar = _progress(len(positions), begin, out_path.name, progress)
+            done_now = 0
+            try:
+                with torch.no_grad(), precision_context(precision, device):
+                    for items in loader:
+                        if decoder == "gpu":
+                            items = _decode_on_gpu(items, device, max_pixels)
+                        good = [(pos, image) for pos, image, _, _ in items if image is not None]
+                        for pos, image, reason, message in items:
+                            if image is None:
+                                failed[reason] += 1
+                                flog.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{message}\n")
+                                log(f"skipped {source.img_ids[pos]}: {message}")
+                        flog.flush()
+                        if good:
+                            feats = _forward(model, [im for _, im in good], device, channels_last)
+                            pos_arr = np.array([p for p, _ in good], dtype=np.int64)
+                            writer.append([source.img_ids[p] for p in pos_arr], feats,
+                                          source.labels_for(pos_arr))
+                        done_now += len(items)
+                        bar.update(len(items))
+            finally:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        summary = ExtractionSummary(out_path, writer.n_written, {k: len(v) for k, v in source.skipped.items()},
+                                    dict(failed), seconds, done_now / seconds if seconds > 0 else 0.0,
+                                    resumed_from)
+        writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
+        writer.finish()
+    return summary
+
+
+def _summary_of_complete(path: Path) -> ExtractionSummary:
+    """--resume on a finished file: nothing to do; report what it holds."""
+    with read_split_files(path) as split:
+        attrs = split.attrs
+        return ExtractionSummary(path, len(split), json.loads(attrs.get("skipped_before_extraction", "{}")),
+                                 json.loads(attrs.get("failed", "{}")), 0.0, 0.0, len(split))
+
+
+def _forward(model, images, device, channels_last) -> np.ndarray:
+    x = vgg_preprocess_batch(images, device=device)  # (B, 3, 224, 224)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model(x).float().cpu().numpy()  # (B, 196, 512)
+
+
+def _progress(total: int, initial: int, name: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"extract {name}", unit="img", disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """Join shard files (list or glob) into one file equal to the one a single rank writes."""
+    split = read_split_files(paths)
+    try:
+        first = split.files[0]
+        attrs = {k: v for k, v in split.attrs.items()
+                 if k not in ("shard_world_size", "dataset", "split", "feature_dtype", "complete",
+                              "failed", "lesa_version")}
+        failed: Counter = Counter()
+        for f in split.files:
+            failed.update(json.loads(f.attrs.get("failed", "{}")))
+        writer = FeatureWriter(output, first.attrs["dataset"], first.attrs["split"], split.label_dims,
+                               dtype=str(split.feature_dtype), attrs=attrs,
+                               label_names=split.label_names or None, overwrite=overwrite)
+        from tqdm.auto import tqdm
+
+        with writer, tqdm(total=len(split), desc=f"merge {Path(output).name}", unit="img",
+                          disable=not progress) as bar:
+            step = 1024
+            for f in split.files:
+                ids = f.img_ids
+                for s in range(0, len(f), step):
+                    e = min(s + step, len(f))
+                    writer.append(ids[s:e], f.features[s:e],
+                                  {name: f.labels[name][s:e] for name in split.label_dims})
+                    bar.update(e - s)
+            writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
+            return writer.finish()
+    finally:
+        split.close()
+
+
+def build_model(backbone: str, weights: str | None, seed: int = 0) -> VGG19Conv54:
+    """``tf_slim`` (weights = vgg_19.ckpt), ``torchvision`` (weights = optional .pth) or ``random``
+    (seeded He-initialised weights: for tests and throughput benchmarks only)."""
+    if backbone == "tf_slim":
+        if not weights:
+            raise ConfigError("--backbone tf_slim needs --weights PATH/vgg_19.ckpt (the TF-slim model zoo's "
+                              "vgg_19_2016_08_28.tar.gz)")
+        return VGG19Conv54.from_tf_slim(weights)
+    if backbone == "torchvision":
+        return VGG19Conv54.from_torchvision(weights)
+    if backbone == "random":
+        torch.manual_seed(seed)
+        model = VGG19Conv54().eval()
+        model.source = f"random:seed={seed}"
+        model.weights_sha256 = f"random-seed-{seed}"
+        return model
+    raise ConfigError(f"--backbone {backbone!r} is not one of tf_slim, torchvision, random")
+
+
+__all__ = ["ExtractionSource", "ExtractionSummary", "extract_features", "merge_shards", "shard_range",
+           "shard_path", "nus_wide_source", "openimages_source", "build_model", "LesaError"]
