@@ -153,8 +153,11 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
 
 
 def write_tfrecords(path, records: Iterable[bytes], compression: str | None = None) -> int:
-    """Write records (bytes) as a TFRecord file; compression None/''/'ZLIB'/'GZIP'. Returns the count."""
-    kind = detect_compression(path, compression or "")
+    """Write records (bytes) as a TFRecord file; returns the count.
+
+    compression: ""/"none", "ZLIB" or "GZIP"; None = from the file name ('ZLIB'/'GZIP' in it).
+    """
+    kind = compression_from_name(path) if compression is None else detect_compression(path, compression)
     count = 0
     with open(path, "wb") as fh:
         comp = None
