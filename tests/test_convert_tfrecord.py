@@ -1,0 +1,141 @@
+"""`lesa convert-tfrecord`: the original's TFRecord feature files -> the HDF5 feature layout."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from lesa.cli import main
+from lesa.datasets.h5 import open_features, partial_path
+from lesa.datasets.tfrecord_source import convert_tfrecords, split_from_filename
+from lesa.errors import ConfigError, TFRecordError
+from lesa.tf_formats import encode_example, write_tfrecords
+
+GOLDEN = {  # expected.npz prefix -> (file, --dataset, split from the name, {h5 label: npz key})
+    "nus": ("NUS_WIDE_Test_full_feature_ZLIB.tfrecords", "nus-wide", "Test",
+            {"labels_1k": "label_1k", "labels_81": "label_81"}),
+    "oi_train": ("train_feature_2018_04_ZLIB.tfrecords", "openimages", "train", {"labels": "label"}),
+    "oi_test": ("OI_seen_unseen_test_feature_2018_04_ZLIB.tfrecords", "openimages", "test",
+                {"seen_labels": "seen_label", "unseen_labels": "unseen_label"}),
+}
+
+
+def _oi_records(n, seed=0, n_classes=20):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        feature = rng.random((196, 512), dtype=np.float32)
+        label = rng.integers(-1, 2, n_classes).astype(np.int32)
+        out.append((f"id{i:04d}", feature, label))
+    return out
+
+
+def _write_oi(path, records):
+    write_tfrecords(path, [encode_example({"img_id": i.encode(), "feature": f.tobytes(), "label": lab.tobytes()})
+                           for i, f, lab in records])
+
+
+def _assert_h5(path, records, dtype=np.float32):
+    with open_features(path) as split:
+        assert split.img_ids == [r[0] for r in records]
+        feats, labels = split.read(np.arange(len(records)))
+    for k, (_, feature, label) in enumerate(records):
+        if dtype == np.float32:
+            assert np.array_equal(feats[k], feature)
+        else:
+            assert np.array_equal(feats[k], feature.astype(np.float16).astype(np.float32))
+        assert np.array_equal(labels["labels"][k], label)
+
+
+def test_synthetic_conversion_batches_and_float16(tmp_path):
+    records = _oi_records(7)
+    src = tmp_path / "validation_feature_2018_04_ZLIB.tfrecords"
+    _write_oi(src, records)
+    out = tmp_path / "val.h5"
+    summary = convert_tfrecords([src], out, dataset="openimages", batch_size=3, progress=False)
+    assert summary.n_records == 7 and summary.label_dims == {"labels": 20}
+    _assert_h5(out, records)
+    with h5py.File(out) as f:
+        assert f.attrs["split"] == "validation" and f.attrs["dataset"] == "openimages"
+        assert bool(f.attrs["complete"])
+    half = tmp_path / "val16.h5"
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--dtype", "float16", "--no-progress",
+                 str(src), str(src), str(half)]) == 0
+    with h5py.File(half) as f:
+        assert f["features"].dtype == np.float16 and f["features"].shape == (14, 196, 512)
+    _assert_h5(half, records + records, dtype=np.float16)
+
+
+def test_corrupted_input_keeps_earlier_records_then_resume(tmp_path):
+    records = _oi_records(6, seed=1)
+    src = tmp_path / "train_feature_ZLIB.tfrecords"
+    _write_oi(src, records)
+    good = src.read_bytes()
+    src.write_bytes(good[: int(len(good) * 0.6)])
+    out = tmp_path / "train.h5"
+    with pytest.raises(TFRecordError, match=r"record \d") as info:
+        convert_tfrecords([src], out, dataset="openimages", batch_size=2, progress=False)
+    assert not out.exists()  # never under the final name
+    with h5py.File(partial_path(out)) as f:
+        n_kept = int(f.attrs["n_written"])
+        assert not bool(f.attrs["complete"])
+        assert [v.decode() for v in f["img_ids"][:n_kept]] == [r[0] for r in records[:n_kept]]
+    assert f"record {n_kept}" in str(info.value)
+    assert n_kept >= 2
+    # through the CLI the same failure is a clean exit code 1
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--no-progress", "--resume",
+                 str(src), str(out)]) == 1
+    src.write_bytes(good)  # the input is fixed: resume finishes the file
+    summary = convert_tfrecords([src], out, dataset="openimages", resume=True, progress=False)
+    assert summary.n_skipped == n_kept and summary.n_records == 6 - n_kept
+    _assert_h5(out, records)
+
+
+def test_argument_errors(tmp_path):
+    records = _oi_records(1)
+    src = tmp_path / "features.tfrecords"
+    _write_oi(src, records)
+    with pytest.raises(ConfigError, match="--split"):
+        convert_tfrecords([src], tmp_path / "o.h5", progress=False)
+    assert main(["convert-tfrecord", "--dataset", "openimages", str(src)]) == 1  # no output path
+    assert main(["convert-tfrecord", "--dataset", "nus-wide", "--split", "x", str(src), str(tmp_path / "o.h5")]) == 1
+    assert not (tmp_path / "o.h5").exists()
+    assert split_from_filename("NUS_WIDE_Train_full_feature_ZLIB.tfrecords") == "Train"
+    assert split_from_filename("OI_seen_unseen_test_feature_2018_04_ZLIB.tfrecords") == "test"
+
+
+@pytest.mark.parametrize("prefix", sorted(GOLDEN))
+def test_golden_conversion_exact(golden_root, tmp_path, prefix):
+    root = golden_root("tfrecord")
+    expected = np.load(root / "expected.npz")
+    name, dataset, split, label_keys = GOLDEN[prefix]
+    out = tmp_path / f"{prefix}.h5"
+    assert main(["convert-tfrecord", "--dataset", dataset, "--no-progress", str(root / name), str(out)]) == 0
+    ids = [str(i) for i in expected[f"{prefix}/img_ids"]]
+    with open_features(out) as data:
+        assert data.img_ids == ids
+        assert data.attrs["split"] == split
+        feats, labels = data.read(np.arange(len(ids)))
+    for i in range(len(ids)):
+        assert np.array_equal(feats[i], expected[f"{prefix}/{i}/feature"])
+        for h5_name, key in label_keys.items():
+            assert labels[h5_name].dtype == np.int8
+            assert np.array_equal(labels[h5_name][i], expected[f"{prefix}/{i}/{key}"])
+
+
+def test_golden_flipped_byte(golden_root, tmp_path):
+    root = golden_root("tfrecord")
+    name = GOLDEN["oi_train"][0]
+    raw = bytearray((root / name).read_bytes())
+    raw[int(len(raw) * 0.5)] ^= 0x80
+    src = tmp_path / name
+    src.write_bytes(bytes(raw))
+    out = tmp_path / "oi.h5"
+    with pytest.raises(TFRecordError, match=r"record (\d)") as info:
+        convert_tfrecords([src], out, dataset="openimages", batch_size=1, progress=False)
+    bad = int(str(info.value).split("record ")[1].split(" ")[0])
+    expected = np.load(root / "expected.npz")
+    with h5py.File(partial_path(out)) as f:
+        assert int(f.attrs["n_written"]) == bad > 0
+        assert [v.decode() for v in f["img_ids"][:bad]] == [str(i) for i in expected["oi_train/img_ids"][:bad]]
+        assert np.array_equal(f["features"][bad - 1], expected[f"oi_train/{bad - 1}/feature"])
