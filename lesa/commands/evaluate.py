@@ -1,0 +1,47 @@
+"""``lesa evaluate CONFIG --checkpoint PATH``: test reports of native (.pt) or TF (model.ckpt) checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def checkpoint_tag(path: str) -> str:
+    """F1_<tag>_*: 'ES' for early-stopping checkpoints, 'f' for final ones (as the original named them)."""
+    name = Path(path).name
+    for suffix in (".index", ".pt"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    stem = name.split(".")[0]
+    if stem.endswith("_ES"):
+        return "ES"
+    if stem in ("model", "last"):
+        return "f"
+    return stem
+
+
+def run(args) -> int:
+    from lesa.commands.train import config_from_args
+    from lesa.evaluate import evaluate_checkpoints
+
+    cfg = config_from_args(args)
+    tags = args.tag or []
+    pairs = []
+    for i, ckpt in enumerate(args.checkpoint):
+        pairs.append((tags[i] if i < len(tags) else checkpoint_tag(ckpt), ckpt))
+    evaluate_checkpoints(cfg, pairs, out_dir=args.out, save_scores=args.save_scores,
+                         progress=not args.no_progress)
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from lesa.commands.train import add_config_arguments
+
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate checkpoints: zero-shot, generalised and seen reports",
+        description="Evaluate native (.pt) or original TF (model.ckpt prefix) checkpoints on the test split "
+                    "of a configuration; writes F1_<tag>_*_test.csv, summary_<tag>.json, prints a table.")
+    add_config_arguments(p)
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT",
+                   help="model.pt / model_ES.pt, or a TF prefix such as results/x/model.ckpt")
+    p.add_argument("--tag", nargs="+", help="report tags, one per checkpoint (default: ES for *_ES, else f)")
+    p.add_argument("--save-scores", metavar="NPZ", help="also save the raw scores and labels")
+    p.set_defaults(func=run)

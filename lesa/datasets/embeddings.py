@@ -1,0 +1,235 @@
+"""Label word vectors: the original's pickles (read safely) and vectors built from a GloVe text file.
+
+The original stored its label vectors as pickles of numpy arrays:
+``NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300`` = ``(vecs_1k (1000,300), vecs_81 (81,300))`` and the
+Open Images one = ``(seen (7186,300), unseen (2594,300))``; ``unseen_labels.pkl`` is a numpy object
+array of label ids. ``load_pickle`` reads such files with a restricted unpickler that only rebuilds
+numpy arrays, dtypes and plain Python containers: a pickle that would import anything else (and so
+could run arbitrary code) is refused with ``DataError``.
+
+Users without the pickles build vectors for any label list from a GloVe-format text file
+(``word v1 v2 ... v300`` per line) with ``vectors_from_glove``: multi-word labels are averaged over
+their words and missing words are reported.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lesa.errors import DataError, ShapeError
+
+# (module, name) pairs a label-vector pickle may reference; nothing else can be imported.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    # protocol-2 pickles written by Python 3 encode raw bytes as latin-1 text through this
+    ("_codecs", "encode"),
+}
+_DTYPE_CLASS = re.compile(r"^dtypes?\.\w+DType$")  # numpy>=1.25 pickles dtypes by their class
+
+MAX_PICKLE_BYTES = 1 << 31  # 2 GiB: far above any label-vector file; refuses absurd inputs
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS or (
+            module in ("numpy", "numpy.dtypes") and _DTYPE_CLASS.match(f"dtypes.{name}")
+        ):
+            return super().find_class(module, name)
+        raise DataError(
+            f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
+            "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
+            "numpy arrays, or build them with `vectors_from_glove`"
+        )
+
+    def persistent_load(self, pid):
+        raise DataError(f"{self._path}: the pickle uses persistent ids; not a label-vector pickle")
+
+
+def load_pickle(path: str | os.PathLike):
+    """Unpickle a file that may only contain numpy arrays/dtypes and plain containers.
+
+    Raises ``DataError`` (naming the file) for anything else, a truncated or corrupted file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"label-vector file {path} not found")
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: {size} bytes is too large for a label-vector pickle")
+    data = path.read_bytes()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+    except DataError:
+        raise
+    except MemoryError as exc:
+        raise DataError(f"{path}: the pickle declares an impossible size; the file is corrupted") from exc
+    except Exception as exc:  # truncation, bad opcodes, numpy refusing an inconsistent array
+        raise DataError(
+            f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
+            "the file is truncated or corrupted — download it again"
+        ) from exc
+
+
+def _as_matrix(value, path, what: str, dim: int | None) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.dtype.kind != "f":
+        desc = f"{type(value).__name__} {getattr(value, 'shape', '')} {getattr(value, 'dtype', '')}"
+        raise ShapeError(f"{path}: {what} must be a 2-d float array (labels, dim); got {desc.strip()}")
+    if dim is not None and value.shape[1] != dim:
+        raise ShapeError(f"{path}: {what} has {value.shape[1]} dimensions; expected {dim}")
+    if not np.all(np.isfinite(value)):
+        raise DataError(f"{path}: {what} contains NaN or infinite values")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def load_vector_pair(path: str | os.PathLike, dim: int | None = 300) -> tuple[np.ndarray, np.ndarray]:
+    """The original's label-vector pickle: a pair ``(first (A, dim), second (B, dim))`` float32.
+
+    NUS-WIDE: ``(vecs_1k (1000,300), vecs_81 (81,300))``; Open Images: ``(seen (7186,300),
+    unseen (2594,300))``. A ``.npz`` with arrays ``seen``/``unseen`` (or ``arr_0``/``arr_1``) is also
+    accepted.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = ("seen", "unseen") if "seen" in z else ("arr_0", "arr_1")
+                pair = (z[keys[0]], z[keys[1]])
+        except (KeyError, ValueError, OSError) as exc:
+            raise DataError(f"{path}: expected arrays 'seen' and 'unseen' in the .npz ({exc})") from exc
+    else:
+        pair = load_pickle(path)
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"{path}: expected a pair of arrays (seen, unseen); got {type(pair).__name__}"
+                        f"{' of length ' + str(len(pair)) if isinstance(pair, (tuple, list)) else ''}")
+    return (_as_matrix(pair[0], path, "the first array", dim), _as_matrix(pair[1], path, "the second array", dim))
+
+
+def save_vector_pair(path: str | os.PathLike, first: np.ndarray, second: np.ndarray) -> Path:
+    """Write a pair of float32 arrays in the original's pickle format (readable by ``load_vector_pair``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump((np.asarray(first, np.float32), np.asarray(second, np.float32)), f, protocol=3)
+    return path
+
+
+def load_label_ids_pickle(path: str | os.PathLike) -> list[str]:
+    """``unseen_labels.pkl``: a numpy object array of label ids -> list of str."""
+    value = load_pickle(path)
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{path}: expected an array of label-id strings")
+    return value
+
+
+def read_label_list(path: str | os.PathLike) -> list[str]:
+    """A text file with one label per line (CRLF or LF); blank trailing lines ignored."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"label list {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text label list ({exc})") from exc
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    if not labels:
+        raise DataError(f"{path}: the label list is empty")
+    if any(not label for label in labels):
+        raise DataError(f"{path}: line {labels.index('') + 1} is empty; one label per line expected")
+    return labels
+
+
+@dataclass
+class GloveVectors:
+    """Result of ``vectors_from_glove``: ``vectors (L, dim)`` float32 in label order and a report."""
+
+    vectors: np.ndarray
+    labels: list[str]
+    missing_words: dict[str, list[str]] = field(default_factory=dict)  # label -> words not found
+
+    def report(self) -> str:
+        if not self.missing_words:
+            return f"all {len(self.labels)} labels found"
+        lines = [f"{len(self.missing_words)} of {len(self.labels)} labels have words missing from GloVe:"]
+        lines += [f"  {label}: {', '.join(words)}" for label, words in self.missing_words.items()]
+        return "\n".join(lines)
+
+
+def label_words(label: str) -> list[str]:
+    """Words of a label as GloVe spells them: lower case, split on spaces, '_', '-', '/' and '&'."""
+    return [w for w in re.split(r"[\s_\-/&,()]+", label.lower()) if w]
+
+
+def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim: int | None = None,
+                       allow_missing_labels: bool = False) -> GloveVectors:
+    """Label vectors ``(L, dim)`` from a GloVe text file; multi-word labels are the mean of their words.
+
+    The file is streamed once (only the needed words are kept). Words not in the file are reported
+    in ``missing_words``; a label none of whose words is found raises ``DataError`` listing them
+    (or, with ``allow_missing_labels``, gets a zero vector — the model cannot use such a label).
+    """
+    glove_path = Path(glove_path)
+    if not glove_path.exists():
+        raise DataError(f"GloVe file {glove_path} not found")
+    words_of = {label: label_words(label) for label in labels}
+    for label, words in words_of.items():
+        if not words:
+            raise DataError(f"label {label!r} has no words to look up in {glove_path}")
+    wanted = {w for words in words_of.values() for w in words}
+    found: dict[str, np.ndarray] = {}
+    with open(glove_path, "r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            word, _, rest = line.rstrip("\n").partition(" ")
+            if word not in wanted or word in found:
+                continue
+            try:
+                vec = np.array(rest.split(), dtype=np.float32)
+            except ValueError as exc:
+                raise DataError(f"{glove_path}: line {lineno} ({word!r}) is not 'word v1 v2 ...' ({exc})") from exc
+            if dim is None:
+                dim = vec.size
+            if vec.size != dim or dim == 0:
+                raise DataError(f"{glove_path}: line {lineno} ({word!r}) has {vec.size} values; expected {dim}")
+            found[word] = vec
+            if len(found) == len(wanted):
+                break
+    if dim is None:
+        raise DataError(f"{glove_path}: none of the {len(wanted)} label words was found; wrong file?")
+    vectors = np.zeros((len(labels), dim), dtype=np.float32)
+    missing: dict[str, list[str]] = {}
+    empty = []
+    for i, label in enumerate(labels):
+        words = words_of[label]
+        got = [found[w] for w in words if w in found]
+        lost = [w for w in words if w not in found]
+        if lost:
+            missing[label] = lost
+        if got:
+            vectors[i] = np.mean(got, axis=0)
+        else:
+            empty.append(label)
+    if empty and not allow_missing_labels:
+        raise DataError(
+            f"{glove_path}: no word of {len(empty)} label(s) is in the file: {', '.join(empty[:20])}"
+            f"{' ...' if len(empty) > 20 else ''}; rename these labels or pass allow_missing_labels"
+        )
+    return GloveVectors(vectors=vectors, labels=list(labels), missing_words=missing)

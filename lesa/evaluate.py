@@ -1,0 +1,272 @@
+"""Evaluation: scores over a split, the original's protocol (``lesa.metrics``) and its report files.
+
+Reports per task (``F1_<f|ES>[_<name>]_test.csv``, columns as the original wrote them):
+
+    nus_wide_zero_shot   _81  classes,F1_3,P_3,R_3,F1_5,P_5,R_5,ap     zero-shot, 81 unseen labels
+                         _1k  g_F1_3,g_P_3,g_R_3,g_F1_5,g_P_5,g_R_5,aP  generalised, 81+925 (unseen first)
+    nus_wide_multilabel  (none) classes,F1_3,...,ap                     the 81 labels
+    openimages           (none) classes,F1_<k>,...,ap  seen;  _zs  unseen;  _gzs  unseen+seen, g_F1_<k>...
+
+The F1/P/R columns hold the overall (pooled) values, repeated on every row, and ``ap`` the per-class
+AP (original: ``evaluate_k(mode_F1='overall')`` returned one number that pandas broadcast).
+original: the NUS-WIDE ``_1k`` file came out with empty g_* columns (pandas assigned scalars to an
+empty frame); here they hold the values. The Open Images ``_gzs`` file listed class names seen-first
+while its scores are unseen-first; here the names follow the scores.
+
+Also written: ``summary_<tag>.json`` and, on request, the raw scores (``.npz``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesa import metrics
+from lesa.checkpoint import atomic_write_text, load_checkpoint, load_model_state
+from lesa.errors import CheckpointError, ShapeError
+
+HEADS = ("logits", "zs_logits", "gzs_logits")
+
+
+# -- scores ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str = "inference",
+            progress: bool = False, desc: str = "") -> tuple[dict, dict]:
+    """Scores ``{head: (N, C) float32}`` and labels ``{key: (N, D) int8}`` over ``reader``'s records.
+
+    ``batchnorm="inference"`` uses the moving statistics (``model.eval()``); ``"batch"`` uses each
+    batch's statistics without changing the moving ones (original: the NUS-WIDE multi-label script
+    validated that way, since it did not switch its model to inference mode).
+    """
+    was_training = model.training
+    saved = None
+    if batchnorm == "batch":
+        saved = {k: v.clone() for k, v in model.named_buffers()}
+        model.train()
+    else:
+        model.eval()
+    scores = {h: [] for h in heads}
+    labels: dict[str, list] = {}
+    try:
+        for batch in reader.iter_batches(batch_size, progress=progress, desc=desc):
+            out = model(batch.features)
+            for h in heads:
+                scores[h].append(getattr(out, h).float().cpu().numpy())
+            for k, v in batch.labels.items():
+                labels.setdefault(k, []).append(v.cpu().numpy().astype(np.int8))
+    finally:
+        if saved is not None:
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+        model.train(was_training)
+    return ({h: np.concatenate(v) for h, v in scores.items()},
+            {k: np.concatenate(v) for k, v in labels.items()})
+
+
+def gzs_labels(labels: dict) -> np.ndarray:
+    """Generalised labels: unseen first, then seen (the order of ``gzs_logits``)."""
+    return np.concatenate([labels["unseen"], labels["seen"]], axis=1)
+
+
+# -- report tables --------------------------------------------------------------------------------
+@dataclass
+class ReportTable:
+    """One CSV report: per-class rows plus the summary numbers."""
+
+    name: str  # file-name part ("81", "1k", "", "zs", "gzs")
+    title: str  # for the printed table
+    columns: list[str]
+    rows: list[list]
+    summary: dict = field(default_factory=dict)
+
+    def to_csv(self) -> str:
+        """pandas ``DataFrame.to_csv`` layout: an unnamed index column first."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["", *self.columns])
+        for i, row in enumerate(self.rows):
+            w.writerow([i, *[_fmt(v) for v in row]])
+        return buf.getvalue()
+
+
+def _fmt(v):
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else repr(float(v))
+    return v
+
+
+def make_table(name: str, title: str, scores: np.ndarray, labels: np.ndarray, ks, names=None,
+               prefix: str = "", ap_column: str = "ap") -> ReportTable:
+    """Overall top-K F1/P/R for each K (repeated on every row) and the per-class AP."""
+    if scores.shape != labels.shape:
+        raise ShapeError(f"{title}: scores {scores.shape} vs labels {labels.shape}")
+    ap = metrics.average_precision(scores, labels)
+    columns = (["classes"] if names is not None else [])
+    values = []
+    summary = {"n_images": int(scores.shape[0]), "n_labels": int(scores.shape[1]), "mAP": float(np.mean(ap))}
+    for k in ks:
+        f1, p, r = metrics.topk_f1(scores, labels, int(k), mode="overall")
+        columns += [f"{prefix}F1_{k}", f"{prefix}P_{k}", f"{prefix}R_{k}"]
+        values += [f1, p, r]
+        summary.update({f"F1@{k}": f1, f"P@{k}": p, f"R@{k}": r})
+    columns.append(ap_column)
+    rows = []
+    for c in range(scores.shape[1]):
+        rows.append(([names[c]] if names is not None else []) + values + [float(ap[c])])
+    return ReportTable(name=name, title=title, columns=columns, rows=rows, summary=summary)
+
+
+def test_tables(task, scores: dict, labels: dict, ev) -> list[ReportTable]:
+    """The report tables of ``task`` (a ``TaskData``) for the test split."""
+    if task.task == "nus_wide_zero_shot":
+        return [
+            make_table("81", f"zero-shot ({len(task.unseen_names)} unseen)", scores["zs_logits"], labels["unseen"], ev.k, names=task.unseen_names),
+            make_table("1k", f"generalised ({len(task.unseen_names)}+{task.n_seen})",
+                       scores["gzs_logits"], gzs_labels(labels), ev.k_gzs, prefix="g_", ap_column="aP"),
+        ]
+    if task.task == "nus_wide_multilabel":
+        return [make_table("", f"multi-label ({task.n_seen})", scores["logits"], labels["seen"], ev.k,
+                           names=task.seen_names)]
+    return [
+        make_table("", f"seen ({task.n_seen})", scores["logits"], labels["seen"], ev.k_seen,
+                   names=task.seen_names),
+        make_table("zs", f"zero-shot ({len(task.unseen_names)} unseen)", scores["zs_logits"],
+                   labels["unseen"], ev.k, names=task.unseen_names),
+        make_table("gzs", f"generalised ({len(task.unseen_names)}+{task.n_seen})", scores["gzs_logits"],
+                   gzs_labels(labels), ev.k_gzs, names=task.unseen_names + task.seen_names, prefix="g_"),
+    ]
+
+
+def validation_metrics(task, scores: dict, labels: dict, k: int) -> dict:
+    """The columns the original logged: mF1 (seen F1@k), mF1_u (NUS-WIDE zero-shot), mAP (seen)."""
+    f1, _, _ = metrics.topk_f1(scores["logits"], labels["seen"], k, mode="overall")
+    out = {"mF1": f1}
+    if task.task == "nus_wide_zero_shot":
+        out["mF1_u"] = metrics.topk_f1(scores["zs_logits"], labels["unseen"], k, mode="overall")[0]
+    out["mAP"] = metrics.mean_average_precision(scores["logits"], labels["seen"])
+    return out
+
+
+def report_file(out_dir: Path, tag: str, table: ReportTable) -> Path:
+    return Path(out_dir) / f"F1_{tag}{'_' + table.name if table.name else ''}_test.csv"
+
+
+def write_reports(out_dir, tag: str, tables: list[ReportTable], extra: dict | None = None) -> dict:
+    """Write each table's CSV and ``summary_<tag>.json``; returns the summary dict."""
+    out_dir = Path(out_dir)
+    summary = {"tag": tag, **(extra or {}), "reports": {}}
+    for t in tables:
+        path = report_file(out_dir, tag, t)
+        atomic_write_text(path, t.to_csv())
+        summary["reports"][t.name or "seen"] = {"title": t.title, "file": path.name, **t.summary}
+    atomic_write_text(out_dir / f"summary_{tag}.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A plain-text table of every report in ``summary`` (values in %)."""
+    reports = summary["reports"]
+    ks = []
+    for r in reports.values():
+        for key in r:
+            if key.startswith("F1@") and key[3:] not in ks:
+                ks.append(key[3:])
+    header = ["report", "labels", "images", "mAP"] + [f"{m}@{k}" for k in ks for m in ("F1", "P", "R")]
+    lines = []
+    for r in reports.values():
+        row = [r["title"], str(r["n_labels"]), str(r["n_images"]), f"{100 * r['mAP']:.1f}"]
+        for k in ks:
+            for m in ("F1", "P", "R"):
+                v = r.get(f"{m}@{k}")
+                row.append("-" if v is None else f"{100 * v:.1f}")
+        lines.append(row)
+    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
+    fmt = lambda row: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))  # noqa: E731
+    title = f"{summary.get('tag', '')} {summary.get('checkpoint', '')}".strip()
+    return "\n".join([title, fmt(header), *(fmt(r) for r in lines)])
+
+
+# -- checkpoints of either kind -------------------------------------------------------------------
+def is_tf_checkpoint(path) -> bool:
+    p = str(path)
+    return p.endswith((".ckpt", ".index")) or Path(p + ".index").exists() or ".ckpt" in Path(p).name
+
+
+def load_model_for_task(path, task, model_config, device="cpu"):
+    """A ``LESA`` with ``task``'s label vectors and the weights of a native ``.pt`` or TF checkpoint.
+
+    TF checkpoints (the original's ``model.ckpt`` prefix) hold no label vectors when they were fixed;
+    the task's vectors are used. For native checkpoints the seen count must match the task.
+    """
+    from lesa.model import LESA, LESAConfig
+
+    path = str(path)
+    if is_tf_checkpoint(path):
+        from lesa import load_tf_checkpoint
+
+        prefix = path[: -len(".index")] if path.endswith(".index") else path
+        model = LESA(task.seen_vecs, task.unseen_vecs, model_config)
+        load_tf_checkpoint(model, prefix)
+        return model.to(device)
+    payload = load_checkpoint(path)
+    config = LESAConfig.from_dict(dict(payload["model_config"]))
+    state = payload["model_state"]
+    n_seen = state["init_vecs"].shape[0]
+    if n_seen != task.n_seen:
+        raise CheckpointError(f"{path}: the model was trained on {n_seen} seen labels but the "
+                              f"configuration's task has {task.n_seen}; use the matching config")
+    model = LESA(state["init_vecs"].numpy(), state["unseen_vecs"].numpy(), config)
+    load_model_state(model, state, path)
+    if task.has_unseen:  # the configuration decides the unseen labels (e.g. a top-400 subset)
+        model.set_unseen_vecs(task.unseen_vecs)
+    return model.to(device)
+
+
+def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint: str = "",
+                   save_scores: str | None = None, progress: bool = True) -> dict:
+    """Score the test split, write the reports of ``tag`` ('f', 'ES', ...), return the summary."""
+    scores, labels = predict(model, test_reader, cfg.data.eval_batch_size, progress=progress,
+                             desc=f"test ({tag})")
+    if save_scores:
+        np.savez(save_scores, **scores, **{f"labels_{k}": v for k, v in labels.items()},
+                 rows=np.arange(test_reader.start, test_reader.stop))
+    tables = test_tables(task, scores, labels, cfg.evaluate)
+    return write_reports(out_dir, tag, tables, extra={"checkpoint": str(checkpoint), "task": task.task,
+                                                      "experiment": cfg.experiment.name})
+
+
+def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, save_scores: str | None = None,
+                         device: str | None = None, progress: bool = True, log=print) -> list[dict]:
+    """``lesa evaluate``: for each (tag, checkpoint path), write the reports and print the table."""
+    from lesa.datasets.stream import RangeReader, open_split
+    from lesa.experiment import check_config
+    from lesa.tasks import load_task
+    from lesa.train import pick_device
+
+    check_config(cfg, for_training=False)
+    dev = pick_device(device or cfg.train.device)
+    task = load_task(cfg)
+    out_dir = Path(out_dir or cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = open_split(cfg.data.test, "test")
+    results = []
+    try:
+        reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
+                             chunk_mb=cfg.data.chunk_mb, name="test")
+        for i, (tag, ckpt) in enumerate(checkpoints):
+            model = load_model_for_task(ckpt, task, cfg.model, dev)
+            scores_path = None
+            if save_scores:
+                scores_path = save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz"
+            summary = evaluate_model(model, cfg, task, reader, out_dir, tag, checkpoint=ckpt,
+                                     save_scores=scores_path, progress=progress)
+            log(format_summary(summary))
+            results.append(summary)
+    finally:
+        split.close()
+    return results

@@ -1,0 +1,328 @@
+"""Experiment configuration: one TOML file per experiment (``configs/*.toml``), CLI overrides.
+
+A configuration has five tables; every key is checked (an unknown or misspelt key is a
+``ConfigError`` naming the file, the table and the known keys)::
+
+    [experiment]  name, task, out, description
+    [data]        the HDF5 feature files, label-vector and label-list files, streaming options
+    [model]       the ``LESAConfig`` switches (n_attention, lamb_att_dist, ...)
+    [train]       schedule, optimiser, adaptive rate, evaluation cadence, seed, device
+    [evaluate]    the K values of the test reports
+
+Overrides: ``--set train.n_iters=100`` (value parsed as TOML, else taken as a string); the
+dedicated flags of ``lesa train`` are applied the same way. ``check_config`` validates the whole
+configuration before any long work (files exist, values in range).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lesa.errors import ConfigError
+from lesa.model import LESAConfig
+
+TASKS = ("nus_wide_zero_shot", "nus_wide_multilabel", "openimages")
+PRELOAD = ("none", "ram", "gpu", "auto")
+
+
+@dataclass
+class ExperimentSection:
+    name: str = "experiment"
+    task: str = "nus_wide_zero_shot"  # one of TASKS: which labels train and which reports come out
+    out: str = ""  # output folder; "" = results/<name>
+    description: str = ""  # free text written to description.txt
+
+
+@dataclass
+class DataSection:
+    train: list[str] = field(default_factory=list)  # HDF5 file(s) or glob(s) of the training split
+    validation: list[str] = field(default_factory=list)  # [] = the first n_validation train records
+    test: list[str] = field(default_factory=list)
+    n_validation: int = 5000  # original (NUS-WIDE): validation = first 5,000 train records, skipped in training
+    label_vectors: str = ""  # pickle (seen/1k, unseen/81) of raw word vectors, or .npz
+    tag_list: str = ""  # NUS-WIDE TagList1k.txt
+    concepts: str = ""  # NUS-WIDE Concepts81.txt
+    seen_label_ids: str = ""  # Open Images classes-trainable.txt
+    unseen_label_ids: str = ""  # Open Images unseen_labels.pkl
+    class_descriptions: str = ""  # Open Images class-descriptions.csv (id -> name); optional
+    top_unseen: str = ""  # Open Images top_400_unseen.csv; "" = all unseen labels
+    skip_no_positive: bool = False  # original (Open Images): train only on images with a positive label
+    shuffle: bool = False  # original: no shuffling (sequential, repeating)
+    shuffle_buffer: int = 20000  # records mixed together when shuffling (bounded memory)
+    preload: str = "none"  # none | ram | gpu | auto (auto: gpu/ram when it fits, else stream)
+    chunk_mb: int = 64  # contiguous read size when streaming
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class TrainSection:
+    n_iters: int = 200000
+    batch_size: int = 32
+    lr: float = 0.001
+    rmsprop_decay: float = 0.9
+    rmsprop_momentum: float = 0.9
+    rmsprop_eps: float = 1.0
+    signal_strength: float = 0.3
+    patience: int = 5
+    decay_rate: float = 0.8
+    limit_scale: float = 0.001
+    n_report: int = 50  # evaluations per run: every max(n_iters // n_report, min_eval_interval)
+    min_eval_interval: int = 500
+    eval_interval: int = 0  # > 0 overrides the formula above (tests, demos)
+    monitor: str = "mF1"  # validation column feeding the adaptive rate and early stopping: mF1 | mAP
+    val_k: int = 5  # K of the validation F1
+    val_batchnorm: str = "inference"  # inference | batch (original NUS-WIDE multi-label: batch statistics)
+    zs_test_quarters: bool = False  # original (Open Images): zero-shot test at each quarter of the run
+    checkpoint_every: int = 0  # iterations between resume checkpoints (last.pt); 0 = at each evaluation
+    seed: int = 0
+    deterministic: bool = True  # deterministic kernels; a resumed run equals an uninterrupted one
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvaluateSection:
+    k: list[int] = field(default_factory=lambda: [3, 5])  # K of the zero-shot (or multi-label) report
+    k_gzs: list[int] = field(default_factory=lambda: [3, 5])  # K of the generalised report
+    k_seen: list[int] = field(default_factory=lambda: [3, 5])  # K of the seen-label report (Open Images)
+
+
+@dataclass
+class Config:
+    experiment: ExperimentSection = field(default_factory=ExperimentSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: LESAConfig = field(default_factory=LESAConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    source: str = "<defaults>"  # where the configuration came from (for messages)
+
+    SECTIONS = ("experiment", "data", "model", "train", "evaluate")
+
+    # -- derived values ------------------------------------------------------------------------
+    @property
+    def eval_interval(self) -> int:
+        """Iterations between evaluations: ``max(n_iters // n_report, 500)`` as the original."""
+        t = self.train
+        if t.eval_interval > 0:
+            return t.eval_interval
+        return max(t.n_iters // max(t.n_report, 1), t.min_eval_interval)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.experiment.out or os.path.join("results", self.experiment.name))
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in self.SECTIONS}
+
+
+_SECTION_TYPES = {
+    "experiment": ExperimentSection,
+    "data": DataSection,
+    "model": LESAConfig,
+    "train": TrainSection,
+    "evaluate": EvaluateSection,
+}
+
+
+def _coerce(value, current, where: str):
+    """Convert a TOML/CLI value to the type of the field's default, or raise ConfigError."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(current, list):
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if current and isinstance(current[0], int):
+            return [_coerce(v, 0, where) for v in value]
+        return [str(v) for v in value]
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _default_of(section_type, name):
+    for f in fields(section_type):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            return f.default_factory()  # type: ignore[misc]
+    raise KeyError(name)
+
+
+def _list_field_is_int(section_type, name) -> bool:
+    return section_type is EvaluateSection
+
+
+def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None:
+    """Set ``section.key`` to ``value`` (type-checked against the field)."""
+    where = where or cfg.source
+    section, _, key = dotted.partition(".")
+    if section not in _SECTION_TYPES or not key:
+        raise ConfigError(f"{where}: unknown setting {dotted!r}; settings are <table>.<key> with "
+                          f"table one of {list(_SECTION_TYPES)}")
+    stype = _SECTION_TYPES[section]
+    known = [f.name for f in fields(stype)]
+    if key not in known:
+        raise ConfigError(f"{where}: unknown key {key!r} in [{section}]; known keys: {', '.join(known)}")
+    current = _default_of(stype, key)
+    if isinstance(current, list) and not current and _list_field_is_int(stype, key):
+        current = [0]
+    obj = getattr(cfg, section)
+    setattr(obj, key, _coerce(value, current, f"{where}: {dotted}"))
+
+
+def config_from_dict(values: dict, source: str = "<dict>") -> Config:
+    cfg = Config(source=source)
+    for section, table in values.items():
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown table [{section}]; tables are {list(_SECTION_TYPES)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key, value in table.items():
+            set_value(cfg, f"{section}.{key}", value, source)
+    cfg.model = LESAConfig(**dataclasses.asdict(cfg.model))  # re-run its checks
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a TOML configuration and apply ``key=value`` overrides (``train.n_iters=100``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"configuration file {path} not found (see configs/*.toml)")
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    cfg = config_from_dict(values, source=str(path))
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"override {text!r} must look like table.key=value (e.g. train.n_iters=100)")
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value, where="command line")
+    cfg.model = LESAConfig(**dataclasses.asdict(cfg.model))
+    return cfg
+
+
+# -- validation before any long work -------------------------------------------------------------
+def _need_file(cfg: Config, key: str, value: str, what: str) -> None:
+    if not value:
+        raise ConfigError(f"{cfg.source}: data.{key} is not set; give the {what} "
+                          f"(in the config or with --set data.{key}=PATH)")
+    if not Path(value).exists():
+        raise ConfigError(f"{cfg.source}: data.{key} = {value!r} does not exist ({what})")
+
+
+def check_config(cfg: Config, for_training: bool = True) -> None:
+    """Fail fast: every value in range and every file present, before anything is loaded."""
+    e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
+    src = cfg.source
+    if e.task not in TASKS:
+        raise ConfigError(f"{src}: experiment.task = {e.task!r}; choose one of {', '.join(TASKS)}")
+    if d.preload not in PRELOAD:
+        raise ConfigError(f"{src}: data.preload = {d.preload!r}; choose one of {', '.join(PRELOAD)}")
+    if t.monitor not in ("mF1", "mAP"):
+        raise ConfigError(f"{src}: train.monitor = {t.monitor!r}; choose mF1 or mAP")
+    if t.val_batchnorm not in ("inference", "batch"):
+        raise ConfigError(f"{src}: train.val_batchnorm = {t.val_batchnorm!r}; choose inference or batch")
+    positive = {"train.n_iters": t.n_iters, "train.batch_size": t.batch_size, "train.val_k": t.val_k,
+                "data.eval_batch_size": d.eval_batch_size, "data.chunk_mb": d.chunk_mb,
+                "data.shuffle_buffer": d.shuffle_buffer, "train.n_report": t.n_report,
+                "train.patience": t.patience}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{src}: {key} = {value}; it must be at least 1")
+    for key, value in {"train.lr": t.lr, "train.rmsprop_eps": t.rmsprop_eps}.items():
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{src}: {key} = {value}; it must be a positive number")
+    if not 0 < t.signal_strength <= 1 or not 0 < t.decay_rate <= 1:
+        raise ConfigError(f"{src}: train.signal_strength and train.decay_rate must be in (0, 1]")
+    for key, ks in {"evaluate.k": ev.k, "evaluate.k_gzs": ev.k_gzs, "evaluate.k_seen": ev.k_seen}.items():
+        if not ks or any(k < 1 for k in ks):
+            raise ConfigError(f"{src}: {key} = {ks}; give at least one K >= 1")
+    if t.eval_interval < 0 or t.checkpoint_every < 0 or d.n_validation < 0:
+        raise ConfigError(f"{src}: train.eval_interval, train.checkpoint_every and data.n_validation "
+                          "must not be negative")
+    if not t.device == "auto" and not t.device.startswith(("cpu", "cuda")):
+        raise ConfigError(f"{src}: train.device = {t.device!r}; use auto, cpu, cuda or cuda:N")
+    if e.task.startswith("nus_wide"):
+        _need_file(cfg, "tag_list", d.tag_list, "NUS-WIDE TagList1k.txt")
+        _need_file(cfg, "concepts", d.concepts, "NUS-WIDE Concepts81.txt")
+    else:
+        _need_file(cfg, "seen_label_ids", d.seen_label_ids, "Open Images classes-trainable.txt")
+        _need_file(cfg, "unseen_label_ids", d.unseen_label_ids, "Open Images unseen_labels.pkl")
+        if d.top_unseen:
+            _need_file(cfg, "top_unseen", d.top_unseen, "Open Images top_400_unseen.csv")
+        if d.class_descriptions:
+            _need_file(cfg, "class_descriptions", d.class_descriptions, "Open Images class-descriptions.csv")
+    _need_file(cfg, "label_vectors", d.label_vectors, "label-vector pickle")
+    from lesa.datasets.h5 import expand_paths
+
+    splits = (["train", "test"] + (["validation"] if d.validation else [])) if for_training else ["test"]
+    for split in splits:
+        paths = getattr(d, split)
+        if not paths:
+            raise ConfigError(f"{src}: data.{split} is not set; give the HDF5 feature file(s) of the "
+                              f"{split} split (--{split} PATH)")
+        try:
+            files = expand_paths(paths)
+        except Exception as exc:
+            raise ConfigError(f"{src}: data.{split}: {exc}") from exc
+        for p in files:
+            if not p.exists():
+                raise ConfigError(f"{src}: data.{split} file {p} does not exist")
+
+
+# -- writing a configuration back (config.toml in the output folder) -----------------------------
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dumps_config(cfg: Config) -> str:
+    lines = [f"# resolved configuration (from {cfg.source})"]
+    for name, table in cfg.to_dict().items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"

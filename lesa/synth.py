@@ -1,0 +1,231 @@
+"""Planted synthetic datasets in the real file layouts, and the ``lesa demo`` run.
+
+The planted structure makes zero-shot transfer possible, as in the real data:
+
+- label word vectors (300-d) are random combinations of a few latent "topics" plus noise, so an
+  unseen label's vector lies close to the span of the seen labels' vectors;
+- an image has 1-4 present labels; each present label ``l`` is painted into a random 3x3 patch of
+  the 14x14 region grid as ``relu(A v_l)`` (``A`` a hidden 512x300 map, the same for every label),
+  over non-negative background noise.
+
+A model that learns ``A`` from the seen labels can therefore score unseen labels from their
+vectors alone; one that ignores the labels cannot (its zero-shot mAP stays at chance).
+
+Files written (``write_synthetic(out, kind=...)``), the same as the real datasets':
+
+    nus_wide:    TagList1k.txt, Concepts81.txt (CRLF), label_vectors.pkl = (vecs_tags, vecs_concepts),
+                 train.h5 / test.h5 with labels_1k (tags; tags that are also concepts set to 0)
+                 and labels_81 (concepts), in the layout of ``lesa.datasets.h5``
+    openimages:  classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv, class-descriptions.csv,
+                 label_vectors.pkl = (seen, unseen), train.h5 / validation.h5 (labels),
+                 test.h5 (seen_labels, unseen_labels)
+
+Large sizes (``--preset nus-wide``: 161,789 + 107,859 images, 1,000 tags, 81 concepts) are written
+in chunks of ``chunk`` images: memory stays small whatever the size.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lesa.datasets.embeddings import save_vector_pair
+from lesa.datasets.h5 import FeatureWriter
+
+DIM_W2V = 300
+N_TOPICS = 24
+
+
+@dataclass
+class SynthSpec:
+    kind: str = "nus_wide"  # nus_wide | openimages
+    n_train: int = 1200
+    n_validation: int = 300  # openimages only (NUS-WIDE validates on the first train records)
+    n_test: int = 400
+    n_tags: int = 60  # nus_wide: tags; openimages: seen labels
+    n_concepts: int = 16  # nus_wide: concepts (unseen); openimages: unseen labels
+    n_shared: int = 10  # nus_wide: concepts that are also tags (NUS-WIDE: 75 of 81)
+    n_top_unseen: int = 0  # openimages: rows in top_400_unseen.csv (0 = n_concepts // 2)
+    dtype: str = "float32"
+    seed: int = 0
+    signal: float = 1.0  # strength of a painted label against the background
+    chunk: int = 256
+
+
+PRESETS = {
+    "demo": dict(n_train=1500, n_test=500, n_tags=60, n_concepts=16, n_shared=10),
+    "tiny": dict(n_train=120, n_validation=40, n_test=60, n_tags=24, n_concepts=8, n_shared=4),
+    "nus-wide": dict(n_train=161789, n_test=107859, n_tags=1000, n_concepts=81, n_shared=75),
+    "openimages-small": dict(kind="openimages", n_train=2000, n_validation=300, n_test=500, n_tags=200,
+                             n_concepts=60),
+}
+
+
+class PlantedWorld:
+    """Label vectors and the hidden visual map of one synthetic world."""
+
+    def __init__(self, n_labels: int, seed: int):
+        rng = np.random.default_rng([seed, 1])
+        topics = rng.standard_normal((N_TOPICS, DIM_W2V))
+        mix = rng.standard_normal((n_labels, N_TOPICS)) * (rng.random((n_labels, N_TOPICS)) < 0.3)
+        mix[np.arange(n_labels), rng.integers(0, N_TOPICS, n_labels)] += 1.5  # no empty mixture
+        self.vecs = (mix @ topics + 0.3 * rng.standard_normal((n_labels, DIM_W2V))).astype(np.float32)
+        unit = self.vecs / np.linalg.norm(self.vecs, axis=1, keepdims=True)
+        a = rng.standard_normal((512, DIM_W2V)) / np.sqrt(DIM_W2V)
+        self.prototypes = np.maximum(unit @ a.T, 0).astype(np.float32) * 3.0  # (L, 512) relu(A v)
+        self.n_labels = n_labels
+
+    def images(self, rng: np.random.Generator, n: int, signal: float, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """``features (n,196,512)`` and presence ``(n, L)`` in {0,1} for n new images."""
+        feats = np.abs(rng.standard_normal((n, 14, 14, 512), dtype=np.float32)) * 0.5
+        present = np.zeros((n, self.n_labels), dtype=np.int8)
+        n_pos = rng.integers(1, 5, size=n)
+        for i in range(n):
+            labels = rng.choice(self.n_labels, size=n_pos[i], replace=False)
+            present[i, labels] = 1
+            for lab in labels:
+                r, c = rng.integers(0, 12, size=2)
+                patch = self.prototypes[lab] * signal * (0.7 + 0.6 * rng.random((3, 3, 1), dtype=np.float32))
+                feats[i, r:r + 3, c:c + 3] += patch
+        return feats.reshape(n, 196, 512).astype(dtype), present
+
+
+def _write_lines(path: Path, lines, crlf: bool = False) -> None:
+    path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode("utf-8") + (b"\r\n" if crlf else b"\n"))
+
+
+def _write_split(path: Path, world: PlantedWorld, rng, n: int, spec: SynthSpec, dataset: str, split: str,
+                 label_dims: dict, to_labels, progress: bool, prefix: str) -> Path:
+    from tqdm import tqdm
+
+    if path.exists():
+        path.unlink()
+    with FeatureWriter(path, dataset, split, label_dims, dtype=spec.dtype,
+                       attrs={"backbone": "synthetic", "synthetic_seed": spec.seed}) as w:
+        bar = tqdm(total=n, desc=f"writing {path.name}", unit="img", disable=not progress, leave=False)
+        for a in range(0, n, spec.chunk):
+            b = min(n, a + spec.chunk)
+            feats, present = world.images(rng, b - a, spec.signal, spec.dtype)
+            w.append([f"{prefix}{i:07d}" for i in range(a, b)], feats, to_labels(present))
+            bar.update(b - a)
+        bar.close()
+        w.finish()
+    return path
+
+
+def write_synthetic(out_dir, spec: SynthSpec | None = None, progress: bool = True, **overrides) -> dict:
+    """Write a planted dataset (files listed in the module docstring); returns their paths."""
+    spec = spec or SynthSpec()
+    for k, v in overrides.items():
+        setattr(spec, k, v)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([spec.seed, 2])
+    if spec.kind == "nus_wide":
+        return _write_nus_wide(out, spec, rng, progress)
+    if spec.kind == "openimages":
+        return _write_openimages(out, spec, rng, progress)
+    raise ValueError(f"unknown synthetic kind {spec.kind!r}")
+
+
+def _write_nus_wide(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
+    n_only_concepts = spec.n_concepts - spec.n_shared
+    n_labels = spec.n_tags + n_only_concepts  # distinct labels of the world
+    world = PlantedWorld(n_labels, spec.seed)
+    names = [f"label{i:04d}" for i in range(n_labels)]
+    # the shared labels are spread through the tag list (as the 75 concepts among the 1k tags)
+    shared_pos = np.sort(np.random.default_rng([spec.seed, 3]).choice(spec.n_tags, spec.n_shared, replace=False))
+    tag_ids = list(range(spec.n_tags))
+    concept_ids = sorted([int(i) for i in shared_pos] + list(range(spec.n_tags, n_labels)))
+    tags = [names[i] for i in tag_ids]
+    concepts = [names[i] for i in concept_ids]
+    _write_lines(out / "TagList1k.txt", tags, crlf=True)
+    _write_lines(out / "Concepts81.txt", concepts, crlf=True)
+    save_vector_pair(out / "label_vectors.pkl", world.vecs[tag_ids], world.vecs[concept_ids])
+    shared_mask = np.isin(tag_ids, concept_ids)
+
+    def to_labels(present):
+        l1k = (2 * present[:, tag_ids] - 1).astype(np.int8)
+        l1k[:, shared_mask] = 0  # as the extraction: tags that are concepts are not seen labels
+        return {"labels_1k": l1k, "labels_81": (2 * present[:, concept_ids] - 1).astype(np.int8)}
+
+    dims = {"labels_1k": len(tags), "labels_81": len(concepts)}
+    files = {"tag_list": out / "TagList1k.txt", "concepts": out / "Concepts81.txt",
+             "label_vectors": out / "label_vectors.pkl"}
+    files["train"] = _write_split(out / "train.h5", world, rng, spec.n_train, spec, "nus_wide", "Train", dims,
+                                  to_labels, progress, "train/")
+    files["test"] = _write_split(out / "test.h5", world, rng, spec.n_test, spec, "nus_wide", "Test", dims,
+                                 to_labels, progress, "test/")
+    return files
+
+
+def _write_openimages(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
+    n_seen, n_unseen = spec.n_tags, spec.n_concepts
+    world = PlantedWorld(n_seen + n_unseen, spec.seed)
+    seen_ids = [f"/m/s{i:05d}" for i in range(n_seen)]
+    unseen_ids = [f"/m/u{i:05d}" for i in range(n_unseen)]
+    _write_lines(out / "classes-trainable.txt", seen_ids)
+    with open(out / "unseen_labels.pkl", "wb") as f:
+        pickle.dump(np.array(unseen_ids, dtype=object), f, protocol=2)
+    n_top = spec.n_top_unseen or max(1, n_unseen // 2)
+    top = np.sort(np.random.default_rng([spec.seed, 4]).choice(n_unseen, n_top, replace=False))
+    (out / "top_400_unseen.csv").write_text("\ufeff" + "\n".join(str(int(i)) for i in top) + "\n", encoding="utf-8")
+    _write_lines(out / "class-descriptions.csv",
+                 [f"{i},synthetic {i.split('/')[-1]}" for i in seen_ids + unseen_ids])
+    save_vector_pair(out / "label_vectors.pkl", world.vecs[:n_seen], world.vecs[n_seen:])
+
+    def train_labels(present):
+        # Open Images annotates only some labels: leave ~70% of the absent ones unannotated (0)
+        lab = (2 * present[:, :n_seen] - 1).astype(np.int8)
+        lab[(lab < 0) & (rng.random(lab.shape) < 0.7)] = 0
+        lab[: max(1, lab.shape[0] // 20)][lab[: max(1, lab.shape[0] // 20)] > 0] = 0  # some without a positive
+        return {"labels": lab}
+
+    def test_labels(present):
+        return {"seen_labels": (2 * present[:, :n_seen] - 1).astype(np.int8),
+                "unseen_labels": (2 * present[:, n_seen:] - 1).astype(np.int8)}
+
+    files = {"seen_label_ids": out / "classes-trainable.txt", "unseen_label_ids": out / "unseen_labels.pkl",
+             "top_unseen": out / "top_400_unseen.csv", "class_descriptions": out / "class-descriptions.csv",
+             "label_vectors": out / "label_vectors.pkl"}
+    files["train"] = _write_split(out / "train.h5", world, rng, spec.n_train, spec, "openimages", "train",
+                                  {"labels": n_seen}, train_labels, progress, "tr")
+    files["validation"] = _write_split(out / "validation.h5", world, rng, spec.n_validation, spec, "openimages",
+                                       "validation", {"labels": n_seen}, train_labels, progress, "va")
+    files["test"] = _write_split(out / "test.h5", world, rng, spec.n_test, spec, "openimages", "test",
+                                 {"seen_labels": n_seen, "unseen_labels": n_unseen}, test_labels, progress, "te")
+    return files
+
+
+def config_for(files: dict, task: str, out: str, name: str, **train) -> "object":
+    """A ``Config`` for the synthetic files (the experiment's config file values + small overrides)."""
+    from lesa.experiment import config_from_dict
+
+    data = {k: (str(v) if k not in ("train", "validation", "test") else [str(v)]) for k, v in files.items()}
+    values = {"experiment": {"name": name, "task": task, "out": str(out)}, "data": data, "train": train}
+    return config_from_dict(values, source=f"synthetic {task}")
+
+
+def run_demo(out_dir, seed: int = 0, n_iters: int = 150, progress: bool = True, log=print) -> dict:
+    """``lesa demo``: write the planted NUS-WIDE-like dataset, train the zero-shot model, evaluate."""
+    import time
+
+    from lesa.train import train
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    log(f"writing a planted synthetic NUS-WIDE-like dataset to {out / 'data'} ...")
+    files = write_synthetic(out / "data", SynthSpec(seed=seed, **PRESETS["demo"]), progress=progress)
+    cfg = config_for(files, "nus_wide_zero_shot", out / "run", "demo", n_iters=n_iters, eval_interval=25,
+                     seed=seed)
+    cfg.data.n_validation = 300
+    cfg.data.preload = "ram"
+    cfg.data.eval_batch_size = 250
+    log(f"training LESA (zero-shot: {60 - 10} seen tags -> 16 unseen concepts), {n_iters} iterations ...")
+    result = train(cfg, progress=progress, log=log)
+    result["seconds"] = time.perf_counter() - t0
+    log(f"demo finished in {result['seconds']:.0f} s; outputs in {out / 'run'}")
+    return result

@@ -1,0 +1,146 @@
+"""What each experiment trains on and reports: labels, label vectors, splits (no I/O of features).
+
+- ``nus_wide_zero_shot`` (original ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Attention.py``):
+  seen = the 925 tags of TagList1k that are not among the 81 concepts, in TagList1k order
+  (original: ``[i for i in range(1000) if tag1k[i] not in tag81]``); unseen = the 81 concepts.
+  Vectors: ``vecs_1k[seen]`` and ``vecs_81`` of the pickle. Validation = the first 5,000 train
+  records (training skips them). Test reports: zero-shot on 81, generalised on 81+925 (unseen first).
+- ``nus_wide_multilabel`` (original ``multilabel_experiments/NUS_WIDE_rank_Visual_Word_Attention.py``):
+  the 81 concepts are the (seen) labels, with ``vecs_81``; no unseen labels (original: a zero vector).
+- ``openimages`` (original ``multilabel_experiments/OpenImage_rank_Visual_Word_Attention.py`` and
+  ``zeroshot_experiments/OpenImage_evaluate_top_multi_label.py``): 7,186 trainable labels seen,
+  unseen = the 2,594 unseen labels, or the 400 rows of ``top_400_unseen.csv``.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lesa.datasets.embeddings import load_label_ids_pickle, load_vector_pair, read_label_list
+from lesa.errors import DataError, ShapeError
+
+
+@dataclass
+class TaskData:
+    """Labels and vectors of one experiment; ``*_labels`` are LabelSpecs for ``RangeReader``."""
+
+    task: str
+    seen_names: list[str]
+    unseen_names: list[str]
+    seen_vecs: np.ndarray  # (C, 300) raw word vectors
+    unseen_vecs: np.ndarray  # (U, 300)
+    train_labels: dict  # {"seen": (array name, columns or None)}
+    val_labels: dict
+    test_labels: dict
+    has_unseen: bool = True  # False: the model's unseen head is a placeholder (multi-label only)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_seen(self) -> int:
+        return len(self.seen_names)
+
+
+def nus_wide_seen_unseen(tag1k: list[str], tag81: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the 1k tags: seen (tags not among the concepts) and unseen (tags that are)."""
+    concepts = set(tag81)
+    seen = np.array([i for i, t in enumerate(tag1k) if t not in concepts], dtype=np.int64)
+    unseen = np.array([i for i, t in enumerate(tag1k) if t in concepts], dtype=np.int64)
+    return seen, unseen
+
+
+def read_top_unseen(path) -> np.ndarray:
+    """Row indices of ``top_400_unseen.csv`` (one integer per line, first line may have a BOM)."""
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or not row[0].strip():
+                continue
+            try:
+                rows.append(int(row[0]))
+            except ValueError as exc:
+                raise DataError(f"{path}: line {lineno} is not an integer row index ({row[0]!r})") from exc
+    if not rows:
+        raise DataError(f"{path}: no row indices")
+    return np.array(rows, dtype=np.int64)
+
+
+def read_class_descriptions(path) -> dict[str, str]:
+    """Open Images ``class-descriptions.csv``: label id -> display name (no header)."""
+    names = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            # original: line.split(',', 1) and strip ' "\n'
+            parts = [w.strip(' "\r\n') for w in line.split(",", 1)]
+            if len(parts) == 2:
+                names[parts[0]] = parts[1]
+    return names
+
+
+def _check_vecs(vecs: np.ndarray, n: int, path, what: str) -> None:
+    if vecs.shape[0] != n:
+        raise ShapeError(f"{path}: {what} has {vecs.shape[0]} vectors but there are {n} labels; "
+                         "the label-vector file does not belong to these label lists")
+
+
+def load_task(cfg) -> TaskData:
+    """Build the ``TaskData`` of ``cfg.experiment.task`` from the files named in ``cfg.data``."""
+    d = cfg.data
+    task = cfg.experiment.task
+    first, second = load_vector_pair(d.label_vectors, dim=None)
+    if task.startswith("nus_wide"):
+        tag1k = read_label_list(d.tag_list)
+        tag81 = read_label_list(d.concepts)
+        if task == "nus_wide_multilabel":
+            _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
+            return TaskData(
+                task=task, seen_names=tag81, unseen_names=["<none>"], seen_vecs=second,
+                unseen_vecs=np.zeros((1, second.shape[1]), np.float32),
+                train_labels={"seen": ("labels_81", None)},
+                val_labels={"seen": ("labels_81", None)},
+                test_labels={"seen": ("labels_81", None)},
+                has_unseen=False,
+            )
+        _check_vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
+        _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
+        seen_idx, _ = nus_wide_seen_unseen(tag1k, tag81)
+        if seen_idx.size == 0:
+            raise DataError(f"{d.tag_list}: every tag is also a concept of {d.concepts}; no seen labels")
+        seen = {"seen": ("labels_1k", seen_idx), "unseen": ("labels_81", None)}
+        return TaskData(
+            task=task, seen_names=[tag1k[i] for i in seen_idx], unseen_names=tag81,
+            seen_vecs=first[seen_idx], unseen_vecs=second,
+            train_labels={"seen": ("labels_1k", seen_idx)}, val_labels=seen, test_labels=seen,
+        )
+    if task == "openimages":
+        seen_ids = read_label_list(d.seen_label_ids)
+        unseen_ids = load_label_ids_pickle(d.unseen_label_ids)
+        _check_vecs(first, len(seen_ids), d.label_vectors, "the first array (seen vectors)")
+        _check_vecs(second, len(unseen_ids), d.label_vectors, "the second array (unseen vectors)")
+        names = read_class_descriptions(d.class_descriptions) if d.class_descriptions else {}
+        seen_names = [names.get(i, i) for i in seen_ids]
+        unseen_names = [names.get(i, i) for i in unseen_ids]
+        cols = None
+        unseen_vecs = second
+        if d.top_unseen:
+            cols = read_top_unseen(d.top_unseen)
+            if cols.min() < 0 or cols.max() >= len(unseen_ids):
+                raise DataError(f"{d.top_unseen}: row indices must be in 0..{len(unseen_ids) - 1}")
+            unseen_vecs = second[cols]
+            unseen_names = [unseen_names[i] for i in cols]
+        return TaskData(
+            task=task, seen_names=seen_names, unseen_names=unseen_names,
+            seen_vecs=first, unseen_vecs=unseen_vecs,
+            train_labels={"seen": ("labels", None)},
+            val_labels={"seen": ("labels", None)},
+            test_labels={"seen": ("seen_labels", None), "unseen": ("unseen_labels", cols)},
+        )
+    raise DataError(f"unknown task {task!r}")
+
+
+def label_file_paths(cfg) -> list[Path]:
+    d = cfg.data
+    return [Path(p) for p in (d.label_vectors, d.tag_list, d.concepts, d.seen_label_ids,
+                              d.unseen_label_ids, d.top_unseen, d.class_descriptions) if p]

@@ -1,0 +1,395 @@
+"""One training loop for every experiment (the experiments differ only by configuration).
+
+Schedule (original, e.g. ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Attention.py``):
+
+    for i in range(n_iters):
+        one TF-RMSProp step on the next batch (batch-norm in training mode, moving stats updated)
+        if i % eval_interval == 0 or i == n_iters - 1:          eval_interval = max(n_iters//50, 500)
+            validate; lr = AdaptiveLR.step(monitor); append a row to log.csv
+            if monitor >= best so far: save model_ES.pt
+    save model.pt; test reports of model.pt (F1_f_*) and of model_ES.pt (F1_ES_*)
+
+Output folder: ``log.csv`` (the original's columns), ``description.txt``, ``config.toml``,
+``model_ES.pt``, ``model.pt``, ``last.pt`` (resume point, written at each evaluation and every
+``train.checkpoint_every`` iterations), ``F1_*_test.csv``, ``summary_*.json``.
+
+The pieces are separate functions so a distributed launcher can reuse them: ``build_training``
+(data, model, optimiser), ``train_step``, ``run_validation`` and ``save_resume_point`` (rank 0).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesa.checkpoint import (atomic_write_text, load_checkpoint, load_model_state, save_checkpoint,
+                             set_rng_state)
+from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
+from lesa.errors import ConfigError, TrainingError
+from lesa.evaluate import evaluate_model, format_summary, predict, validation_metrics
+from lesa.experiment import Config, check_config, dumps_config
+from lesa.model import LESA
+from lesa.optim import AdaptiveLR, TFRMSprop
+from lesa.tasks import TaskData, load_task
+
+LOSS_COLUMNS = [("l", "total"), ("l_rank", "rank"), ("l_att_span", "att_span"),
+                ("l_att_global", "att_global"), ("l_att_dist", "att_dist")]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def log_columns(task: TaskData) -> list[str]:
+    """The original's log.csv columns (NUS-WIDE zero-shot adds the unseen F1 ``mF1_u``)."""
+    cols = ["index"] + [c for c, _ in LOSS_COLUMNS] + ["mF1"]
+    if task.task == "nus_wide_zero_shot":
+        cols.append("mF1_u")
+    return cols + ["mAP", "lr"]
+
+
+def f32(x) -> float:
+    """TF1 kept these values in float32; the log shows them as the float32 value in float64."""
+    return float(np.float32(x))
+
+
+def log_csv_text(columns: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["", *columns])
+    for i, row in enumerate(rows):
+        w.writerow([i, *[repr(v) if isinstance(v, float) else v for v in row]])
+    return buf.getvalue()
+
+
+def description_text(cfg: Config, task: TaskData) -> str:
+    t, d, m = cfg.train, cfg.data, cfg.model
+    lines = [
+        f"experiment {cfg.experiment.name} ({cfg.experiment.task})",
+        cfg.experiment.description.strip(),
+        f"lr {t.lr}",
+        f"n_iters {t.n_iters}",
+        f"batch_size {t.batch_size}",
+        "shuffle" if d.shuffle else "no shuffle",
+        "adaptive learning rate",
+        f"signal_str {t.signal_strength}",
+        f"patient {t.patience}",
+        f"monitor {t.monitor} (validation F1@{t.val_k} or mAP)",
+        f"eval_interval {cfg.eval_interval}",
+        f"train_img: {', '.join(d.train)}",
+        f"val_img: {', '.join(d.validation) if d.validation else f'first {d.n_validation} records of the train split'}",
+        f"test_img: {', '.join(d.test)}",
+        f"label vectors: {d.label_vectors}",
+        f"seen labels {task.n_seen}, unseen labels {len(task.unseen_names) if task.has_unseen else 0}",
+        "model: " + ", ".join(f"{k}={v}" for k, v in m.to_dict().items()),
+    ]
+    return "\n".join(x for x in lines if x) + "\n"
+
+
+@dataclass
+class TrainState:
+    """Everything of the loop that a resume needs besides model/optimiser/schedule."""
+
+    iteration: int = 0  # next iteration to run
+    position: dict = field(default_factory=lambda: {"epoch": 0, "batch": 0})
+    log_rows: list = field(default_factory=list)
+    best: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"iteration": self.iteration, "position": dict(self.position), "log_rows": self.log_rows,
+                "best": self.best}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        return cls(iteration=int(d["iteration"]), position={k: int(v) for k, v in d["position"].items()},
+                   log_rows=[list(r) for r in d["log_rows"]], best=d.get("best"))
+
+
+@dataclass
+class Training:
+    """The objects of one run (see ``build_training``)."""
+
+    cfg: Config
+    task: TaskData
+    device: torch.device
+    model: LESA
+    optimizer: TFRMSprop
+    schedule: AdaptiveLR
+    train_split: object
+    val_split: object
+    train_reader: RangeReader
+    val_reader: RangeReader
+    plan: BatchPlan
+    out_dir: Path
+    state: TrainState = field(default_factory=TrainState)
+
+    def close(self) -> None:
+        for s in {id(self.train_split): self.train_split, id(self.val_split): self.val_split}.values():
+            s.close()
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (0, 1),
+                   progress: bool = True) -> Training:
+    """Check the configuration, open the data, build model/optimiser/schedule (restored on resume)."""
+    check_config(cfg, for_training=True)
+    t, d = cfg.train, cfg.data
+    out_dir = cfg.out_dir
+    last = out_dir / "last.pt"
+    if resume and not last.exists():
+        raise ConfigError(f"--resume: {last} not found; nothing to resume in {out_dir}")
+    if not resume and (last.exists() or (out_dir / "log.csv").exists()):
+        raise ConfigError(f"{out_dir} already holds a run (log.csv/last.pt); pass --resume to continue "
+                          "it, or choose another --out")
+    device = pick_device(t.device)
+    set_determinism(t.seed, t.deterministic)
+    task = load_task(cfg)
+
+    train_split = open_split(d.train, "train")
+    if d.validation:
+        val_split = open_split(d.validation, "validation")
+        val_range, train_range = (0, len(val_split)), (0, len(train_split))
+    else:
+        val_split = train_split  # original (NUS-WIDE): take(5000) for validation, skip(5000) to train
+        n_val = min(d.n_validation, len(train_split))
+        if n_val == 0:
+            raise ConfigError(f"{cfg.source}: data.n_validation is 0 and no data.validation file is given; "
+                              "training needs a validation split")
+        val_range, train_range = (0, n_val), (n_val, len(train_split))
+    if train_range[1] <= train_range[0]:
+        raise ConfigError(f"{train_split.paths[0]}: {len(train_split)} records leave none for training after "
+                          f"the {d.n_validation} validation records; lower data.n_validation")
+    train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
+                               chunk_mb=d.chunk_mb, progress=progress, name="train")
+    val_reader = RangeReader(val_split, task.val_labels, *val_range, preload=d.preload, device=device,
+                             chunk_mb=d.chunk_mb, progress=progress, name="validation")
+    plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
+                     block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
+
+    torch.manual_seed(t.seed)
+    model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model).to(device)
+    optimizer = TFRMSprop(model.parameters(), lr=t.lr, decay=t.rmsprop_decay, momentum=t.rmsprop_momentum,
+                          eps=t.rmsprop_eps)
+    schedule = AdaptiveLR(optimizer, signal_strength=t.signal_strength, patience=t.patience,
+                          decay_rate=t.decay_rate, limit_scale=t.limit_scale)
+    run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
+                   val_reader, plan, out_dir)
+    if resume:
+        restore_resume_point(run, last)
+    return run
+
+
+def restore_resume_point(run: Training, path: Path) -> None:
+    payload = load_checkpoint(path)
+    for key in ("optimizer_state", "schedule_state", "train_state"):
+        if key not in payload:
+            raise TrainingError(f"{path}: no {key}; it is not a resume checkpoint (use last.pt)")
+    saved_cfg = payload.get("config", {})
+    for section in ("model",):
+        if saved_cfg.get(section) and saved_cfg[section] != run.cfg.to_dict()[section]:
+            raise TrainingError(f"{path}: the [{section}] settings differ from the checkpoint's; resume "
+                                "with the configuration of the interrupted run")
+    load_model_state(run.model, payload["model_state"], str(path))
+    try:
+        run.optimizer.load_state_dict(payload["optimizer_state"])
+    except (ValueError, KeyError) as exc:
+        raise TrainingError(f"{path}: the optimiser state does not fit this model ({exc})") from exc
+    run.schedule.load_state_dict(payload["schedule_state"])
+    run.state = TrainState.from_dict(payload["train_state"])
+    set_rng_state(payload.get("rng_state"))
+
+
+def save_resume_point(run: Training, name: str = "last.pt") -> Path:
+    return save_checkpoint(run.out_dir / name, run.model, config=run.cfg, optimizer=run.optimizer,
+                           schedule=run.schedule, train_state=run.state.to_dict(),
+                           label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
+
+
+def train_step(run: Training, batch) -> dict | None:
+    """One optimisation step; returns the loss values (floats) or None if the batch was skipped."""
+    features, labels = batch.features, batch.labels["seen"]
+    if run.cfg.data.skip_no_positive:
+        # original (Open Images): drop images without a positive label; skip an all-empty batch
+        keep = (labels > 0).any(dim=1)
+        if not bool(keep.any()):
+            return None
+        if not bool(keep.all()):
+            features, labels = features[keep], labels[keep]
+    run.model.train()
+    out = run.model(features)
+    losses = run.model.loss(out, labels)
+    total = losses["total"]
+    if not torch.isfinite(total):
+        raise TrainingError(
+            f"non-finite loss ({float(total)}) at iteration {run.state.iteration} (records "
+            f"{batch.rows[:1].tolist()}..{batch.rows[-1:].tolist()}); the last good state is "
+            f"{run.out_dir / 'last.pt'} (iteration {_last_saved_iteration(run)}). Check the features "
+            "for NaN/inf, or lower train.lr"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    run.optimizer.step()
+    return {col: float(losses[key].detach()) for col, key in LOSS_COLUMNS}
+
+
+def _last_saved_iteration(run: Training):
+    path = run.out_dir / "last.pt"
+    if not path.exists():
+        return "none saved yet"
+    try:
+        return load_checkpoint(path)["train_state"]["iteration"]
+    except Exception:
+        return "unknown"
+
+
+def run_validation(run: Training) -> dict:
+    scores, labels = predict(run.model, run.val_reader, run.cfg.data.eval_batch_size,
+                             batchnorm=run.cfg.train.val_batchnorm)
+    return validation_metrics(run.task, scores, labels, run.cfg.train.val_k)
+
+
+def _zs_quarter_test(run: Training, i: int, log) -> None:
+    """original (Open Images): zero-shot/generalised test at each quarter; printed, not saved."""
+    from lesa.evaluate import gzs_labels
+    from lesa import metrics
+
+    split = open_split(run.cfg.data.test, "test")
+    try:
+        reader = RangeReader(split, run.task.test_labels, preload="none", device=run.device,
+                             chunk_mb=run.cfg.data.chunk_mb, name="test")
+        scores, labels = predict(run.model, reader, run.cfg.data.eval_batch_size, heads=("zs_logits", "gzs_logits"))
+    finally:
+        split.close()
+    row = [i, metrics.mean_average_precision(scores["zs_logits"], labels["unseen"]),
+           metrics.mean_average_precision(scores["gzs_logits"], gzs_labels(labels))]
+    for k in run.cfg.evaluate.k:
+        row.append(metrics.topk_f1(scores["zs_logits"], labels["unseen"], k)[0])
+    for k in run.cfg.evaluate.k_gzs:
+        row.append(metrics.topk_f1(scores["gzs_logits"], gzs_labels(labels), k)[0])
+    cols = ["index", "mAP_zs", "mAP_gzs"] + [f"F1_{k}" for k in run.cfg.evaluate.k] + \
+        [f"g_F1_{k}" for k in run.cfg.evaluate.k_gzs]
+    path = run.out_dir / "zs_test_log.csv"
+    rows = []
+    if path.exists():
+        rows = [r[1:] for r in list(csv.reader(open(path)))[1:]]
+    rows.append(row)
+    atomic_write_text(path, log_csv_text(cols, rows))
+    log("zero-shot test at iteration {}: ".format(i) + ", ".join(f"{c} {v:.4f}" for c, v in zip(cols[1:], row[1:])))
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, final_eval: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Run (or resume) a training; returns ``{"out_dir", "iterations", "best", "summaries"}``.
+
+    ``stop_after``: stop (as if interrupted) once this many iterations are done — for tests.
+    """
+    run = build_training(cfg, resume=resume, progress=progress)
+    try:
+        return _train_loop(run, progress, log, final_eval, stop_after)
+    finally:
+        run.close()
+
+
+def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after: int | None) -> dict:
+    from tqdm import tqdm
+
+    cfg, t, state = run.cfg, run.cfg.train, run.state
+    out = run.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "description.txt", description_text(cfg, run.task))
+    atomic_write_text(out / "config.toml", dumps_config(cfg))
+    columns = log_columns(run.task)
+    monitor_col = columns.index(t.monitor)
+    eval_interval = cfg.eval_interval
+    quarter = t.n_iters // 4
+    stream = TrainStream(run.train_reader, run.plan, position=state.position)
+    bar = tqdm(total=t.n_iters, initial=state.iteration, desc=f"train {cfg.experiment.name}", unit="it",
+               disable=not progress, dynamic_ncols=True)
+    tic = time.perf_counter()
+    try:
+        while state.iteration < t.n_iters:
+            if stop_after is not None and state.iteration >= stop_after:
+                return {"out_dir": out, "iterations": state.iteration, "stopped": True}
+            i = state.iteration
+            batch = next(stream)
+            losses = train_step(run, batch)
+            state.iteration = i + 1
+            state.position = stream.position
+            bar.update(1)
+            if losses is None:  # original: `continue` — no evaluation on a skipped batch
+                continue
+            if t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0:
+                _zs_quarter_test(run, i, log)
+            if i % eval_interval == 0 or i == t.n_iters - 1:
+                val = run_validation(run)
+                lr = run.schedule.step(val[t.monitor])
+                row = [i] + [f32(losses[c]) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
+                state.log_rows.append(row)
+                atomic_write_text(out / "log.csv", log_csv_text(columns, state.log_rows))
+                metric = row[monitor_col]
+                # original: save when the metric >= the column's max (which includes this row)
+                if not math.isnan(metric) and (state.best is None or metric >= state.best):
+                    state.best = metric
+                    save_checkpoint(out / "model_ES.pt", run.model, config=cfg,
+                                    label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
+                save_resume_point(run)
+                elapsed = time.perf_counter() - tic
+                tic = time.perf_counter()
+                msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
+                bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
+            elif t.checkpoint_every and (i + 1) % t.checkpoint_every == 0:
+                save_resume_point(run)
+    finally:
+        bar.close()
+        stream.close()
+    save_checkpoint(out / "model.pt", run.model, config=cfg, optimizer=run.optimizer, schedule=run.schedule,
+                    train_state=state.to_dict(),
+                    label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
+    save_resume_point(run)
+    result = {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
+    if final_eval:
+        result["summaries"] = final_evaluation(run, progress=progress, log=log)
+    return result
+
+
+def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
+    """Test reports of the final model (F1_f_*) and of the early-stopping model (F1_ES_*)."""
+    from lesa.evaluate import load_model_for_task
+
+    cfg, out = run.cfg, run.out_dir
+    split = open_split(cfg.data.test, "test")
+    summaries = {}
+    try:
+        reader = RangeReader(split, run.task.test_labels, preload=cfg.data.preload, device=run.device,
+                             chunk_mb=cfg.data.chunk_mb, progress=progress, name="test")
+        for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt")):
+            if not (out / name).exists():
+                continue
+            model = load_model_for_task(out / name, run.task, cfg.model, run.device)
+            summary = evaluate_model(model, cfg, run.task, reader, out, tag, checkpoint=str(out / name),
+                                     progress=progress)
+            log(format_summary(summary))
+            summaries[tag] = summary
+    finally:
+        split.close()
+    return summaries
