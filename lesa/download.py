@@ -800,8 +800,11 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
                             pending.add(pool.submit(download_one, record, out, options, stop))
                     if not pending:
                         break
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
+                        # Discard first: if recording raises, the rest stay in `pending` and
+                        # the drain below still records them.
+                        pending.discard(future)
                         record_result(future.result())
                     if stop.is_set() and not summary.interrupted:
                         summary.interrupted = True
