@@ -322,7 +322,9 @@ def test_kill9_midway_leaves_no_partial_file_and_resumes(server, tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["no_proxy"] = "127.0.0.1"
-    cmd = [sys.executable, "-m", "lesa", "download", "openimages", "--split", "validation",
+    # The user-facing script in download_imgs/ (same as `lesa download openimages`).
+    cmd = [sys.executable, str(REPO / "download_imgs" / "download_openimages.py"),
+           "--split", "validation",
            "--out", str(out), "--csv", str(csv_path), "--workers", "1", "--timeout", "5",
            "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
