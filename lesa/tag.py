@@ -1,0 +1,342 @@
+"""Zero-shot tagging of new images with any label names (``lesa tag``).
+
+    image file --decode_jpeg--> uint8 (H, W, 3) --vgg_preprocess--> crop (3, 224, 224)
+        --VGG19Conv54--> features (196, 512) --LESA--> scores of the user's labels (L,)
+
+The user's label names become the model's *unseen* label vectors (``model.set_unseen_vecs``),
+built from a GloVe-format text file (``lesa.datasets.embeddings.vectors_from_glove``; multi-word
+labels are the mean of their words). The ranking is ``zs_logits``: for each label, the best of the
+T attention heads' scores. The same pass gives what ``lesa visualize`` draws: the attention maps
+``alphas (T, 196)`` and the per-head scores ``(T, L)``.
+
+Checkpoints:
+
+- native ``.pt`` (``lesa.checkpoint``): the weights, the label vectors the model was trained with
+  and, when saved by ``lesa train``, the seen/unseen label names;
+- the original's TF checkpoint (the ``model.ckpt`` prefix): weights only. When the label vectors
+  were fixed during training (the paper's setting) they are not in the file, and neither are the
+  label names. Scoring the user's labels needs neither: the seen vectors only enter the seen
+  scores, so the model is built with a placeholder ``(1, dim_w2v)`` of zeros (``dim_w2v`` read
+  from ``prediction_frac/W``); with trainable vectors the file's ``vecs (C, dim)`` are loaded.
+
+The word-vector dimension must be the model's (300 for the paper's GloVe/word2vec vectors): a model
+trained with 300-d vectors cannot score 50-d ones. Everything runs in inference mode (batch-norm
+moving statistics) without randomness, so the same inputs always give the same ranking.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from lesa.errors import CheckpointError, ConfigError, ImageError, ShapeError
+
+LABEL_SETS = ("unseen", "seen", "all")
+
+
+# -- models -------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A LESA in eval mode and what its checkpoint says about its labels."""
+
+    model: torch.nn.Module
+    source: str
+    seen_names: list[str] = field(default_factory=list)  # empty when the checkpoint has none
+    unseen_names: list[str] = field(default_factory=list)
+
+    @property
+    def dim_w2v(self) -> int:
+        return int(self.model.W.shape[1])
+
+
+def _tf_prefix(path: str) -> str:
+    return path[: -len(".index")] if path.endswith(".index") else path
+
+
+def load_lesa(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """A LESA from a native ``.pt`` checkpoint or an original TF checkpoint prefix (see module doc)."""
+    from lesa.evaluate import is_tf_checkpoint
+
+    path = str(path)
+    if is_tf_checkpoint(path):
+        model = _model_from_tf_checkpoint(_tf_prefix(path))
+        return LoadedModel(model.to(device).eval(), source=path)
+    from lesa.checkpoint import load_checkpoint, model_from_checkpoint
+
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, device=device).eval()
+    names = payload.get("label_names") or {}
+    seen = [str(x) for x in names.get("seen", [])]
+    unseen = [str(x) for x in names.get("unseen", [])]
+    if len(seen) != model.n_seen:
+        seen = []
+    if len(unseen) != model.n_unseen:
+        unseen = []
+    return LoadedModel(model, source=path, seen_names=seen, unseen_names=unseen)
+
+
+def _model_from_tf_checkpoint(prefix: str):
+    from lesa.model import LESA
+    from lesa.tf_formats import list_tf_checkpoint
+    from lesa.tf_weights import VECS, W, infer_config, load_tf_checkpoint
+
+    shapes = {name: tuple(info.shape) for name, info in list_tf_checkpoint(prefix).items()}
+    config = infer_config(shapes)
+    dim_w2v = int(shapes[W][1])
+    # The seen vectors only feed the seen scores, which tagging does not use: a zero placeholder of
+    # the right width (or the file's own trainable vectors, loaded over it) is enough.
+    seen = np.zeros(shapes.get(VECS, (1, dim_w2v)), dtype=np.float32)
+    model = LESA(seen, np.zeros((1, dim_w2v), dtype=np.float32), config)
+    load_tf_checkpoint(model, prefix)
+    return model
+
+
+# -- label names and vectors ------------------------------------------------------------------
+def parse_labels(text: str) -> list[str]:
+    """``"beach, dog, sunset"`` -> ``["beach", "dog", "sunset"]`` (commas or new lines; duplicates
+    and empty items dropped, order kept)."""
+    labels: list[str] = []
+    for item in re.split(r"[,\n]", text):
+        item = " ".join(item.split())
+        if item and item not in labels:
+            labels.append(item)
+    if not labels:
+        raise ConfigError(f"no label names in {text!r}; give them as --labels \"beach, dog, sunset\"")
+    return labels
+
+
+def read_labels_file(path: str | os.PathLike) -> list[str]:
+    """One label per line (commas also separate labels)."""
+    from lesa.datasets.embeddings import read_label_list
+
+    return parse_labels("\n".join(read_label_list(path)))
+
+
+@dataclass
+class LabelVectors:
+    names: list[str]
+    vectors: np.ndarray  # (L, dim) raw word vectors
+    missing_words: dict[str, list[str]]  # label -> its words absent from the GloVe file
+    source: str
+
+
+def label_vectors(names: Sequence[str], glove_path: str | os.PathLike, dim_w2v: int) -> LabelVectors:
+    """Vectors of ``names`` from a GloVe text file, checked against the model's dimension."""
+    from lesa.datasets.embeddings import vectors_from_glove
+
+    built = vectors_from_glove(glove_path, list(names))
+    dim = built.vectors.shape[1]
+    if dim != dim_w2v:
+        raise ShapeError(
+            f"{glove_path} holds {dim}-d word vectors but the model was trained with {dim_w2v}-d label "
+            f"vectors; use a GloVe file of dimension {dim_w2v} (the paper's: glove-wiki-gigaword-300, "
+            "i.e. glove.6B.300d.txt)")
+    return LabelVectors(list(names), built.vectors, built.missing_words, str(glove_path))
+
+
+# -- VGG-19 features --------------------------------------------------------------------------
+def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision: bool = False,
+             torchvision_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """VGG19Conv54 from a TF-slim ``vgg_19.ckpt`` or from torchvision's ImageNet weights."""
+    from lesa.features.vgg import VGG19Conv54
+
+    use_torchvision = torchvision or torchvision_weights is not None
+    if (vgg_path is None) == (not use_torchvision):
+        raise ConfigError("choose the VGG-19 weights: --vgg vgg_19.ckpt (TF-slim, as the original) "
+                          "or --torchvision (torchvision's ImageNet weights), not both")
+    if vgg_path is not None:
+        vgg = VGG19Conv54.from_tf_slim(vgg_path)
+    else:
+        vgg = VGG19Conv54.from_torchvision(torchvision_weights)
+    return vgg.to(device).eval()
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as the original's extraction did -> uint8 (H, W, 3)."""
+    from lesa.features.jpeg import decode_jpeg
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the image ({exc.strerror or exc})") from exc
+    return decode_jpeg(data, name=str(path))
+
+
+@dataclass
+class ImageFeatures:
+    image: str
+    crop: np.ndarray  # (3, 224, 224) float32, VGG-preprocessed (RGB means subtracted)
+    features: torch.Tensor  # (196, 512)
+
+
+@torch.no_grad()
+def image_features(vgg, paths: Iterable, device: str | torch.device = "cpu", batch_size: int = 8,
+                   errors: list | None = None) -> Iterator[ImageFeatures]:
+    """Decode, preprocess and run VGG-19 on ``paths`` in batches; yields one ``ImageFeatures`` each.
+
+    With ``errors`` a list, images that cannot be used are appended as ``(path, ImageError)`` and
+    skipped; otherwise the error is raised.
+    """
+    from lesa.features.preprocess import vgg_preprocess_batch
+
+    def flush(batch):
+        crops = vgg_preprocess_batch([im for _, im in batch], device=device)  # (B, 3, 224, 224)
+        feats = vgg(crops).float()  # (B, 196, 512)
+        for (p, _), crop, f in zip(batch, crops, feats):
+            yield ImageFeatures(str(p), crop.cpu().numpy(), f)
+
+    batch = []
+    for p in paths:
+        try:
+            image = read_image(p)
+            if image.shape[0] < 1 or image.shape[1] < 1:
+                raise ImageError(f"{p}: empty image")
+        except ImageError as exc:
+            if errors is None:
+                raise
+            errors.append((str(p), exc))
+            continue
+        batch.append((p, image))
+        if len(batch) == batch_size:
+            yield from flush(batch)
+            batch = []
+    if batch:
+        yield from flush(batch)
+
+
+# -- scores ------------------------------------------------------------------------------------
+@torch.no_grad()
+def label_scores(model, features: torch.Tensor, label_set: str = "unseen"):
+    """Scores of one label set for ``features (B, 196, 512)``.
+
+    Returns ``scores (B, L)``, ``head_scores (B, T, L)`` (each head's score; ``scores`` is their max
+    over T) and ``alphas (B, T, 196)``. ``label_set``: "unseen" (zs_logits: the labels given to
+    ``set_unseen_vecs``), "seen" (logits: the training labels), "all" (gzs_logits, unseen first).
+    """
+    if label_set not in LABEL_SETS:
+        raise ConfigError(f"label set {label_set!r} is not one of {LABEL_SETS}")
+    out = model(features)
+    unseen_heads = out.f_att @ model.classifiers(model.unseen_vecs).t()  # (B, T, U)
+    if label_set == "unseen":
+        heads, scores = unseen_heads, out.zs_logits
+    elif label_set == "seen":
+        heads, scores = out.att_logits, out.logits
+    else:
+        heads, scores = torch.cat([unseen_heads, out.att_logits], dim=2), out.gzs_logits
+    return scores, heads, out.alphas
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Label indices by decreasing score; ties keep the label order (deterministic)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+@dataclass
+class ImageTags:
+    """The tagging result of one image."""
+
+    image: str
+    names: list[str]  # the label set, in the user's order
+    scores: np.ndarray  # (L,) float32
+    head_scores: np.ndarray  # (T, L) float32
+    alphas: np.ndarray  # (T, 196) float32
+    crop: np.ndarray | None = None  # (3, 224, 224) preprocessed crop (for figures)
+
+    def ranked(self, top: int | None = None) -> list[tuple[str, float]]:
+        order = ranking(self.scores)[: top if top else None]
+        return [(self.names[i], float(self.scores[i])) for i in order]
+
+    def to_json(self, top: int | None = None) -> dict:
+        return {
+            "image": self.image,
+            "tags": [{"label": n, "score": s} for n, s in self.ranked(top)],
+            "scores": {n: float(s) for n, s in zip(self.names, self.scores)},
+        }
+
+
+class Tagger:
+    """Scores images against a label set with a LESA model and a VGG-19 feature extractor.
+
+    ``label_set="unseen"`` with ``labels`` (a ``LabelVectors``): the user's labels, set as the model's
+    unseen vectors. Without ``labels``: the checkpoint's own "seen", "unseen" or "all" labels.
+    """
+
+    def __init__(self, loaded: LoadedModel, vgg, labels: LabelVectors | None = None,
+                 label_set: str = "unseen", device: str | torch.device = "cpu", batch_size: int = 8):
+        if label_set not in LABEL_SETS:
+            raise ConfigError(f"label set {label_set!r} is not one of {LABEL_SETS}")
+        self.model = loaded.model.to(device).eval()
+        self.vgg = vgg.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        if labels is not None:
+            if label_set != "unseen":
+                raise ConfigError("given label names are scored as the unseen (zero-shot) set; "
+                                  "--label-set applies only to the checkpoint's own labels")
+            self.model.set_unseen_vecs(labels.vectors)
+            self.names = list(labels.names)
+        else:
+            seen, unseen = loaded.seen_names, loaded.unseen_names
+            names = {"seen": seen, "unseen": unseen, "all": unseen + seen if seen and unseen else []}
+            self.names = names[label_set]
+            if not self.names:
+                raise ConfigError(
+                    f"{loaded.source} holds no names for its {label_set} labels (TF checkpoints and "
+                    "checkpoints saved without label names); pass --labels/--labels-file with --embeddings")
+        self.label_set = label_set
+
+    def tag(self, paths: Sequence, keep_crops: bool = False, errors: list | None = None,
+            progress: bool = False) -> Iterator[ImageTags]:
+        """Yields one ``ImageTags`` per usable image, in input order (``errors``: see
+        ``image_features``; ``progress``: a tqdm bar on stderr when there are several images)."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="tagging", unit="img", disable=not progress or len(paths) < 2)
+        try:
+            features = image_features(self.vgg, paths, self.device, self.batch_size, errors=errors)
+            for done, item in enumerate(features, 1):
+                bar.update(done + len(errors or ()) - bar.n)  # images scored or skipped so far
+                scores, heads, alphas = label_scores(self.model, item.features[None], self.label_set)
+                yield ImageTags(
+                    image=item.image,
+                    names=self.names,
+                    scores=scores[0].cpu().numpy(),  # (L,)
+                    head_scores=heads[0].cpu().numpy(),  # (T, L)
+                    alphas=alphas[0].cpu().numpy(),  # (T, 196)
+                    crop=item.crop if keep_crops else None,
+                )
+            bar.update(len(paths) - bar.n)
+        finally:
+            bar.close()
+
+
+def tags_json(results: Sequence[ImageTags], top: int | None, **info) -> dict:
+    """The JSON document of ``lesa tag --json``: run information and each image's ranked tags."""
+    return {**info, "images": [r.to_json(top) for r in results]}
+
+
+def figure_path(base: str | os.PathLike, image: str, images: Sequence[str]) -> Path:
+    """Where ``--attention base.png`` draws ``image``: ``base.png`` itself for a single image, else
+    ``base-<image name>.png`` (``base-<position>-<image name>.png`` when image names repeat)."""
+    base = Path(base)
+    if len(images) == 1:
+        return base
+    stems = [Path(str(p)).stem for p in images]
+    stem = Path(image).stem
+    if stems.count(stem) > 1:
+        stem = f"{[str(p) for p in images].index(str(image)):03d}-{stem}"
+    return base.with_name(f"{base.stem}-{stem}{base.suffix or '.png'}")
+
+
+def format_tags(result: ImageTags, top: int | None) -> str:
+    """Plain-text ranking of one image, for the terminal."""
+    ranked = result.ranked(top)
+    width = max(len(n) for n, _ in ranked)
+    lines = [result.image]
+    lines += [f"  {i:>3}. {n:<{width}}  {s:+.4f}" for i, (n, s) in enumerate(ranked, 1)]
+    return "\n".join(lines)
