@@ -7,6 +7,8 @@ fixed-size segments so memory stays bounded (a 550 MB tensor needs only a few MB
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 _POLY = 0x82F63B78  # reflected Castagnoli polynomial
@@ -14,7 +16,7 @@ _MASK_DELTA = 0xA282EAD8
 _U32 = 0xFFFFFFFF
 
 _SMALL = 256  # inputs shorter than this use the plain byte loop
-_SEGMENT = 1 << 22  # bytes per vectorised segment (4 MiB)
+_SEGMENT = 1 << 20  # bytes per vectorised segment (1 MiB)
 
 
 def _byte_table() -> list[int]:
@@ -82,12 +84,16 @@ def _zero_op(n_bytes: int) -> np.ndarray:
     return op
 
 
-def _chunk_length(n: int) -> int:
-    """Chunk length (power of two, >= 16) balancing vectorised steps against chunk count."""
-    length = 16
-    while length * length < n and length < 4096:
-        length *= 2
-    return length
+def _halfword_tables() -> tuple[np.ndarray, np.ndarray]:
+    """16-bit tables: feeding 4 bytes x is LO[x & 0xFFFF] ^ HI[x >> 16] (slicing-by-4, pairs merged)."""
+    value = np.arange(1 << 16)
+    lo = _T3[value & 0xFF] ^ _T2[value >> 8]
+    hi = _T1[value & 0xFF] ^ _T0[value >> 8]
+    return lo, hi
+
+
+_LO16, _HI16 = _halfword_tables()
+_LOW_HALF, _HIGH_HALF = (0, 1) if sys.byteorder == "little" else (1, 0)  # halves of a native uint32
 
 
 def _update_segment(register: int, data: np.ndarray) -> int:
@@ -95,26 +101,26 @@ def _update_segment(register: int, data: np.ndarray) -> int:
     n = data.size
     if n < _SMALL:
         return _update_bytes(register, data.tobytes())
-    chunk = _chunk_length(n)
-    n_chunks = 1
-    while n_chunks * chunk < n:
-        n_chunks *= 2
+    chunk = 64 if n < (1 << 19) else 128  # measured best on a 2-core CPU
+    n_chunks = -(-n // chunk)
     # Left-pad with zeros: zero bytes leave a zero register unchanged, so chunk CRCs computed
     # from register 0 are unaffected. The incoming register is folded into the first 4 data bytes
     # (feeding word w from register r equals feeding w ^ r from register 0).
     padded = np.zeros(n_chunks * chunk, dtype=np.uint8)
     start = padded.size - n
     padded[start:] = data
-    head = padded[start:start + 4].copy()
-    padded[start:start + 4] = head ^ np.frombuffer(int(register).to_bytes(4, "little"), np.uint8)
-    words = np.ascontiguousarray(padded.view("<u4").reshape(n_chunks, chunk // 4).T)  # (chunk/4, n_chunks)
+    padded[start:start + 4] ^= np.frombuffer(int(register).to_bytes(4, "little"), np.uint8)
+    halves = np.ascontiguousarray(padded.view("<u2").reshape(n_chunks, chunk // 2).T)  # (chunk/2, n_chunks)
     crc = np.zeros(n_chunks, dtype=np.uint32)
-    for column in words:
-        crc ^= column
-        crc = _T3[crc & 0xFF] ^ _T2[(crc >> 8) & 0xFF] ^ _T1[(crc >> 16) & 0xFF] ^ _T0[crc >> 24]
+    for j in range(0, chunk // 2, 2):
+        pairs = crc.view(np.uint16).reshape(n_chunks, 2)  # the two halves of each register
+        crc = _LO16[pairs[:, _LOW_HALF] ^ halves[j]] ^ _HI16[pairs[:, _HIGH_HALF] ^ halves[j + 1]]
     # Combine neighbours pairwise: crc(A || B) = zeros_len(B)(crc(A)) ^ crc(B), all from register 0.
+    # An odd count gets a zero chunk in front, which changes nothing.
     length = chunk
     while crc.size > 1:
+        if crc.size % 2:
+            crc = np.concatenate((np.zeros(1, np.uint32), crc))
         crc = _apply_zero_op(_zero_op(length), crc[0::2]) ^ crc[1::2]
         length *= 2
     return int(crc[0])
