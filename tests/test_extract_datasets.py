@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import simplejpeg
+import torch
 
 from lesa.datasets.h5 import open_features, partial_path
 from lesa.datasets.nus_wide import load_nus_wide_split, nus_wide_labels, seen_unseen_tag_indices
@@ -83,8 +84,28 @@ def build_nus_tree(root: Path, shared_data) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model():
+def vgg():
     return build_model("random", None, seed=3)
+
+
+class TinyExtractor(torch.nn.Module):
+    """Same interface as VGG19Conv54 ((B,3,224,224) -> (B,196,512)) at a tiny cost: for the tests
+    of data logic (resume, shards, labels), where VGG-19 on 2 CPU cores would take most of the time."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Conv2d(3, 512, kernel_size=1)
+        self.source, self.weights_sha256 = "tiny-test-extractor", "none"
+
+    def forward(self, x):
+        fmap = torch.relu(self.proj(torch.nn.functional.avg_pool2d(x, 16)))  # (B, 512, 14, 14)
+        return fmap.permute(0, 2, 3, 1).reshape(x.shape[0], 196, 512)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyExtractor().eval()
 
 
 @pytest.fixture
@@ -93,7 +114,7 @@ def nus_tree(tmp_path, shared_data):
     return root, build_nus_tree(root, shared_data)
 
 
-def test_nus_wide_labels_and_skips(nus_tree, model, tmp_path):
+def test_nus_wide_labels_and_skips(nus_tree, vgg, tmp_path):
     root, meta = nus_tree
     split = load_nus_wide_split(root, "Train")
     assert {k: sorted(v) for k, v in split.skipped.items()} == {
@@ -110,7 +131,7 @@ def test_nus_wide_labels_and_skips(nus_tree, model, tmp_path):
     np.testing.assert_array_equal(split.labels["labels_81"], 2 * meta["concept01"][rows].astype(np.int8) - 1)
 
     out = tmp_path / "train.h5"
-    summary = extract_features(nus_wide_source(split), out, model, batch_size=4, workers=0, progress=False)
+    summary = extract_features(nus_wide_source(split), out, vgg, batch_size=4, workers=1, progress=False)
     assert summary.written == 5 and summary.failed == {"truncated": 1}
     assert summary.skipped == {"placeholder": 1, "small": 2, "missing": 1}
     with open_features(out) as f:
