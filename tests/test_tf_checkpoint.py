@@ -350,3 +350,32 @@ def test_golden_vgg19_v1(golden_root):
         assert 0.02 < np.count_nonzero(w) / w.size < 0.06  # 4% non-zero
         assert np.all(w.view(np.uint32) & 0xFFFF == 0)
     assert np.count_nonzero(values["vgg_19/conv5/conv5_4/biases"]) == 512
+
+
+# ---------------------------------------------------------------- snappy-compressed table blocks
+
+def test_snappy_decompressor_copies_and_errors():
+    from lesa.tf_formats.snappy import SnappyError, compress_literal, decompress
+
+    # literal "abcd", then copy (1-byte offset form) offset 4 length 8, then copy (2-byte form)
+    # offset 2 length 5 (overlapping: repeats the pattern)
+    stream = bytes([17]) + bytes([3 << 2]) + b"abcd" + bytes([((8 - 4) << 2) | 1, 4]) + bytes([((5 - 1) << 2) | 2, 2, 0])
+    assert decompress(stream, 100) == b"abcdabcdabcd" + b"cdcdc"
+    data = bytes(range(256)) * 300
+    assert decompress(compress_literal(data), len(data)) == data
+    for bad in [stream[:-1], bytes([17]) + bytes([((8 - 4) << 2) | 1, 4]), b"\xff" * 11, stream[:1] + stream[1:] + b"\0"]:
+        with pytest.raises(SnappyError):
+            decompress(bad, 100)
+    with pytest.raises(SnappyError, match="more than the allowed"):
+        decompress(compress_literal(data), 10)
+
+
+def test_v1_table_with_snappy_blocks(tmp_path):
+    from lesa.tf_formats.sstable import SSTable
+
+    tensors = {"a": np.arange(30, dtype=np.float32).reshape(5, 6), "b": np.array([1.5, 2.5])}
+    plain = write_tf_checkpoint_v1(tmp_path / "plain.ckpt", tensors)
+    with SSTable(plain) as table:
+        items = [(bytes(k), bytes(v)) for k, v in table.items()]
+    write_table(tmp_path / "snappy.ckpt", items, snappy_blocks=True)
+    assert_same(read_tf_checkpoint(tmp_path / "snappy.ckpt"), tensors)

@@ -146,17 +146,23 @@ class SSTable:
 
 # ---- writer (small tables: checkpoint indexes, V1 files in tests) ----
 
-def write_table(path, items, block_size: int = 4096, restart_interval: int = 16) -> None:
-    """Write sorted (key bytes, value bytes) pairs as an uncompressed TF table."""
+def write_table(path, items, block_size: int = 4096, restart_interval: int = 16, snappy_blocks: bool = False) -> None:
+    """Write sorted (key bytes, value bytes) pairs as a TF table.
+
+    snappy_blocks: store blocks with compression type 1 (literal-only snappy; for reader tests).
+    """
     items = sorted((bytes(k), bytes(v)) for k, v in items)
     out = bytearray()
     index: list[tuple[bytes, tuple[int, int]]] = []
 
     def finish_block(payload: bytes) -> tuple[int, int]:
+        kind = SNAPPY if snappy_blocks else NO_COMPRESSION
+        if snappy_blocks:
+            payload = snappy.compress_literal(payload)
         offset = len(out)
         out.extend(payload)
-        out.append(NO_COMPRESSION)
-        out.extend(struct.pack("<I", masked_crc32c(payload + bytes([NO_COMPRESSION]))))
+        out.append(kind)
+        out.extend(struct.pack("<I", masked_crc32c(payload + bytes([kind]))))
         return offset, len(payload)
 
     def build_block(entries) -> bytes:
