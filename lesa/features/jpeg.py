@@ -13,6 +13,8 @@ JPEGs, truncated or corrupt data, empty files and images above ``max_pixels``.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from lesa.errors import ImageError
@@ -105,7 +107,9 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         height = int.from_bytes(data[20:24], "big")
         _check_size(height, width, name, max_pixels)
     try:
-        tensor = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tensor = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: cannot decode PNG ({exc}); the file is truncated or corrupt", "corrupt") from exc
     image = tensor.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)

@@ -1,0 +1,158 @@
+"""Decode edge cases, TF1 resize arithmetic, VGG layout/precision (no ../shared needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simplejpeg
+import torch
+
+from lesa.errors import CheckpointError, ConfigError, ImageError
+from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
+from lesa.features.preprocess import crop_plan, resized_size
+from lesa.features.vgg import conv_names, precision_context
+
+RNG = np.random.default_rng(0)
+
+
+def smooth_image(h, w):
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) % 256)], -1).astype(np.uint8)
+
+
+def reason(data, **kw):
+    with pytest.raises(ImageError) as info:
+        decode_jpeg(data, "x.jpg", **kw)
+    assert "x.jpg" in str(info.value)
+    return info.value.reason
+
+
+def test_decode_errors():
+    good = simplejpeg.encode_jpeg(smooth_image(64, 80), quality=90)
+    assert decode_jpeg(good).shape == (64, 80, 3)
+    assert reason(b"") == "empty"
+    assert reason(b"<html>404</html>") == "not_image"
+    assert reason(b"GIF89a" + bytes(30)) == "gif"
+    assert reason(good[: len(good) // 2]) == "truncated"
+    assert reason(good, max_pixels=1000) == "too_large"
+    cmyk = simplejpeg.encode_jpeg(RNG.integers(0, 255, (16, 16, 4), dtype=np.uint8), colorspace="CMYK")
+    assert reason(cmyk) == "cmyk"
+    flipped = bytearray(good)
+    flipped[3:40] = bytes(37)
+    assert reason(bytes(flipped)) in ("corrupt", "truncated")
+    # trailing bytes after the end-of-image marker: TF1 only warned; same pixels
+    np.testing.assert_array_equal(decode_jpeg(good + b"\x00\x01junk"), decode_jpeg(good))
+
+
+def test_grayscale_jpeg_becomes_three_equal_channels():
+    gray = smooth_image(40, 50)[:, :, :1].copy()
+    data = simplejpeg.encode_jpeg(gray, colorspace="GRAY")
+    image = decode_jpeg(data)
+    assert image.shape == (40, 50, 3)
+    assert np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A minimal 8-bit PNG writer (grey, RGB or RGBA) for the tests."""
+    import struct
+    import zlib
+
+    h, w, c = image.shape
+    color_type = {1: 0, 3: 2, 4: 6}[c]
+    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def test_png_inside_jpg_is_decoded_like_tf():
+    rgba = RNG.integers(0, 255, (20, 30, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_jpeg(png_bytes(rgba)), rgba[..., :3])  # alpha dropped
+    gray = rgba[..., :1].copy()
+    data = png_bytes(gray)
+    np.testing.assert_array_equal(decode_jpeg(data), np.repeat(gray, 3, axis=2))
+    assert reason(data[:40]) in ("corrupt", "truncated")
+
+
+def test_resize_size_rounding_as_tf_slim():
+    assert resized_size(512, 512) == (256, 256)
+    assert resized_size(400, 600) == (256, 384)
+    assert resized_size(451, 300) == (385, 256)  # 451 * float32(256/300) = 384.85 -> 385
+    assert resized_size(100, 150) == (256, 384)
+    assert resized_size(3, 1000) == (256, 85333)
+    (lo, hi, lerp), _ = crop_plan(512, 512)
+    assert lo[0] == 32 and lerp[0] == 0.0  # offset 16 * scale 2.0
+    assert np.all(hi <= 511) and np.all((lerp >= 0) & (lerp < 1))
+
+
+def test_preprocess_shapes_and_batch_equals_single():
+    images = [smooth_image(37, 300), smooth_image(500, 260), RNG.integers(0, 255, (224, 224, 3), dtype=np.uint8)]
+    batch = vgg_preprocess_batch(images)
+    assert batch.shape == (3, 3, 224, 224) and batch.dtype == torch.float32
+    for i, image in enumerate(images):
+        torch.testing.assert_close(vgg_preprocess(image), batch[i], rtol=0, atol=0)
+    # a 256x256 image is cropped, not resampled: pixels minus the means
+    image = RNG.integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    out = vgg_preprocess(image).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(out, image[16:240, 16:240].astype(np.float32) - [123.68, 116.78, 103.94], atol=1e-4)
+    with pytest.raises(ImageError):
+        vgg_preprocess(np.zeros((10, 10), np.uint8))
+
+
+def test_vgg_layout_and_tf_weight_mapping():
+    rng = np.random.default_rng(1)
+    tensors = {}
+    model0 = VGG19Conv54()
+    for conv, name in zip(model0.conv_layers(), conv_names()):
+        tensors[f"vgg_19/{name}/weights"] = rng.standard_normal((3, 3, conv.in_channels, conv.out_channels)).astype(np.float32) * 0.05
+        tensors[f"vgg_19/{name}/biases"] = rng.standard_normal(conv.out_channels).astype(np.float32) * 0.01
+    model = VGG19Conv54.from_tf_tensors(tensors)
+    first = model.conv_layers()[0]
+    np.testing.assert_array_equal(first.weight[5, 2, 0, 1].item(), tensors["vgg_19/conv1/conv1_1/weights"][0, 1, 2, 5])
+    x = torch.randn(1, 3, 112, 112)  # 224 gives 14 x 14; 112 gives 7 x 7 at a quarter of the cost
+    with torch.no_grad():
+        out = model(x)
+        fmap = model.features(x)  # (1, 512, 7, 7)
+    assert out.shape == (1, 49, 512)
+    # region r = row * width + col, as TF's NHWC reshape
+    torch.testing.assert_close(out[0, 3 * 7 + 5], fmap[0, :, 3, 5])
+    bad = dict(tensors)
+    bad["vgg_19/conv2/conv2_1/weights"] = np.zeros((3, 3, 64, 64), np.float32)
+    with pytest.raises(CheckpointError, match="conv2_1"):
+        VGG19Conv54.from_tf_tensors(bad)
+
+
+def test_precision_context():
+    model = VGG19Conv54().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with precision_context("bf16", "cpu"):
+            low = model(x).float()
+    assert low.shape == ref.shape
+    assert torch.linalg.norm(low - ref) / torch.linalg.norm(ref) < 0.05
+    with pytest.raises(ConfigError):
+        with precision_context("fp8", "cpu"):
+            pass
+
+
+def test_torchvision_weights_offline_error_or_file(tmp_path):
+    with pytest.raises(CheckpointError):
+        VGG19Conv54.from_torchvision(tmp_path / "missing.pth")
+    # torchvision's layout: a state dict saved from torchvision's vgg19 loads directly
+    from torchvision.models.vgg import cfgs, make_layers
+
+    tv = torch.nn.Module()
+    tv.features = make_layers(cfgs["E"])  # torchvision's VGG-19 feature layers (no slow fc init)
+    torch.save(tv.state_dict(), tmp_path / "vgg19.pth")
+    model = VGG19Conv54.from_torchvision(tmp_path / "vgg19.pth")
+    x = torch.rand(1, 3, 64, 64) * 255  # raw pixels
+    slim_input = x - torch.tensor([123.68, 116.78, 103.94])[:, None, None]
+    tv_input = (x / 255 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        ours = model(slim_input)
+        ref = tv.features[:36](tv_input).permute(0, 2, 3, 1).reshape(1, 16, 512)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
