@@ -139,3 +139,16 @@ def test_golden_flipped_byte(golden_root, tmp_path):
         assert int(f.attrs["n_written"]) == bad > 0
         assert [v.decode() for v in f["img_ids"][:bad]] == [str(i) for i in expected["oi_train/img_ids"][:bad]]
         assert np.array_equal(f["features"][bad - 1], expected[f"oi_train/{bad - 1}/feature"])
+
+
+def test_golden_nus_relative_ids(golden_root, tmp_path):
+    root = golden_root("tfrecord")
+    expected = np.load(root / "expected.npz")
+    out = tmp_path / "nus.h5"
+    assert main(["convert-tfrecord", "--dataset", "nus-wide", "--img-ids", "relative", "--no-progress",
+                 str(root / GOLDEN["nus"][0]), str(out)]) == 0
+    with open_features(out) as data:
+        ids = data.img_ids
+        assert data.attrs["img_id_style"] == "relative"
+    assert ids == [str(i).split("Flickr/")[1] for i in expected["nus/img_ids"]]
+    assert ids[0] == "actor/0000_749601068.jpg"

@@ -28,6 +28,9 @@ def _add_convert_tfrecord(subparsers) -> None:
                         help="feature storage precision (float16 halves the size)")
     parser.add_argument("--compression", choices=["auto", "none", "ZLIB", "GZIP"], default="auto",
                         help="input compression (auto: from the first bytes, then the file name)")
+    parser.add_argument("--img-ids", choices=["original", "relative"], default="original",
+                        help="original: ids exactly as stored (NUS-WIDE: ./data/NUS_WIDE/Flickr/<concept>/"
+                             "<file>.jpg); relative: NUS-WIDE ids as <concept>/<file>.jpg like `lesa extract`")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted conversion (OUT.h5.partial)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
@@ -47,7 +50,7 @@ def run_convert_tfrecord(args) -> int:
     summary = convert_tfrecords(
         inputs, out, dataset=args.dataset, split=args.split, dtype=args.dtype,
         compression=None if args.compression == "auto" else args.compression,
-        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, img_ids=args.img_ids)
     dims = ", ".join(f"{name} {dim}" for name, dim in summary.label_dims.items())
     resumed = f" ({summary.n_skipped} already there)" if summary.n_skipped else ""
     print(f"wrote {summary.path}: {summary.n_records} records{resumed}, schema {summary.schema}, labels: {dims}")

@@ -154,6 +154,17 @@ def _dataset_name(dataset: str | None) -> str | None:
         raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages") from None
 
 
+IMG_ID_STYLES = ("original", "relative")
+
+
+def relative_img_id(img_id: str) -> str:
+    """original: NUS-WIDE ids were stored as ``./data/NUS_WIDE/Flickr/<concept>/<file>.jpg``; the
+    relative form (``<concept>/<file>.jpg``) is what ``lesa extract`` stores. Other ids unchanged."""
+    img_id = img_id.replace("\\", "/")
+    marker = "Flickr/"
+    return img_id.rsplit(marker, 1)[1] if marker in img_id else img_id
+
+
 def split_from_filename(path) -> str | None:
     """The split an original feature file holds, from its name (NUS_WIDE_Train_..., train_feature_...)."""
     name = Path(path).name
@@ -175,12 +186,15 @@ class ConvertSummary:
 
 def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: str | None = None,
                       dtype: str = "float32", compression: str | None = None, batch_size: int = 256,
-                      resume: bool = False, overwrite: bool = False, progress: bool = True) -> ConvertSummary:
+                      resume: bool = False, overwrite: bool = False, progress: bool = True,
+                      img_ids: str = "original") -> ConvertSummary:
     """Stream the original's TFRecord feature files into one HDF5 split file (``lesa.datasets.h5``).
 
     A corrupted or truncated input stops the conversion with ``TFRecordError`` after every record
     before the bad one was written to ``OUT.partial``; the file is not marked complete and not
     renamed (``resume=True`` continues it once the input is fixed).
+    img_ids: "original" keeps each record's id byte for byte; "relative" stores NUS-WIDE ids as
+    ``<concept>/<file>.jpg`` like ``lesa extract`` does (Open Images ids are unchanged either way).
     """
     from tqdm import tqdm
 
@@ -194,6 +208,9 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
     if not split:
         raise ConfigError(f"cannot tell the split from the file name {inputs[0].name}; pass --split NAME")
     _dataset_name(dataset)  # validate before any work
+    if img_ids not in IMG_ID_STYLES:
+        raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
+    rename = relative_img_id if img_ids == "relative" else (lambda i: i)
 
     label_dims: dict = {}
     records = iter_feature_records(inputs, dataset, compression, label_dims)
@@ -202,7 +219,7 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
         raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
     schema = detect_schema({"img_id", "feature", *_tf_keys(first.labels)})
     writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype,
-                           attrs={"source": "tfrecord", "backbone": "vgg19_conv54"},
+                           attrs={"source": "tfrecord", "backbone": "vgg19_conv54", "img_id_style": img_ids},
                            resume=resume, overwrite=overwrite)
     done = writer.done_ids if resume else []
     n_seen = 0
@@ -217,6 +234,7 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
     bar = tqdm(desc=f"convert {Path(out).name}", unit="rec", disable=not progress)
     try:
         for record in _chain(first, records):
+            record = record._replace(img_id=rename(record.img_id))
             if n_seen < len(done):
                 if record.img_id != done[n_seen]:
                     raise TFRecordError(f"{partial_path(out)} (resume): record {n_seen} is {record.img_id!r} in "

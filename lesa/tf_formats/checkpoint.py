@@ -199,8 +199,6 @@ class _Bundle:
         with SSTable(self.index_path) as table:
             for key, value in table.items():
                 self._add(key, value)
-        if "" in self.entries:
-            del self.entries[""]
 
     def _add(self, key: bytes, value) -> None:
         name = key.decode("utf-8", errors="replace")
@@ -209,9 +207,8 @@ class _Bundle:
                 header = _fields_by_number(value)
                 self.num_shards = _int(header, 1, 1)
                 self.big_endian = _int(header, 2) == 1
-                if not 1 <= self.num_shards <= 100000:
+                if not 1 <= self.num_shards <= 99999:
                     raise WireFormatError(f"implausible shard count {self.num_shards}")
-                self.entries[""] = None  # header seen
                 return
             if key.startswith(b"\x00"):  # slice entry of a partitioned variable
                 return
