@@ -116,3 +116,38 @@ def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LE
     values["batchnorm"] = (BN + "gamma") in shapes
     values["trainable_vecs"] = VECS in shapes
     return LESAConfig.from_dict(values)
+
+
+def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfig | None = None):
+    """Build a ``LESA`` from an original TF checkpoint, its configuration inferred from the tensors.
+
+    Returns ``(model, extras)``. Label vectors: the original kept fixed vectors as graph constants,
+    so a checkpoint only holds them when they were trainable (``vecs``). ``seen_vecs`` /
+    ``unseen_vecs`` (raw word vectors) are needed otherwise; without unseen vectors the model gets
+    a single zero placeholder (set real ones with ``model.set_unseen_vecs``).
+    """
+    from lesa.tf_formats import list_tf_checkpoint, read_tf_checkpoint
+
+    shapes = {name: tuple(info[1]) for name, info in list_tf_checkpoint(path).items()}
+    config = infer_config(shapes, base)
+    dim = shapes[W][1]
+    if seen_vecs is None:
+        if VECS not in shapes:
+            raise CheckpointError(
+                f"{path}: the label vectors were constants of the original graph and are not in the "
+                "checkpoint; give the experiment configuration (--config) so they are read from "
+                "the label-vector pickle")
+    elif VECS in shapes and tuple(np.shape(seen_vecs)) != shapes[VECS]:
+        raise CheckpointError(f"{path}: holds {shapes[VECS][0]} trainable seen vectors but "
+                              f"{np.shape(seen_vecs)[0]} were given; is it the right configuration?")
+    tensors = read_tf_checkpoint(path)
+    if seen_vecs is None:
+        seen_vecs = tensors[VECS]
+    if unseen_vecs is None:
+        unseen_vecs = np.zeros((1, dim), np.float32)
+    if np.shape(seen_vecs)[1] != dim:
+        raise CheckpointError(f"{path}: W projects {dim}-d word vectors, the given vectors are "
+                              f"{np.shape(seen_vecs)[1]}-d")
+    model = LESA(seen_vecs, unseen_vecs, config)
+    extras = load_tf_weights(model, tensors, source=str(path))
+    return model, extras

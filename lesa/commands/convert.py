@@ -57,7 +57,68 @@ def run_convert_tfrecord(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_convert_tfrecord]
+def _add_import_tf(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import-tf", help="an original TF1 checkpoint (model.ckpt) -> a native lesa checkpoint",
+        description=(
+            "Read a checkpoint written by the original code (the model.ckpt prefix: .index + .data-*), "
+            "infer the model configuration from the tensors it holds (number of heads, separate W1, "
+            "batch-norm or conv biases, trainable vectors), print it, and write a native .pt. "
+            "Fixed label vectors are not stored in TF checkpoints: give the experiment "
+            "configuration (--config) so they are read from its label-vector pickle."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", help="TF checkpoint prefix (results/.../model.ckpt) or its .index file")
+    parser.add_argument("--out", required=True, help="native checkpoint to write (model.pt)")
+    parser.add_argument("--config", help="experiment configuration (TOML or a name in configs/) giving "
+                                         "the label vectors and the loss weights")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder the configuration's label files are under")
+    parser.add_argument("--label-vectors", metavar="PKL", help="with --config: its label-vector pickle (data.label_vectors)")
+    parser.add_argument("--vectors", metavar="PKL",
+                        help="without --config: a pickle of (seen (C,300), unseen (U,300)) vectors used as they are")
+    parser.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                        help="override a configuration setting (repeatable)")
+    parser.set_defaults(func=run_import_tf)
+
+
+def run_import_tf(args) -> int:
+    from lesa.checkpoint import save_checkpoint
+    from lesa.errors import ConfigError
+    from lesa.tf_weights import import_tf_checkpoint
+
+    prefix = args.checkpoint[: -len(".index")] if args.checkpoint.endswith(".index") else args.checkpoint
+    cfg = None
+    seen = unseen = labels = None
+    if args.config and args.vectors:
+        raise ConfigError("give either --config (the experiment's label files) or --vectors, not both")
+    if args.config:
+        from lesa.commands.train import config_from_args
+        from lesa.tasks import load_task
+
+        cfg = config_from_args(argparse.Namespace(
+            config=args.config, set=args.set, data_dir=args.data_dir, label_vectors=args.label_vectors,
+            out=None, train=None, validation=None, test=None, preload=None, device=None))
+        task = load_task(cfg)
+        seen, unseen = task.seen_vecs, task.unseen_vecs
+        labels = {"seen": task.seen_names, "unseen": task.unseen_names}
+    elif args.vectors:
+        from lesa.datasets.embeddings import load_vector_pair
+
+        seen, unseen = load_vector_pair(args.vectors, dim=None)
+    model, extras = import_tf_checkpoint(prefix, seen_vecs=seen, unseen_vecs=unseen,
+                                         base=cfg.model if cfg else None)
+    save_checkpoint(args.out, model, config=cfg, label_names=labels, include_rng=False)
+    c = model.config
+    print(f"{prefix}: LESA with T={c.n_attention} attention heads, "
+          f"{'separate' if c.separate_w1 else 'shared'} W1, "
+          f"{'batch-norm' if c.batchnorm else 'conv biases' if c.conv else 'no conv'}, "
+          f"{'trainable' if c.trainable_vecs else 'fixed'} label vectors; "
+          f"{model.n_seen} seen, {model.n_unseen} unseen labels")
+    print(f"ignored (not model variables): {', '.join(sorted(extras)) or 'none'}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+SUBCOMMANDS = [_add_convert_tfrecord, _add_import_tf]
 
 
 def add_commands(subparsers) -> None:
