@@ -14,7 +14,6 @@ the tensor, never garbage numbers or a huge allocation.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -161,7 +160,11 @@ def _resolve_prefix(path) -> tuple[str, Path]:
         if not state.is_file():
             raise CheckpointError(f"{path}: a directory without a 'checkpoint' state file; pass the "
                                   "checkpoint prefix (e.g. .../model.ckpt) instead")
-        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(errors="replace"), re.M)
+        try:
+            text = state.read_text(errors="replace")
+        except OSError as exc:
+            raise CheckpointError(f"{state}: cannot read the checkpoint state file: {exc}") from None
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', text, re.M)
         if not match:
             raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
         stored = Path(match.group(1))
@@ -238,6 +241,12 @@ class _Bundle:
         return {name: TensorInfo(_result_dtype(e.dtype), e.shape) for name, e in self.entries.items()}
 
     def read(self, name: str, mmap: bool) -> np.ndarray:
+        try:
+            return self._read(name, mmap)
+        except OSError as exc:
+            raise CheckpointError(f"{self.prefix}: cannot read tensor {name!r}: {exc}") from None
+
+    def _read(self, name: str, mmap: bool) -> np.ndarray:
         entry = self.entries[name]
         path = self.data_path(entry.shard)
         if not path.is_file():

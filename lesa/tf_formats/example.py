@@ -20,7 +20,6 @@ from lesa.tf_formats.protowire import (
     repeated_scalars,
 )
 
-FeatureValue = "list[bytes] | np.ndarray"
 
 
 def _feature(buf):

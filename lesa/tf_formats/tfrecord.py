@@ -113,10 +113,14 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
     path = Path(path)
     if not path.is_file():
         raise TFRecordError(f"TFRecord file not found: {path}")
-    kind = detect_compression(path, compression)
+    try:
+        kind = detect_compression(path, compression)
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise TFRecordError(f"{path}: cannot open TFRecord file: {exc}") from None
     index = 0
     offset = 0  # byte offset of the current record in the uncompressed stream
-    with open(path, "rb") as fh:
+    with fh:
         file_size = os.fstat(fh.fileno()).st_size
         stream = _Decompressed(fh, 15 if kind == "ZLIB" else 31) if kind else fh
 
@@ -142,6 +146,8 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
                 body = stream.read(length + 4)
             except zlib.error as exc:
                 fail(f"{kind} decompression failed ({exc})")
+            except OSError as exc:
+                fail(f"read error ({exc})")
             if len(body) < length + 4:
                 fail(f"only {len(body)} of {length + 4} record bytes present")
             data = body[:length]
