@@ -1,0 +1,128 @@
+"""Images/s from JPEG files on disk to an HDF5 feature file, per decoder and precision.
+
+    python benchmarks/bench_extract.py                     # CPU rows here; GPU rows when CUDA is visible
+    python benchmarks/bench_extract.py --device cuda --images 4096 --batch-size 256 --workers 16
+
+Writes --images synthetic photos (scikit-image samples resized to typical Flickr sizes, JPEG
+quality 90) to a temporary folder, then runs the full pipeline (read + decode in worker processes,
+preprocess, VGG-19 conv5_4, HDF5 write) with random VGG weights (same cost as the real ones).
+Also reports the decoder alone (one process) and the VGG forward alone. Each row prints the figure,
+the baseline of the same run (exact decoder, fp32) and the ratio. "not measured" rows need a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_images(folder: Path, n: int) -> list[Path]:
+    import simplejpeg
+    import skimage.data as data
+    from skimage.transform import resize
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    sizes = [(375, 500), (500, 375), (333, 500), (500, 500)]
+    encoded = []
+    for i, image in enumerate(sources):
+        h, w = sizes[i]
+        small = (resize(image, (h, w), anti_aliasing=True) * 255).astype(np.uint8)
+        encoded.append(simplejpeg.encode_jpeg(small, quality=90))
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:06d}.jpg"
+        path.write_bytes(encoded[i % len(encoded)])
+        paths.append(path)
+    return paths
+
+
+def bench_pipeline(paths, device, decoder, precision, batch_size, workers, channels_last, out) -> float:
+    from lesa.features.extract import ExtractionSource, build_model, extract_features
+
+    source = ExtractionSource("bench", "bench", [p.name for p in paths], list(paths), {},
+                              lambda pos: {})
+    model = build_model("random", None)
+    summary = extract_features(source, out, model, device=device, batch_size=batch_size, workers=workers,
+                               precision=precision, decoder=decoder, channels_last=channels_last,
+                               overwrite=True, progress=False)
+    return summary.images_per_second
+
+
+def bench_decode(paths, repeat: int = 1) -> float:
+    from lesa.features.jpeg import decode_jpeg
+
+    blobs = [p.read_bytes() for p in paths[:200]]
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for blob in blobs:
+            decode_jpeg(blob)
+    return len(blobs) * repeat / (time.perf_counter() - t0)
+
+
+def bench_forward(device, precision, batch_size, channels_last, iters) -> float:
+    from lesa.features.vgg import VGG19Conv54, precision_context
+
+    model = VGG19Conv54().eval().to(device)
+    x = torch.randn(batch_size, 3, 224, 224, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), precision_context(precision, device):
+        model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return batch_size * iters / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=None, help="default 4096 on GPU, 24 on CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 256 on GPU, 8 on CPU")
+    parser.add_argument("--workers", type=int, default=None, help="default: all CPU cores")
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    n = args.images or (4096 if gpu else 24)
+    batch = args.batch_size or (256 if gpu else 8)
+    import os
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    name = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()}-core CPU, no GPU"
+    print(f"device: {name}; {n} images, batch {batch}, {workers} workers, torch threads {torch.get_num_threads()}")
+
+    rows = [("exact", "fp32", False), ("exact", "tf32", True), ("exact", "bf16", True),
+            ("gpu", "tf32", True), ("gpu", "bf16", True)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_images(tmp, n)
+        print(f"decoder alone (exact, 1 process): {bench_decode(paths):.0f} img/s")
+        baseline = None
+        print(f"{'pipeline':<34} {'img/s':>9} {'baseline':>9} {'ratio':>6}")
+        for decoder, precision, channels_last in rows:
+            label = f"{decoder} decoder, {precision}{', channels-last' if channels_last else ''}"
+            if (decoder == "gpu" or precision == "tf32") and not gpu:
+                print(f"{label:<34} {'not measured (needs a GPU)':>26}")
+                continue
+            rate = bench_pipeline(paths, args.device, decoder, precision, batch, workers, channels_last,
+                                  tmp / "bench.h5")
+            baseline = baseline or rate
+            print(f"{label:<34} {rate:9.1f} {baseline:9.1f} {rate / baseline:6.2f}")
+        print(f"{'VGG forward alone':<34}")
+        for precision, channels_last in (("fp32", False), ("tf32", True), ("bf16", True)):
+            if precision == "tf32" and not gpu:
+                continue
+            rate = bench_forward(args.device, precision, batch, channels_last, iters=20 if gpu else 2)
+            print(f"  {precision}{', channels-last' if channels_last else '':<16} {rate:9.1f} img/s")
+
+
+if __name__ == "__main__":
+    main()
