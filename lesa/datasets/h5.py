@@ -48,7 +48,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from lesa.errors import DataError, ShapeError
+from lesa.errors import DataError, LesaError, ShapeError
 
 N_REGIONS = 196  # 14 x 14 conv5_4 grid
 N_CHANNELS = 512
@@ -56,6 +56,9 @@ FEATURE_SHAPE = (N_REGIONS, N_CHANNELS)
 FEATURE_DTYPES = ("float32", "float16")
 PARTIAL_SUFFIX = ".partial"
 LABEL_VALUES = (-1, 0, 1)
+
+# what h5py raises on damaged files (besides our own checks)
+_H5_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, UnicodeDecodeError)
 
 # attribute names (file level)
 ATTR_COMPLETE = "complete"
@@ -323,9 +326,13 @@ class FeatureFile:
                             "re-create it with `lesa extract`") from exc
         try:
             self._validate(allow_incomplete)
-        except Exception:
+        except LesaError:
             self._file.close()
             raise
+        except _H5_READ_ERRORS as exc:  # a damaged file: h5py reports it in many ways
+            self._file.close()
+            raise DataError(f"{self.path}: damaged HDF5 feature file ({type(exc).__name__}: {exc}); "
+                            "re-create it with `lesa extract`") from exc
 
     def _validate(self, allow_incomplete: bool) -> None:
         f = self._file
@@ -370,7 +377,11 @@ class FeatureFile:
     @property
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
-            self._img_ids = [_decode_str(v) for v in self._file["img_ids"][: self._n]]
+            try:
+                self._img_ids = [_decode_str(v) for v in self._file["img_ids"][: self._n]]
+            except _H5_READ_ERRORS as exc:
+                raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
+                                "the file is damaged — re-create it with `lesa extract`") from exc
         return self._img_ids
 
     @property
@@ -449,7 +460,12 @@ class FeatureSplit:
             sel = np.nonzero(which == k)[0]
             local = idx[sel] - self.offsets[k]
             uniq, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
-            block = _read_rows(get(self.files[k]), uniq)
+            try:
+                block = _read_rows(get(self.files[k]), uniq)
+            except _H5_READ_ERRORS as exc:
+                raise DataError(f"{self.files[k].path}: cannot read rows {uniq[:3].tolist()}... "
+                                f"({type(exc).__name__}: {exc}); the file is damaged — re-create it "
+                                "with `lesa extract`") from exc
             out[sel] = block[inverse]
         return out
 
