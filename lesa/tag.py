@@ -34,7 +34,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from lesa.errors import CheckpointError, ConfigError, ImageError, ShapeError
+from lesa.errors import ConfigError, ImageError, ShapeError
 
 LABEL_SETS = ("unseen", "seen", "all")
 
