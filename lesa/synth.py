@@ -4,7 +4,7 @@ The planted structure makes zero-shot transfer possible, as in the real data:
 
 - label word vectors (300-d) are random combinations of a few latent "topics" plus noise, so an
   unseen label's vector lies close to the span of the seen labels' vectors;
-- an image has 1-4 present labels; each present label ``l`` is painted into a random 3x3 patch of
+- an image has 1-3 present labels; each present label ``l`` is painted into a random 4x4 patch of
   the 14x14 region grid as ``relu(A v_l)`` (``A`` a hidden 512x300 map, the same for every label),
   over non-negative background noise.
 
@@ -37,6 +37,7 @@ from lesa.datasets.h5 import FeatureWriter
 
 DIM_W2V = 300
 N_TOPICS = 24
+PATCH = 4  # a present label covers a PATCH x PATCH block of the 14x14 regions
 
 
 @dataclass
@@ -74,22 +75,22 @@ class PlantedWorld:
         mix[np.arange(n_labels), rng.integers(0, N_TOPICS, n_labels)] += 1.5  # no empty mixture
         self.vecs = (mix @ topics + 0.3 * rng.standard_normal((n_labels, DIM_W2V))).astype(np.float32)
         unit = self.vecs / np.linalg.norm(self.vecs, axis=1, keepdims=True)
-        a = rng.standard_normal((512, DIM_W2V)) / np.sqrt(DIM_W2V)
-        self.prototypes = np.maximum(unit @ a.T, 0).astype(np.float32) * 3.0  # (L, 512) relu(A v)
+        a = rng.standard_normal((512, DIM_W2V))
+        self.prototypes = np.maximum(unit @ a.T, 0).astype(np.float32) * 2.0  # (L, 512) relu(A v)
         self.n_labels = n_labels
 
     def images(self, rng: np.random.Generator, n: int, signal: float, dtype) -> tuple[np.ndarray, np.ndarray]:
         """``features (n,196,512)`` and presence ``(n, L)`` in {0,1} for n new images."""
-        feats = np.abs(rng.standard_normal((n, 14, 14, 512), dtype=np.float32)) * 0.5
+        feats = np.abs(rng.standard_normal((n, 14, 14, 512), dtype=np.float32)) * 0.2
         present = np.zeros((n, self.n_labels), dtype=np.int8)
-        n_pos = rng.integers(1, 5, size=n)
+        n_pos = rng.integers(1, 4, size=n)
         for i in range(n):
             labels = rng.choice(self.n_labels, size=n_pos[i], replace=False)
             present[i, labels] = 1
             for lab in labels:
-                r, c = rng.integers(0, 12, size=2)
-                patch = self.prototypes[lab] * signal * (0.7 + 0.6 * rng.random((3, 3, 1), dtype=np.float32))
-                feats[i, r:r + 3, c:c + 3] += patch
+                r, c = rng.integers(0, 14 - PATCH + 1, size=2)
+                patch = self.prototypes[lab] * signal * (0.7 + 0.6 * rng.random((PATCH, PATCH, 1), dtype=np.float32))
+                feats[i, r:r + PATCH, c:c + PATCH] += patch
         return feats.reshape(n, 196, 512).astype(dtype), present
 
 

@@ -1,0 +1,162 @@
+"""Streaming batches from HDF5 feature files: the original's order, shuffling, float16, preload,
+resumable positions, and bounded memory on a file several times larger than the bound."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from lesa.datasets.h5 import FeatureWriter, open_features
+from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, contiguous_runs
+from lesa.errors import ConfigError, DataError
+
+
+def write_file(path, n, dtype="float32", seed=0):
+    """Record i has features filled with i (plus a small pattern) and labels_81[:, 0] = i % 2."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.random((196, 512)).astype(np.float32) * 0.01
+    with FeatureWriter(path, "nus_wide", "Train", {"labels_1k": 6, "labels_81": 3}, dtype=dtype) as w:
+        for a in range(0, n, 50):
+            b = min(n, a + 50)
+            feats = np.arange(a, b, dtype=np.float32)[:, None, None] + pattern
+            l1k = np.tile(np.array([1, -1, 0, 1, -1, 1], np.int8), (b - a, 1))
+            l81 = np.stack([np.arange(a, b) % 2 * 2 - 1, -np.ones(b - a), np.ones(b - a)], 1).astype(np.int8)
+            w.append([f"i{i}" for i in range(a, b)], feats, {"labels_1k": l1k, "labels_81": l81})
+        w.finish()
+    return path
+
+
+@pytest.fixture
+def split(tmp_path):
+    s = open_features(write_file(tmp_path / "train.h5", 230))
+    yield s
+    s.close()
+
+
+def rows_of(batch):
+    return np.rint(batch.features[:, 0, 0].numpy()).astype(int).tolist()
+
+
+def test_sequential_repeat_skips_validation_and_keeps_partial_batch(split):
+    # original: dataset.skip(5000).batch(32).repeat() -> here skip 30, batches of 64
+    reader = RangeReader(split, {"seen": ("labels_1k", np.array([0, 1, 3]))}, start=30, chunk_mb=1)
+    plan = BatchPlan(30, 230, 64)
+    stream = TrainStream(reader, plan)
+    got = [rows_of(next(stream)) for _ in range(5)]
+    assert got[0] == list(range(30, 94))
+    assert got[3] == list(range(222, 230))  # the remainder of the epoch, not wrapped
+    assert got[4] == list(range(30, 94))  # next epoch starts again after the skipped records
+    assert stream.position == {"epoch": 1, "batch": 1}
+    b = next(stream)
+    assert b.labels["seen"].shape == (64, 3) and b.labels["seen"][0].tolist() == [1, -1, 1]
+    assert b.features.dtype.is_floating_point and b.features.shape == (64, 196, 512)
+    stream.close()
+
+
+def test_resume_position_replays_the_same_batches(split):
+    reader = RangeReader(split, {"y": ("labels_81", None)}, chunk_mb=1)
+    plan = BatchPlan(0, 230, 32, shuffle=True, seed=3, block=8, buffer=64)
+    full = TrainStream(reader, plan)
+    ref = [rows_of(next(full)) for _ in range(12)]
+    full.close()
+    first = TrainStream(reader, plan)
+    part = [rows_of(next(first)) for _ in range(5)]
+    pos = first.position
+    first.close()
+    second = TrainStream(reader, plan, position=pos)
+    part += [rows_of(next(second)) for _ in range(7)]
+    second.close()
+    assert part == ref
+
+
+def test_shuffle_covers_every_record_once_per_epoch_and_differs_by_epoch():
+    plan = BatchPlan(10, 1010, 32, shuffle=True, seed=1, block=16, buffer=128)
+    e0, e1 = plan.epoch_order(0), plan.epoch_order(1)
+    assert sorted(e0.tolist()) == list(range(10, 1010))
+    assert e0.tolist() != list(range(10, 1010)) and e0.tolist() != e1.tolist()
+    assert BatchPlan(10, 1010, 32, shuffle=True, seed=1, block=16, buffer=128).epoch_order(1).tolist() == e1.tolist()
+
+
+def test_float16_file_and_preload_give_the_same_batches(tmp_path):
+    s16 = open_features(write_file(tmp_path / "h.h5", 100, dtype="float16"))
+    spec = {"y": ("labels_81", None)}
+    streamed = list(RangeReader(s16, spec, chunk_mb=1).iter_batches(30))
+    preloaded = list(RangeReader(s16, spec, preload="ram", progress=False).iter_batches(30))
+    assert [len(b.rows) for b in streamed] == [30, 30, 30, 10]
+    for a, b in zip(streamed, preloaded):
+        assert a.features.dtype == b.features.dtype
+        assert (a.features == b.features).all() and (a.labels["y"] == b.labels["y"]).all()
+    # float16 storage: values are the float16 rounding of the float32 ones
+    ref = open_features(write_file(tmp_path / "f.h5", 100)).read_features([7])[0]
+    np.testing.assert_array_equal(streamed[0].features[7].numpy(), ref.astype(np.float16).astype(np.float32))
+    s16.close()
+
+
+def test_errors_are_clear(split):
+    with pytest.raises(DataError, match="no label array 'labels'"):
+        RangeReader(split, {"y": ("labels", None)})
+    with pytest.raises(DataError, match="column 9"):
+        RangeReader(split, {"y": ("labels_1k", np.array([9]))})
+    with pytest.raises(ConfigError, match="CUDA"):
+        RangeReader(split, {"y": ("labels_81", None)}, preload="gpu", device="cpu")
+    with pytest.raises(DataError, match="n_validation"):
+        BatchPlan(50, 50, 32)
+    assert contiguous_runs(np.array([1, 2, 3, 7, 9, 10])) == [(1, 4), (7, 8), (9, 11)]
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from lesa.datasets.h5 import open_features
+    from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
+    def rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    split = open_features(sys.argv[1])
+    reader = RangeReader(split, {"y": ("labels_81", None)}, start=100, chunk_mb=16)
+    plan = BatchPlan(100, len(split), 32)
+    stream = TrainStream(reader, plan)
+    next(stream)
+    base = rss()
+    seen = 0
+    total = 0.0
+    while stream.position["epoch"] < 1 or stream.position["batch"] < 3:   # one full pass and a wrap
+        b = next(stream)
+        seen += len(b.rows)
+        total += float(b.features[:, 0, 0].sum())
+    stream.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"base": base, "peak": peak, "seen": seen, "total": total}))
+""")
+
+
+@pytest.mark.slow
+def test_streaming_memory_is_bounded_on_a_file_3x_larger(tmp_path):
+    n = 3600  # float16 records of 196x512: 3600 * 200,704 bytes = 723 MB on disk
+    path = tmp_path / "big.h5"
+    block = (np.random.default_rng(0).random((50, 196, 512)) * 4).astype(np.float16)
+    with FeatureWriter(path, "nus_wide", "Train", {"labels_1k": 2, "labels_81": 2}, dtype="float16") as w:
+        for a in range(0, n, 50):
+            feats = block.copy()
+            feats[:, 0, 0] = np.arange(a, a + 50) % 1000
+            lab = np.ones((50, 2), np.int8)
+            w.append([str(i) for i in range(a, a + 50)], feats, {"labels_1k": lab, "labels_81": lab})
+        w.finish()
+    file_bytes = path.stat().st_size
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = res["peak"] - res["base"]
+    bound = 200 * 2**20
+    print(f"file {file_bytes / 2**20:.0f} MB, RSS at start {res['base'] / 2**20:.0f} MB, "
+          f"peak {res['peak'] / 2**20:.0f} MB, growth {growth / 2**20:.0f} MB (bound {bound / 2**20:.0f} MB)")
+    assert file_bytes > 3 * bound
+    assert res["seen"] >= n - 100  # the whole training range went through
+    assert growth < bound
