@@ -156,3 +156,21 @@ def test_torchvision_weights_offline_error_or_file(tmp_path):
         ours = model(slim_input)
         ref = tv.features[:36](tv_input).permute(0, 2, 3, 1).reshape(1, 16, 512)
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_decoder_fallbacks_run_on_cpu():
+    """The decoder=gpu routing (nvjpeg for complete RGB JPEGs, the exact decoder for the rest)
+    exercised with torchvision's CPU decoder."""
+    from lesa.features.extract import _decode_on_gpu
+
+    image = smooth_image(60, 70)
+    good = simplejpeg.encode_jpeg(image, quality=90)
+    cmyk = simplejpeg.encode_jpeg(RNG.integers(0, 255, (16, 16, 4), dtype=np.uint8), colorspace="CMYK")
+    blobs = [good, good[: len(good) // 2], png_bytes(image), cmyk, b"junk"]
+    positions, images, failures = _decode_on_gpu([10, 11, 12, 13, 14], blobs, torch.device("cpu"), 10**8)
+    assert positions == [10, 12]
+    assert images[0].shape == (60, 70, 3) and images[1].shape == (60, 70, 3)
+    np.testing.assert_array_equal(images[1].numpy(), image)
+    assert sorted((p, r) for p, r, _ in failures) == [(11, "truncated"), (13, "cmyk"), (14, "not_image")]
+    # integer-accurate libjpeg vs TF's fast DCT: close, not identical
+    assert np.abs(images[0].numpy().astype(int) - decode_jpeg(good).astype(int)).max() <= 8

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from lesa.datasets.h5 import FeatureWriter, partial_path, read_split_files
 from lesa.errors import ConfigError, DataError, ImageError, LesaError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
-from lesa.features.preprocess import vgg_preprocess_batch
+from lesa.features.preprocess import pack_images, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54, precision_context
 
 DECODERS = ("exact", "gpu")
@@ -140,38 +141,61 @@ class _ImageReader(torch.utils.data.Dataset):
         return pos, torch.from_numpy(image), "", ""
 
 
-def _collate(items):
-    return items
+def _collate(items) -> dict:
+    """Runs in the worker: one batch -> {"positions", "flat" (packed uint8 pixels), "sizes",
+    "blobs" (decoder=gpu: undecoded bytes), "failures" [(position, reason, message)]}."""
+    good = [(pos, image) for pos, image, _, _ in items if image is not None]
+    batch = {"failures": [(pos, reason, message) for pos, image, reason, message in items if image is None],
+             "positions": [pos for pos, _ in good], "flat": None, "sizes": [], "blobs": []}
+    if good and isinstance(good[0][1], bytes):
+        batch["blobs"] = [data for _, data in good]
+    elif good:
+        batch["flat"], batch["sizes"] = pack_images([image for _, image in good])
+    return batch
 
 
-def _decode_on_gpu(items, device, max_pixels):
-    """decoder=gpu: nvjpeg through torchvision for JPEG bytes; other bytes or failures fall back
-    to the exact CPU decoder (so nothing is lost). Returns [(pos, image|None, reason, message)]."""
+def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
+    """JPEGs nvjpeg may take: complete (end marker present), not CMYK, not too large. The rest goes
+    through the exact decoder, which decodes or rejects them as TF did."""
+    import simplejpeg
+
+    if image_format(data) != "jpeg" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return False
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except (ValueError, RuntimeError):
+        return False
+    return colorspace not in ("CMYK", "YCCK") and 0 < height * width <= max_pixels
+
+
+def _decode_on_gpu(positions, blobs, device, max_pixels):
+    """decoder=gpu: nvjpeg through torchvision; bytes it should not take, or that it fails on, fall
+    back to the exact CPU decoder (so nothing is lost). Returns (positions, images, failures)."""
     from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
 
-    out = list(items)
-    jpeg_idx = [i for i, (_, data, _, _) in enumerate(items) if data is not None and image_format(data) == "jpeg"]
+    on_gpu = [i for i, data in enumerate(blobs) if _gpu_decodable(data, max_pixels)]
     decoded = {}
-    if jpeg_idx:
-        tensors = [torch.frombuffer(bytearray(items[i][1]), dtype=torch.uint8) for i in jpeg_idx]
+    if on_gpu:
+        tensors = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
         try:
-            images = tv_decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
-            decoded = {i: im.permute(1, 2, 0) for i, im in zip(jpeg_idx, images)}
+            with warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                images = tv_decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+            decoded = {i: im.permute(1, 2, 0) for i, im in zip(on_gpu, images)}  # (H, W, 3)
         except RuntimeError:
             decoded = {}
-    for i, (pos, data, reason, message) in enumerate(items):
-        if data is None:
-            continue
+    keep_pos, keep_images, failures = [], [], []
+    for i, (pos, data) in enumerate(zip(positions, blobs)):
         if i in decoded:
-            h, w = decoded[i].shape[:2]
-            if h * w <= max_pixels:
-                out[i] = (pos, decoded[i], "", "")
-                continue
+            keep_pos.append(pos)
+            keep_images.append(decoded[i])
+            continue
         try:
-            out[i] = (pos, torch.from_numpy(decode_jpeg(data, str(pos), max_pixels)), "", "")
+            keep_images.append(torch.from_numpy(decode_jpeg(data, str(pos), max_pixels)).to(device))
+            keep_pos.append(pos)
         except ImageError as exc:
-            out[i] = (pos, None, getattr(exc, "reason", "corrupt"), str(exc))
-    return out
+            failures.append((pos, getattr(exc, "reason", "corrupt"), str(exc)))
+    return keep_pos, keep_images, failures
 
 
 def _resume_position(ids: Sequence[str], positions: Sequence[int], done_ids: Sequence[str], where) -> int:
@@ -256,29 +280,35 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
             reader = _ImageReader(source.paths, todo, decode=decoder == "exact", max_pixels=max_pixels)
             loader = torch.utils.data.DataLoader(
                 reader, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                prefetch_factor=4 if workers else None, persistent_workers=False,
+                pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
             )
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
             try:
                 with torch.no_grad(), precision_context(precision, device):
-                    for items in loader:
-                        if decoder == "gpu":
-                            items = _decode_on_gpu(items, device, max_pixels)
-                        good = [(pos, image) for pos, image, _, _ in items if image is not None]
-                        for pos, image, reason, message in items:
-                            if image is None:
-                                failed[reason] += 1
-                                flog.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{message}\n")
-                                log(f"skipped {source.img_ids[pos]}: {message}")
+                    for batch in loader:
+                        failures = list(batch["failures"])
+                        good_pos = list(batch["positions"])
+                        if batch["blobs"]:
+                            good_pos, images, gpu_failures = _decode_on_gpu(good_pos, batch["blobs"], device,
+                                                                            max_pixels)
+                            failures += gpu_failures
+                            x = vgg_preprocess_batch(images, device=device) if images else None
+                        else:
+                            x = vgg_preprocess_packed(batch["flat"], batch["sizes"], device) if good_pos else None
+                        for pos, reason, message in sorted(failures):
+                            failed[reason] += 1
+                            flog.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{message}\n")
+                            log(f"skipped {source.img_ids[pos]}: {message}")
                         flog.flush()
-                        if good:
-                            feats = _forward(model, [im for _, im in good], device, channels_last)
-                            pos_arr = np.array([p for p, _ in good], dtype=np.int64)
+                        if good_pos:
+                            feats = _forward(model, x, channels_last)
+                            pos_arr = np.array(good_pos, dtype=np.int64)
                             writer.append([source.img_ids[p] for p in pos_arr], feats,
                                           source.labels_for(pos_arr))
-                        done_now += len(items)
-                        bar.update(len(items))
+                        n_items = len(good_pos) + len(failures)
+                        done_now += n_items
+                        bar.update(n_items)
             finally:
                 bar.close()
         seconds = time.perf_counter() - t0
@@ -298,11 +328,11 @@ def _summary_of_complete(path: Path) -> ExtractionSummary:
                                  json.loads(attrs.get("failed", "{}")), 0.0, 0.0, len(split))
 
 
-def _forward(model, images, device, channels_last) -> np.ndarray:
-    x = vgg_preprocess_batch(images, device=device)  # (B, 3, 224, 224)
+def _forward(model, x, channels_last) -> np.ndarray:
+    """x (B, 3, 224, 224) on the model's device -> features (B, 196, 512) float32 numpy."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return model(x).float().cpu().numpy()  # (B, 196, 512)
+    return model(x).float().cpu().numpy()
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):

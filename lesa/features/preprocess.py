@@ -81,10 +81,28 @@ def vgg_preprocess_batch(images: Sequence, device=None) -> torch.Tensor:
         return torch.empty((0, 3, CROP_SIZE, CROP_SIZE), dtype=torch.float32, device=device)
     if device is None:
         device = images[0].device if isinstance(images[0], torch.Tensor) else torch.device("cpu")
-    tensors = [_as_uint8_tensor(im, device) for im in images]
+    flat, sizes = pack_images(images)
+    return vgg_preprocess_packed(flat, sizes, device)
+
+
+def pack_images(images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """uint8 (H, W, 3) images -> (all pixels concatenated (sum H*W*3,) uint8, [(H, W), ...]).
+
+    The extraction workers pack a batch so that it crosses to the GPU as one pinned copy."""
+    tensors = [_as_uint8_tensor(im, im.device if isinstance(im, torch.Tensor) else "cpu") for im in images]
     sizes = [(int(t.shape[0]), int(t.shape[1])) for t in tensors]
+    return torch.cat([t.reshape(-1) for t in tensors]), sizes
+
+
+def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], device=None) -> torch.Tensor:
+    """``pack_images`` output -> float32 (B, 3, 224, 224) on ``device`` (default: ``flat``'s)."""
+    device = flat.device if device is None else torch.device(device)
+    if len(sizes) == 0:
+        return torch.empty((0, 3, CROP_SIZE, CROP_SIZE), dtype=torch.float32, device=device)
+    if flat.numel() != sum(h * w * 3 for h, w in sizes):
+        raise ImageError(f"packed images hold {flat.numel()} values, not the {sizes} images' pixels")
+    flat = flat.to(device, non_blocking=True)
     plans = [crop_plan(h, w) for h, w in sizes]
-    flat = torch.cat([t.reshape(-1) for t in tensors])  # all pixels, HWC each
     bases = np.cumsum([0] + [h * w * 3 for h, w in sizes[:-1]]).astype(np.int64)
     widths = np.array([w for _, w in sizes], dtype=np.int64)
 
