@@ -21,7 +21,9 @@ Checkpoints:
 
 The word-vector dimension must be the model's (300 for the paper's GloVe/word2vec vectors): a model
 trained with 300-d vectors cannot score 50-d ones. Everything runs in inference mode (batch-norm
-moving statistics) without randomness, so the same inputs always give the same ranking.
+moving statistics) without randomness, so the same command always gives the same numbers. (The
+convolution algorithms may depend on the batch: an image tagged alone or among others
+(``--batch-size``) can differ in the last float32 digits.)
 """
 from __future__ import annotations
 
