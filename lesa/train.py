@@ -241,7 +241,7 @@ def train_step(run: Training, batch) -> dict | None:
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingError(
-            f"non-finite loss ({float(total)}) at iteration {run.state.iteration} (records "
+            f"non-finite loss ({float(total.detach())}) at iteration {run.state.iteration} (records "
             f"{batch.rows[:1].tolist()}..{batch.rows[-1:].tolist()}); the last good state is "
             f"{run.out_dir / 'last.pt'} (iteration {_last_saved_iteration(run)}). Check the features "
             "for NaN/inf, or lower train.lr"
