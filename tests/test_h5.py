@@ -130,3 +130,15 @@ def test_shards_read_as_one(tmp_path):
     (tmp_path / "s.rank1.h5").unlink()
     with pytest.raises(DataError, match="missing"):
         read_split_files(str(tmp_path / "s.rank*.h5"))
+
+
+def test_pickles_by_path(tmp_path):
+    import pickle
+
+    path = tmp_path / "p.h5"
+    b = batch(0, 2)
+    write(path, [b])
+    split = open_features(path)
+    copy = pickle.loads(pickle.dumps(split))
+    assert len(copy) == 2 and copy.img_ids == b[0]
+    np.testing.assert_array_equal(copy.read_features([1]), b[1][1:])

@@ -37,7 +37,8 @@ Reading::
     for feats, labels in split.iter_batches(256): ...
 
 ``FeatureFile`` is one file (``.features`` is the h5py dataset, streamable); ``read_split_files``
-presents several files (shards of one split) as one dataset in order.
+presents several files (shards of one split) as one dataset in order. Both pickle by path, so a
+copy sent to a DataLoader worker process reopens its own h5py handles.
 """
 from __future__ import annotations
 
@@ -374,6 +375,13 @@ class FeatureFile:
     def __len__(self) -> int:
         return self._n
 
+    # h5py handles do not survive pickling/fork: a copy sent to a DataLoader worker reopens the file
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "allow_incomplete": not self.complete}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], allow_incomplete=state["allow_incomplete"])
+
     @property
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
@@ -434,6 +442,12 @@ class FeatureSplit:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def __getstate__(self) -> dict:  # picklable: each process reopens the files
+        return {"files": self.files}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["files"])
 
     @property
     def paths(self) -> list[Path]:

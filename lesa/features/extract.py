@@ -251,7 +251,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         model = model.to(memory_format=torch.channels_last)
     file_attrs = {
         "backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
-        "decoder": decoder if decoder == "gpu" else "exact (simplejpeg fastdct, TF1-identical)",
+        "decoder": decoder,  # exact: TF1-identical simplejpeg (fastdct); gpu: nvjpeg
         "precision": precision, "skipped_before_extraction": json.dumps(
             {k: len(v) for k, v in sorted(source.skipped.items())}, sort_keys=True),
         **(attrs or {}),
