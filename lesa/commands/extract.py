@@ -98,9 +98,12 @@ def _extract(args, source) -> int:
     from lesa.features.extract import build_model, extract_features
 
     model = build_model(args.backbone, args.weights)
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local process
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
     summary = extract_features(
-        source, args.out, model, device=args.device, batch_size=args.batch_size, workers=args.workers,
+        source, args.out, model, device=device, batch_size=args.batch_size, workers=args.workers,
         precision=args.precision, decoder=args.decoder, dtype=args.dtype, channels_last=args.channels_last,
         resume=args.resume, overwrite=args.overwrite, rank=args.rank, world_size=args.world_size,
         max_pixels=args.max_pixels, progress=not args.no_progress, log=log)

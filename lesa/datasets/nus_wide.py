@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -85,7 +84,8 @@ def read_01_matrix(path: Path, n_cols: int) -> np.ndarray:
 def _read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"NUS-WIDE file {path} not found; check --root")
-    lines = [line.strip().replace("\\", "/") for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = [line.strip().replace("\\", "/") for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return lines
@@ -117,7 +117,7 @@ class NusWideSplit:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> img ids
 
     def skipped_counts(self) -> dict[str, int]:
-        return dict(Counter({k: len(v) for k, v in self.skipped.items()}))
+        return {k: len(v) for k, v in self.skipped.items()}
 
 
 def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from lesa.datasets.h5 import FeatureWriter, partial_path, read_split_files
-from lesa.errors import ConfigError, DataError, ImageError, LesaError
+from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_images, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54, precision_context
@@ -394,4 +394,4 @@ def build_model(backbone: str, weights: str | None, seed: int = 0) -> VGG19Conv5
 
 
 __all__ = ["ExtractionSource", "ExtractionSummary", "extract_features", "merge_shards", "shard_range",
-           "shard_path", "nus_wide_source", "openimages_source", "build_model", "LesaError"]
+           "shard_path", "nus_wide_source", "openimages_source", "build_model"]

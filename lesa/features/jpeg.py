@@ -62,9 +62,11 @@ def decode_jpeg(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
     if kind == "png":
         return _decode_png_bytes(data, name, max_pixels)
     if kind == "gif":
-        raise ImageDecodeError(f"{name}: GIF data; TF1's decode_jpeg returned 4-D frames for GIFs and the "
-                         "original extraction failed on them. Convert it to JPEG to include it", "gif")
-    raise ImageDecodeError(f"{name}: not a JPEG/PNG image (first bytes {data[:8]!r}); re-download the image", "not_image")
+        raise ImageDecodeError(f"{name}: GIF data; TF1's decode_jpeg returned 4-D frames for GIFs and "
+                               "the original extraction failed on them. Convert it to JPEG to include it",
+                               "gif")
+    raise ImageDecodeError(f"{name}: not a JPEG/PNG image (first bytes {data[:8]!r}); re-download the image",
+                           "not_image")
 
 
 def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -76,7 +78,7 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(f"{name}: corrupt JPEG header ({exc}); re-download the image", "corrupt") from exc
     if colorspace in ("CMYK", "YCCK"):
         raise ImageDecodeError(f"{name}: {colorspace} JPEG is not supported; convert it to RGB "
-                         "(e.g. `convert in.jpg -colorspace sRGB out.jpg`)", "cmyk")
+                               "(e.g. `convert in.jpg -colorspace sRGB out.jpg`)", "cmyk")
     _check_size(height, width, name, max_pixels)
     # TF1: JDCT_IFAST + fancy upsampling = fastdct=True, fastupsample=False
     options = dict(colorspace="RGB", fastdct=True, fastupsample=False)
@@ -92,7 +94,7 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             image = simplejpeg.decode_jpeg(data, strict=False, **options)
         except (ValueError, RuntimeError) as exc2:
             raise ImageDecodeError(f"{name}: cannot decode JPEG ({exc2}); the file is corrupt — "
-                             "re-download it", "corrupt") from exc2
+                                   "re-download it", "corrupt") from exc2
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageDecodeError(f"{name}: decoded to shape {image.shape}, not (H, W, 3)", "corrupt")
     return image
@@ -111,7 +113,8 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             warnings.simplefilter("ignore", DeprecationWarning)
             tensor = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode PNG ({exc}); the file is truncated or corrupt", "corrupt") from exc
+        raise ImageDecodeError(f"{name}: cannot decode PNG ({exc}); the file is truncated or corrupt",
+                               "corrupt") from exc
     image = tensor.permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
     if image.dtype != np.uint8:  # 16-bit PNG: libpng's strip_16 keeps the high byte
         image = (image.astype(np.uint32) >> 8).astype(np.uint8)
@@ -123,4 +126,4 @@ def _check_size(height: int, width: int, name: str, max_pixels: int) -> None:
         raise ImageDecodeError(f"{name}: invalid image size {width}x{height}", "corrupt")
     if height * width > max_pixels:
         raise ImageDecodeError(f"{name}: image of {width}x{height} pixels exceeds the limit of {max_pixels} "
-                         "(--max-pixels); downscale it or raise the limit", "too_large")
+                               "(--max-pixels); downscale it or raise the limit", "too_large")
