@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from lesa.errors import ShapeError
+from lesa.features.preprocess import CROP_SIZE as CROP  # the VGG input crop, in pixels
+from lesa.features.preprocess import RGB_MEAN  # TF-slim VGG means, subtracted by the preprocessing
+from lesa.model import GRID  # conv5_4 regions per side
 from lesa.tag import ranking
-
-GRID = 14  # conv5_4 regions per side
-CROP = 224  # the VGG input crop, in pixels
-RGB_MEAN = (123.68, 116.78, 103.94)  # TF-slim VGG means, subtracted by the preprocessing
 
 
 def display_crop(crop) -> np.ndarray:
@@ -36,11 +35,7 @@ def display_crop(crop) -> np.ndarray:
     crop = np.asarray(crop.detach().cpu() if torch.is_tensor(crop) else crop, dtype=np.float32)
     if crop.ndim != 3 or crop.shape[0] != 3:
         raise ShapeError(f"expected a preprocessed crop (3, H, W), got {crop.shape}")
-    try:
-        from lesa.features.preprocess import RGB_MEAN as mean
-    except ImportError:  # pragma: no cover - the features package is part of lesa
-        mean = RGB_MEAN
-    rgb = crop.transpose(1, 2, 0) + np.asarray(mean, dtype=np.float32)
+    rgb = crop.transpose(1, 2, 0) + np.asarray(RGB_MEAN, dtype=np.float32)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
