@@ -54,14 +54,21 @@ def nus_wide_seen_unseen(tag1k: list[str], tag81: list[str]) -> tuple[np.ndarray
 def read_top_unseen(path) -> np.ndarray:
     """Row indices of ``top_400_unseen.csv`` (one integer per line, first line may have a BOM)."""
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not row[0].strip():
-                continue
-            try:
-                rows.append(int(row[0]))
-            except ValueError as exc:
-                raise DataError(f"{path}: line {lineno} is not an integer row index ({row[0]!r})") from exc
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f), 1):
+                if not row or not row[0].strip():
+                    continue
+                try:
+                    value = int(row[0])
+                except ValueError as exc:
+                    raise DataError(f"{path}: line {lineno} is not an integer row index ({row[0]!r})") from exc
+                if not 0 <= value < 2**31:
+                    raise DataError(f"{path}: line {lineno}: row index {value} is out of range")
+                rows.append(value)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the top-unseen row list ({exc}); expected a UTF-8 CSV "
+                        "with one integer row index per line") from exc
     if not rows:
         raise DataError(f"{path}: no row indices")
     return np.array(rows, dtype=np.int64)
@@ -70,12 +77,16 @@ def read_top_unseen(path) -> np.ndarray:
 def read_class_descriptions(path) -> dict[str, str]:
     """Open Images ``class-descriptions.csv``: label id -> display name (no header)."""
     names = {}
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            # original: line.split(',', 1) and strip ' "\n'
-            parts = [w.strip(' "\r\n') for w in line.split(",", 1)]
-            if len(parts) == 2:
-                names[parts[0]] = parts[1]
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for line in f:
+                # original: line.split(',', 1) and strip ' "\n'
+                parts = [w.strip(' "\r\n') for w in line.split(",", 1)]
+                if len(parts) == 2:
+                    names[parts[0]] = parts[1]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the class descriptions ({exc}); expected the UTF-8 CSV "
+                        "class-descriptions.csv (label id, name)") from exc
     return names
 
 

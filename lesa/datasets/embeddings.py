@@ -208,7 +208,11 @@ def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim
             if dim is None:
                 dim = vec.size
             if vec.size != dim or dim == 0:
-                raise DataError(f"{glove_path}: line {lineno} ({word!r}) has {vec.size} values; expected {dim}")
+                raise DataError(f"{glove_path}: line {lineno} ({word!r}) has {vec.size} values; expected "
+                                f"{dim or 'at least 1'}")
+            if not np.all(np.isfinite(vec)):  # NaN, inf, or beyond float32 range (1e39 -> inf)
+                raise DataError(f"{glove_path}: line {lineno} ({word!r}) has NaN or infinite values; "
+                                "the file is corrupted — download it again")
             found[word] = vec
             if len(found) == len(wanted):
                 break

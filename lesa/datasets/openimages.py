@@ -90,7 +90,7 @@ def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence
     for n, (image_id, label, confidence) in enumerate(rows):
         try:
             value = 2 * int(float(confidence)) - 1
-        except ValueError:
+        except (ValueError, OverflowError):
             raise DataError(f"{source}: row {n + 2}: Confidence {confidence!r} is not a number") from None
         if value not in (-1, 1):
             raise DataError(f"{source}: row {n + 2}: Confidence {confidence!r}; expected 0 or 1")
@@ -126,23 +126,31 @@ def read_annotation_rows(path: Path) -> Iterable[tuple[str, str, str]]:
     if not path.exists():
         raise DataError(f"Open Images annotations {path} not found; download "
                         f"{path.name} of the 2018_04 release into --root")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        needed = ("ImageID", "LabelName", "Confidence")
-        if header is None or any(h not in header for h in needed):
-            raise DataError(f"{path}: header {header}; expected columns {', '.join(needed)}")
-        cols = [header.index(h) for h in needed]
-        for n, row in enumerate(reader):
-            if len(row) < len(header):
-                raise DataError(f"{path}: row {n + 2} has {len(row)} fields; expected {len(header)}")
-            yield row[cols[0]], row[cols[1]], row[cols[2]]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            needed = ("ImageID", "LabelName", "Confidence")
+            if header is None or any(h not in header for h in needed):
+                raise DataError(f"{path}: header {header}; expected columns {', '.join(needed)}")
+            cols = [header.index(h) for h in needed]
+            for n, row in enumerate(reader):
+                if len(row) < len(header):
+                    raise DataError(f"{path}: row {n + 2} has {len(row)} fields; expected {len(header)}")
+                yield row[cols[0]], row[cols[1]], row[cols[2]]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a UTF-8 annotation CSV ({exc}); the file is corrupted — "
+                        "download it again") from exc
 
 
 def read_class_descriptions(path: Path) -> dict[str, str]:
     """``class-descriptions.csv`` (no header): label id -> display name."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return {row[0]: row[1] for row in csv.reader(f) if len(row) >= 2}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return {row[0]: row[1] for row in csv.reader(f) if len(row) >= 2}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the class descriptions ({exc}); expected the UTF-8 CSV "
+                        "class-descriptions.csv (label id, name)") from exc
 
 
 @dataclass
