@@ -30,7 +30,7 @@ import torch
 from lesa.datasets.h5 import FeatureWriter, partial_path, read_split_files
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
-from lesa.features.preprocess import pack_images, vgg_preprocess_batch, vgg_preprocess_packed
+from lesa.features.preprocess import batch_plan, pack_images, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54, precision_context
 
 DECODERS = ("exact", "gpu")
@@ -146,11 +146,15 @@ def _collate(items) -> dict:
     "blobs" (decoder=gpu: undecoded bytes), "failures" [(position, reason, message)]}."""
     good = [(pos, image) for pos, image, _, _ in items if image is not None]
     batch = {"failures": [(pos, reason, message) for pos, image, reason, message in items if image is None],
-             "positions": [pos for pos, _ in good], "flat": None, "sizes": [], "blobs": []}
+             "positions": [pos for pos, _ in good], "flat": None, "sizes": [], "blobs": [], "plan": None}
     if good and isinstance(good[0][1], bytes):
         batch["blobs"] = [data for _, data in good]
     elif good:
         batch["flat"], batch["sizes"] = pack_images([image for _, image in good])
+        try:
+            batch["plan"] = batch_plan(batch["sizes"])
+        except ImageError:  # reported by the main process with the image's name
+            batch["plan"] = None
     return batch
 
 
@@ -284,6 +288,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
             )
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
+            appender = _BackgroundAppender(writer)
             try:
                 with torch.no_grad(), precision_context(precision, device):
                     for batch in loader:
@@ -295,7 +300,8 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                             failures += gpu_failures
                             x = vgg_preprocess_batch(images, device=device) if images else None
                         else:
-                            x = vgg_preprocess_packed(batch["flat"], batch["sizes"], device) if good_pos else None
+                            x = vgg_preprocess_packed(batch["flat"], batch["sizes"], device, batch["plan"]) \
+                                if good_pos else None
                         for pos, reason, message in sorted(failures):
                             failed[reason] += 1
                             flog.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{message}\n")
@@ -304,12 +310,14 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                         if good_pos:
                             feats = _forward(model, x, channels_last)
                             pos_arr = np.array(good_pos, dtype=np.int64)
-                            writer.append([source.img_ids[p] for p in pos_arr], feats,
-                                          source.labels_for(pos_arr))
+                            appender.append([source.img_ids[p] for p in pos_arr], feats,
+                                            source.labels_for(pos_arr))
                         n_items = len(good_pos) + len(failures)
                         done_now += n_items
                         bar.update(n_items)
+                appender.close()
             finally:
+                appender.close(raise_errors=False)
                 bar.close()
         seconds = time.perf_counter() - t0
         summary = ExtractionSummary(out_path, writer.n_written, {k: len(v) for k, v in source.skipped.items()},
@@ -318,6 +326,45 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
         writer.finish()
     return summary
+
+
+class _BackgroundAppender:
+    """Writes batches to the FeatureWriter in a thread (in order) while the next batch is computed.
+
+    At most two batches wait; an error in the thread is raised by the next ``append``/``close``."""
+
+    def __init__(self, writer: FeatureWriter):
+        import queue
+        import threading
+
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="lesa-h5-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.append(*item)
+                except BaseException as exc:  # handed to the main thread
+                    self.error = exc
+
+    def append(self, img_ids, features, labels) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((img_ids, features, labels))
+
+    def close(self, raise_errors: bool = True) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if raise_errors and self.error is not None:
+            raise self.error
 
 
 def _summary_of_complete(path: Path) -> ExtractionSummary:

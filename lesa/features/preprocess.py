@@ -64,6 +64,18 @@ def crop_plan(height: int, width: int, resize_side: int = RESIZE_SIDE, crop: int
     return (_sample_positions(height, new_h, off_h, crop), _sample_positions(width, new_w, off_w, crop))
 
 
+def batch_plan(sizes: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """``crop_plan`` of every image, stacked: y_lo, y_hi, x_lo, x_hi (B, 224) int64, dy, dx (B, 224)
+    float32. The extraction workers compute it with the batch so the main process only gathers."""
+    plans = [crop_plan(h, w) for h, w in sizes]
+    out = {}
+    for axis, (lo, hi, lerp) in (("y", ("y_lo", "y_hi", "dy")), ("x", ("x_lo", "x_hi", "dx"))):
+        which = 0 if axis == "y" else 1
+        for part, key in enumerate((lo, hi, lerp)):
+            out[key] = torch.from_numpy(np.stack([p[which][part] for p in plans]))
+    return out
+
+
 def _as_uint8_tensor(image, device) -> torch.Tensor:
     t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
     if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[2] != 3:
@@ -94,23 +106,23 @@ def pack_images(images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     return torch.cat([t.reshape(-1) for t in tensors]), sizes
 
 
-def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], device=None) -> torch.Tensor:
-    """``pack_images`` output -> float32 (B, 3, 224, 224) on ``device`` (default: ``flat``'s)."""
+def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], device=None,
+                          plan: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``pack_images`` output -> float32 (B, 3, 224, 224) on ``device`` (default: ``flat``'s).
+
+    ``plan``: ``batch_plan(sizes)`` if already computed (e.g. in a worker process)."""
     device = flat.device if device is None else torch.device(device)
     if len(sizes) == 0:
         return torch.empty((0, 3, CROP_SIZE, CROP_SIZE), dtype=torch.float32, device=device)
     if flat.numel() != sum(h * w * 3 for h, w in sizes):
         raise ImageError(f"packed images hold {flat.numel()} values, not the {sizes} images' pixels")
     flat = flat.to(device, non_blocking=True)
-    plans = [crop_plan(h, w) for h, w in sizes]
+    plan = {k: v.to(device, non_blocking=True) for k, v in (plan or batch_plan(sizes)).items()}
     bases = np.cumsum([0] + [h * w * 3 for h, w in sizes[:-1]]).astype(np.int64)
     widths = np.array([w for _, w in sizes], dtype=np.int64)
 
-    def stack(which: int, part: int) -> torch.Tensor:  # (B, 224) from the plans
-        return torch.from_numpy(np.stack([p[which][part] for p in plans])).to(device)
-
-    y_lo, y_hi, dy = stack(0, 0), stack(0, 1), stack(0, 2)
-    x_lo, x_hi, dx = stack(1, 0), stack(1, 1), stack(1, 2)
+    y_lo, y_hi, dy = plan["y_lo"], plan["y_hi"], plan["dy"]  # (B, 224) each
+    x_lo, x_hi, dx = plan["x_lo"], plan["x_hi"], plan["dx"]
     base = torch.from_numpy(bases).to(device)[:, None]
     w3 = torch.from_numpy(widths * 3).to(device)[:, None]
     channel = torch.arange(3, device=device)
