@@ -1,7 +1,12 @@
 """lesa: a faithful PyTorch port of LESA (Huynh & Elhamifar, CVPR 2020).
 
 The public names below are fixed: other code, the README and outside checks rely on them.
+Names that need torch are imported on first use, so ``lesa --help`` starts quickly.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
 from lesa.errors import (  # noqa: F401
@@ -16,14 +21,32 @@ from lesa.errors import (  # noqa: F401
     TrainingError,
 )
 
-from lesa import metrics  # noqa: E402,F401
-from lesa.model import LESA, LESAConfig, LESAOutput  # noqa: E402,F401
-from lesa.optim import AdaptiveLR, TFRMSprop  # noqa: E402,F401
-from lesa.tf_weights import load_tf_checkpoint  # noqa: E402,F401
+# public name -> module that defines it
+_LAZY = {
+    "LESA": "lesa.model",
+    "LESAConfig": "lesa.model",
+    "LESAOutput": "lesa.model",
+    "TFRMSprop": "lesa.optim",
+    "AdaptiveLR": "lesa.optim",
+    "load_tf_checkpoint": "lesa.tf_weights",
+    "read_tf_checkpoint": "lesa.tf_formats",
+    "metrics": "lesa.metrics",
+}
+
+__all__ = sorted(
+    ["__version__", "LesaError", "ConfigError", "ShapeError", "FormatError", "CheckpointError",
+     "TFRecordError", "DataError", "ImageError", "TrainingError", *_LAZY]
+)
 
 
-def read_tf_checkpoint(path, *args, **kwargs):
-    """Read a TF1 checkpoint (V2 bundle or V1 file) into {name: array}, without TensorFlow."""
-    from lesa.tf_formats import read_tf_checkpoint as _read
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__ == f"lesa.{name}" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lesa' has no attribute {name!r}")
 
-    return _read(path, *args, **kwargs)
+
+def __dir__():
+    return __all__
