@@ -151,3 +151,16 @@ def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfi
     model = LESA(seen_vecs, unseen_vecs, config)
     extras = load_tf_weights(model, tensors, source=str(path))
     return model, extras
+
+
+def tf_named_weights(model: LESA) -> dict[str, np.ndarray]:
+    """The model's variables under the original's TF names and layouts (inverse of loading);
+    with ``lesa.tf_formats.write_tf_checkpoint`` this writes a checkpoint the original can read."""
+    state = model.state_dict()
+    out = {}
+    for tf_name, (key, _) in _tf_to_torch_names(model).items():
+        array = state[key].detach().cpu().numpy()
+        if tf_name == CONV_W:
+            array = np.transpose(array, (2, 3, 1, 0))  # OIHW -> HWIO
+        out[tf_name] = np.ascontiguousarray(array, dtype=np.float32)
+    return out
