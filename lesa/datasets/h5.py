@@ -27,7 +27,10 @@ The writer works on ``<path>.partial``; after every ``append`` the data is flush
 ``n_written`` attribute advanced, so a run killed at any point (Ctrl-C, kill -9) can continue with
 ``resume=True`` from the last appended batch. ``finish()`` sets ``complete=True`` and renames the
 file to ``<path>``: a file under the final name is always complete, and a half-written one is never
-mistaken for it.
+mistaken for it. While partial, the ids are kept as UTF-8 bytes plus end offsets
+(``/_img_id_bytes``, ``/_img_id_ends``: plain numeric arrays) and ``finish()`` writes ``/img_ids``:
+HDF5's variable-length strings live in a global heap that a killed writer can leave damaged
+("bad heap index" on the next write), so they are written once, at the end.
 
 Reading::
 
@@ -61,6 +64,10 @@ LABEL_VALUES = (-1, 0, 1)
 # what h5py raises on damaged files (besides our own checks)
 _H5_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, UnicodeDecodeError)
 
+# the ids of a partial file (see the module docstring)
+ID_BYTES = "_img_id_bytes"
+ID_ENDS = "_img_id_ends"
+
 # attribute names (file level)
 ATTR_COMPLETE = "complete"
 ATTR_N_WRITTEN = "n_written"
@@ -80,6 +87,16 @@ def partial_path(path: str | os.PathLike) -> Path:
 
 def _decode_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _ids_from_bytes(f, n: int) -> list[str]:
+    """The first ``n`` ids of a partial file (UTF-8 bytes + end offsets)."""
+    if n == 0:
+        return []
+    ends = f[ID_ENDS][:n]
+    raw = f[ID_BYTES][: int(ends[-1])].tobytes()
+    starts = np.concatenate([[0], ends[:-1]])
+    return [raw[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 def _attrs_dict(h5attrs) -> dict:
@@ -131,7 +148,7 @@ class FeatureWriter:
         self.dtype = np.dtype(str(dtype))
         self.label_dims = {str(k): int(v) for k, v in label_dims.items()}
         for name, dim in self.label_dims.items():
-            if name in ("features", "img_ids", "label_names") or dim <= 0:
+            if name in ("features", "img_ids", "label_names") or name.startswith("_") or dim <= 0:
                 raise DataError(f"{self.path}: invalid label array {name!r} with {dim} columns")
         self._finished = False
         if self.path.exists() and not overwrite:
@@ -171,13 +188,15 @@ class FeatureWriter:
         f.create_dataset(
             "features", shape=(0, *FEATURE_SHAPE), maxshape=(None, *FEATURE_SHAPE),
             dtype=self.dtype, chunks=(1, *FEATURE_SHAPE),
+            fletcher32=True,  # a checksum per chunk: a damaged byte is an error, not a silently wrong value
         )
-        f.create_dataset(
-            "img_ids", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(4096,)
-        )
+        # ids while partial: UTF-8 bytes + end offsets (no variable-length heap; see module docstring)
+        f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
+        f.create_dataset(ID_ENDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
         for name, dim in self.label_dims.items():
             rows = max(1, min(1024, (1 << 16) // dim))
-            f.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.int8, chunks=(rows, dim))
+            f.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.int8, chunks=(rows, dim),
+                             fletcher32=True)
         for name, names in (label_names or {}).items():
             if name not in self.label_dims or len(names) != self.label_dims[name]:
                 raise DataError(
@@ -210,13 +229,22 @@ class FeatureWriter:
                                 "run without --resume to start over")
         if "features" not in f or f["features"].shape[1:] != FEATURE_SHAPE:
             raise DataError(f"{where}: no (N,196,512) 'features' array; run without --resume")
+        if ID_ENDS not in f or ID_BYTES not in f:
+            raise DataError(f"{where}: no image-id arrays; run without --resume to start over")
         n = int(stored.get(ATTR_N_WRITTEN, 0))
         # Rows past n_written belong to a batch interrupted mid-write: drop them.
-        for name in ["features", "img_ids", *self.label_dims]:
+        for name in ["features", ID_ENDS, *self.label_dims]:
             if f[name].shape[0] < n:
                 raise DataError(f"{where}: {name!r} has {f[name].shape[0]} rows, fewer than the "
                                 f"{n} recorded as written; delete the file and run without --resume")
             f[name].resize(n, axis=0)
+        n_bytes = int(f[ID_ENDS][n - 1]) if n else 0
+        if f[ID_BYTES].shape[0] < n_bytes:
+            raise DataError(f"{where}: image ids are truncated; delete the file and run without --resume")
+        f[ID_BYTES].resize(n_bytes, axis=0)
+        if "img_ids" in f:  # killed inside finish(): written again at the next finish()
+            del f["img_ids"]
+        f.attrs[ATTR_COMPLETE] = False
         f.flush()
 
     # -- state ----------------------------------------------------------------------------------
@@ -228,8 +256,7 @@ class FeatureWriter:
     @property
     def done_ids(self) -> list[str]:
         """Image ids already in the file, in order (what a resumed run must skip)."""
-        n = self.n_written
-        return [_decode_str(v) for v in self._file["img_ids"][:n]]
+        return _ids_from_bytes(self._file, self.n_written)
 
     def set_attrs(self, **attrs) -> None:
         """Add or update file attributes (e.g. a summary of skipped images)."""
@@ -269,8 +296,14 @@ class FeatureWriter:
             return
         f = self._file
         n = self.n_written
-        for name, arr in [("features", features.astype(self.dtype, copy=False)),
-                          ("img_ids", np.array(ids, dtype=object)), *checked.items()]:
+        encoded = [i.encode("utf-8") for i in ids]
+        start = int(f[ID_ENDS][n - 1]) if n else 0
+        ends = start + np.cumsum([len(e) for e in encoded], dtype=np.int64)
+        id_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        f[ID_BYTES].resize(start + id_bytes.size, axis=0)
+        f[ID_BYTES][start:] = id_bytes
+        for name, arr in [("features", features.astype(self.dtype, copy=False)), (ID_ENDS, ends),
+                          *checked.items()]:
             f[name].resize(n + b, axis=0)
             f[name][n:n + b] = arr
         f.flush()  # data first, then the counter that makes it count
@@ -281,7 +314,12 @@ class FeatureWriter:
         """Mark the file complete and move it to its final name; returns that path."""
         if self._finished:
             return self.path
+        h5py = _h5py()
         f = self._file
+        ids = _ids_from_bytes(f, self.n_written)
+        f.create_dataset("img_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
+                         chunks=(min(4096, max(1, len(ids))),), maxshape=(None,))
+        del f[ID_BYTES], f[ID_ENDS]
         f.attrs[ATTR_COMPLETE] = True
         f.flush()
         f.close()
@@ -354,11 +392,17 @@ class FeatureFile:
         if not self.complete:  # rows past n_written are an interrupted batch
             n = min(n, int(self.attrs.get(ATTR_N_WRITTEN, n)))
         self._n = n
-        if "img_ids" not in f or f["img_ids"].shape[0] < n:
+        if "img_ids" in f:
+            n_ids = f["img_ids"].shape[0]
+        elif ID_ENDS in f and ID_BYTES in f:  # a partial file (allow_incomplete=True)
+            n_ids = f[ID_ENDS].shape[0]
+        else:
+            n_ids = -1
+        if n_ids < n:
             raise DataError(f"{self.path}: 'img_ids' missing or shorter than the {n} feature rows")
         self.features = feats
         self.labels = {}
-        skip = {"features", "img_ids", "label_names"}
+        skip = {"features", "img_ids", "label_names", ID_BYTES, ID_ENDS}
         for name, obj in f.items():
             if name in skip or not isinstance(obj, _h5py().Dataset):
                 continue
@@ -386,7 +430,10 @@ class FeatureFile:
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
             try:
-                self._img_ids = [_decode_str(v) for v in self._file["img_ids"][: self._n]]
+                if "img_ids" in self._file:
+                    self._img_ids = [_decode_str(v) for v in self._file["img_ids"][: self._n]]
+                else:
+                    self._img_ids = _ids_from_bytes(self._file, self._n)
             except _H5_READ_ERRORS as exc:
                 raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
                                 "the file is damaged — re-create it with `lesa extract`") from exc
