@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 RANK_EPS = 1e-8
 
 
-def ranking_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def ranking_loss(logits: torch.Tensor, labels: torch.Tensor, max_positives: int | None = None) -> torch.Tensor:
     """Pairwise ranking loss: for every image, every (positive p, negative n) pair costs
     max(0, 1 + s_n - s_p); an image's cost is the sum over pairs divided by the number of
     violated pairs (cost > 0); the loss is the mean over the batch (images without a positive
@@ -27,11 +27,23 @@ def ranking_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     The original builds a (B, C, C) tensor over the labels present in the batch. This computes
     the same value in O(B * P * C) memory, P = the most positives of any image in the batch
     (padded, never truncated): with 7,186 Open Images labels the dense version needs gigabytes.
+
+    ``max_positives``: a fixed P (at least the most positives of any image, e.g. over the whole
+    label matrix) instead of the batch's maximum: no host sync and a static shape, as CUDA graphs
+    and ``torch.compile`` need. The value is the same for any P >= the batch's maximum.
     """
     positive = labels > 0  # (B,C)
     negative = (labels < 0).to(logits.dtype)  # (B,C)
-    n_pos = positive.sum(dim=1)
-    P = max(int(n_pos.max()), 1) if labels.numel() else 1
+    if max_positives is None:
+        n_pos = positive.sum(dim=1)
+        P = max(int(n_pos.max()), 1) if labels.numel() else 1
+    else:
+        P = max(min(int(max_positives), labels.shape[1]), 1)
+        if labels.device.type == "cpu" and labels.numel() and not torch.compiler.is_compiling():
+            most = int(positive.sum(dim=1).max())  # free on the CPU; never truncate silently
+            if most > P:
+                raise ShapeError(f"an image of the batch has {most} positive labels but max_positives "
+                                 f"is {P}: pass at least the most positives of any image")
     # Indices of each image's positives first (a stable sort keeps them in label order), padded.
     order = torch.argsort(positive.to(torch.int8), dim=1, descending=True, stable=True)[:, :P]  # (B,P)
     pos_valid = torch.gather(positive, 1, order).to(logits.dtype)  # (B,P) 1 where a real positive
@@ -92,9 +104,10 @@ def w2v_diff_loss(init_vecs: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
     return ((init_vecs - vecs) ** 2).sum()
 
 
-def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor) -> dict[str, torch.Tensor]:
+def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor,
+                max_positives: int | None = None) -> dict[str, torch.Tensor]:
     """Every loss term of the original and the weighted total (keys: total, rank, att_dist,
-    att_span, att_global, w2v_diff, l2)."""
+    att_span, att_global, w2v_diff, l2). ``max_positives``: see :func:`ranking_loss`."""
     labels = torch.as_tensor(labels, dtype=out.logits.dtype, device=out.logits.device)
     if labels.shape != out.logits.shape:
         raise ShapeError(
@@ -104,7 +117,7 @@ def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor) -> dict[
     cfg = model.config
     vecs = model.seen_vecs()
     terms = {
-        "rank": ranking_loss(out.logits, labels),
+        "rank": ranking_loss(out.logits, labels, max_positives),
         "att_dist": attention_distribution_loss(out.att_logits, labels),
         "att_span": attention_span_loss(out.attention_logits),
         "att_global": attention_global_loss(out.logits, out.f_global @ out.classifiers.t(), labels),

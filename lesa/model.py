@@ -258,11 +258,13 @@ class LESA(nn.Module):
             classifiers=classifiers,
         )
 
-    def loss(self, out: LESAOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All loss terms of the original, and their weighted total (see ``lesa.losses``)."""
+    def loss(self, out: LESAOutput, labels: torch.Tensor,
+             max_positives: int | None = None) -> dict[str, torch.Tensor]:
+        """All loss terms of the original, and their weighted total (see ``lesa.losses``).
+        ``max_positives``: a fixed padding of the ranking loss (see ``lesa.losses.ranking_loss``)."""
         from lesa.losses import lesa_losses
 
-        return lesa_losses(self, out, labels)
+        return lesa_losses(self, out, labels, max_positives)
 
     def l2_penalty(self) -> torch.Tensor:
         """0.0005 * sum(w^2) / 2 over the conv weights (TF-slim l2_regularizer(0.0005))."""
