@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from lesa.datasets.embeddings import save_vector_pair
 from lesa.datasets.h5 import FeatureWriter, open_features
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, contiguous_runs
 from lesa.errors import ConfigError, DataError
@@ -132,7 +133,19 @@ MEMORY_SCRIPT = textwrap.dedent("""
         total += float(b.features[:, 0, 0].sum())
     stream.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"base": base, "peak": peak, "seen": seen, "total": total}))
+    # then a few training iterations of the real loop over the same file, streamed
+    from lesa.synth import config_for
+    from lesa.train import train
+    files = dict(train=sys.argv[1], test=sys.argv[1], tag_list=sys.argv[2], concepts=sys.argv[3],
+                 label_vectors=sys.argv[4])
+    cfg = config_for(files, "nus_wide_zero_shot", sys.argv[5], "memory", n_iters=4, eval_interval=3,
+                     device="cpu")
+    cfg.data.n_validation, cfg.data.eval_batch_size, cfg.data.chunk_mb = 64, 32, 16
+    cfg.data.preload = "none"
+    cfg.model.conv = False
+    train(cfg, progress=False, final_eval=False, log=lambda *a: None)
+    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"base": base, "peak": peak, "seen": seen, "total": total, "train_peak": train_peak}))
 """)
 
 
@@ -149,14 +162,21 @@ def test_streaming_memory_is_bounded_on_a_file_3x_larger(tmp_path):
             w.append([str(i) for i in range(a, a + 50)], feats, {"labels_1k": lab, "labels_81": lab})
         w.finish()
     file_bytes = path.stat().st_size
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path)], capture_output=True, text=True,
-                         timeout=600)
+    (tmp_path / "tags.txt").write_text("a\nb\n")
+    (tmp_path / "concepts.txt").write_text("c\nd\n")
+    save_vector_pair(tmp_path / "vecs.pkl", np.random.rand(2, 300), np.random.rand(2, 300))
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(path), str(tmp_path / "tags.txt"),
+                          str(tmp_path / "concepts.txt"), str(tmp_path / "vecs.pkl"), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     growth = res["peak"] - res["base"]
     bound = 200 * 2**20
     print(f"file {file_bytes / 2**20:.0f} MB, RSS at start {res['base'] / 2**20:.0f} MB, "
-          f"peak {res['peak'] / 2**20:.0f} MB, growth {growth / 2**20:.0f} MB (bound {bound / 2**20:.0f} MB)")
+          f"peak {res['peak'] / 2**20:.0f} MB, growth {growth / 2**20:.0f} MB (bound {bound / 2**20:.0f} MB); "
+          f"peak during training {res['train_peak'] / 2**20:.0f} MB")
     assert file_bytes > 3 * bound
     assert res["seen"] >= n - 100  # the whole training range went through
     assert growth < bound
+    assert res["train_peak"] - res["base"] < bound  # training streams too: far below the file size
+    assert (tmp_path / "run" / "model.pt").exists()

@@ -6,15 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from lesa import metrics
-from lesa.datasets.h5 import open_features
-from lesa.datasets.stream import RangeReader
-from lesa.evaluate import predict
-from lesa.model import LESA
-from lesa.synth import SynthSpec, config_for, write_synthetic
-from lesa.tasks import load_task
+from lesa.synth import SynthSpec, config_for, untrained_zero_shot_map, write_synthetic
 from lesa.train import train
 
 SPEC = dict(n_train=900, n_test=240, n_tags=40, n_concepts=12, n_shared=6, seed=5)
@@ -41,14 +34,7 @@ def test_planted_zero_shot_transfer_and_label_sanity(tmp_path):
     train(cfg, progress=False, log=lambda *_: None)
     trained = zero_shot_map(tmp_path / "trained")
 
-    # the same model with its random initial weights
-    task = load_task(cfg)
-    torch.manual_seed(cfg.train.seed)
-    model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model)
-    split = open_features(files["test"])
-    scores, labels = predict(model, RangeReader(split, task.test_labels, progress=False), 120)
-    split.close()
-    random_weights = metrics.mean_average_precision(scores["zs_logits"], labels["unseen"])
+    random_weights = untrained_zero_shot_map(cfg, files)  # the same model with its initial weights
 
     # labels shuffled across the training images: nothing to learn, so zero-shot stays at chance
     shuffled = dict(files)
