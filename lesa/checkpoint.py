@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found")
+    _check_zip_crcs(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -154,6 +156,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: model tensor {key!r} contains NaN or inf values")
     return payload
+
+
+def _check_zip_crcs(path: Path) -> None:
+    """torch.load does not verify the CRC-32 of the zip records it reads: a flipped byte in a
+    tensor would load as a silently different weight. Check every record first."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip (truncated, legacy format, or not a checkpoint): torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # damaged headers: BadZipFile, zlib errors, EOFError, ...
+        raise CheckpointError(f"{path}: the checkpoint archive is damaged ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); use another copy or an earlier checkpoint") from exc
+    if bad is not None:
+        raise CheckpointError(f"{path}: record {bad!r} fails its CRC-32 check; the file is corrupted — "
+                              "use another copy or an earlier checkpoint")
 
 
 def model_from_checkpoint(payload_or_path, device: str | torch.device = "cpu"):

@@ -137,7 +137,8 @@ def _coerce(value, current, where: str):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if isinstance(current, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or int(value) != value:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if isinstance(current, float):
@@ -199,7 +200,7 @@ def config_from_dict(values: dict, source: str = "<dict>") -> Config:
             raise ConfigError(f"{source}: [{section}] must be a table")
         for key, value in table.items():
             set_value(cfg, f"{section}.{key}", value, source)
-    cfg.model = LESAConfig(**dataclasses.asdict(cfg.model))  # re-run its checks
+    cfg.model = _checked_model(cfg.model, source)  # re-run its checks
     return cfg
 
 
@@ -233,8 +234,16 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, key, value, where="command line")
-    cfg.model = LESAConfig(**dataclasses.asdict(cfg.model))
+    cfg.model = _checked_model(cfg.model, "command line")
     return cfg
+
+
+def _checked_model(model: LESAConfig, where: str) -> LESAConfig:
+    """Re-run ``LESAConfig``'s checks; its errors name where the values came from."""
+    try:
+        return LESAConfig(**dataclasses.asdict(model))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [model] {exc}") from exc
 
 
 # -- validation before any long work -------------------------------------------------------------
