@@ -119,12 +119,11 @@ MEMORY_SCRIPT = textwrap.dedent("""
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
+    base = rss()  # after the imports
     split = open_features(sys.argv[1])
     reader = RangeReader(split, {"y": ("labels_81", None)}, start=100, chunk_mb=16)
     plan = BatchPlan(100, len(split), 32)
     stream = TrainStream(reader, plan)
-    next(stream)
-    base = rss()
     seen = 0
     total = 0.0
     while stream.position["epoch"] < 1 or stream.position["batch"] < 3:   # one full pass and a wrap
@@ -151,7 +150,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_streaming_memory_is_bounded_on_a_file_3x_larger(tmp_path):
-    n = 3600  # float16 records of 196x512: 3600 * 200,704 bytes = 723 MB on disk
+    n = 9400  # float16 records of 196x512: 9400 * 200,704 bytes = 1.9 GB on disk
     path = tmp_path / "big.h5"
     block = (np.random.default_rng(0).random((50, 196, 512)) * 4).astype(np.float16)
     with FeatureWriter(path, "nus_wide", "Train", {"labels_1k": 2, "labels_81": 2}, dtype="float16") as w:
@@ -171,12 +170,12 @@ def test_streaming_memory_is_bounded_on_a_file_3x_larger(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     growth = res["peak"] - res["base"]
-    bound = 200 * 2**20
+    bound = 600 * 2**20  # RSS growth allowed over the imports (torch + lesa), training included
     print(f"file {file_bytes / 2**20:.0f} MB, RSS at start {res['base'] / 2**20:.0f} MB, "
           f"peak {res['peak'] / 2**20:.0f} MB, growth {growth / 2**20:.0f} MB (bound {bound / 2**20:.0f} MB); "
           f"peak during training {res['train_peak'] / 2**20:.0f} MB")
     assert file_bytes > 3 * bound
     assert res["seen"] >= n - 100  # the whole training range went through
-    assert growth < bound
+    assert growth < 200 * 2**20  # streaming alone: a few chunks in flight
     assert res["train_peak"] - res["base"] < bound  # training streams too: far below the file size
     assert (tmp_path / "run" / "model.pt").exists()
