@@ -27,10 +27,11 @@ The writer works on ``<path>.partial``; after every ``append`` the data is flush
 ``n_written`` attribute advanced, so a run killed at any point (Ctrl-C, kill -9) can continue with
 ``resume=True`` from the last appended batch. ``finish()`` sets ``complete=True`` and renames the
 file to ``<path>``: a file under the final name is always complete, and a half-written one is never
-mistaken for it. While partial, the ids are kept as UTF-8 bytes plus end offsets
-(``/_img_id_bytes``, ``/_img_id_ends``: plain numeric arrays) and ``finish()`` writes ``/img_ids``:
-HDF5's variable-length strings live in a global heap that a killed writer can leave damaged
-("bad heap index" on the next write), so they are written once, at the end.
+mistaken for it. While partial, the ids are also kept as UTF-8 bytes plus end offsets
+(``/_img_id_bytes``, ``/_img_id_ends``: plain numeric arrays, removed by ``finish()``): HDF5's
+variable-length strings live in a global heap that a killed writer can leave damaged ("bad heap
+index" on the next write), so a resumed writer never reads the old ``/img_ids``; it rebuilds it
+from those bytes.
 
 Reading::
 
@@ -190,6 +191,7 @@ class FeatureWriter:
             dtype=self.dtype, chunks=(1, *FEATURE_SHAPE),
             fletcher32=True,  # a checksum per chunk: a damaged byte is an error, not a silently wrong value
         )
+        self._create_img_ids([])
         # ids while partial: UTF-8 bytes + end offsets (no variable-length heap; see module docstring)
         f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
         f.create_dataset(ID_ENDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
@@ -242,10 +244,17 @@ class FeatureWriter:
         if f[ID_BYTES].shape[0] < n_bytes:
             raise DataError(f"{where}: image ids are truncated; delete the file and run without --resume")
         f[ID_BYTES].resize(n_bytes, axis=0)
-        if "img_ids" in f:  # killed inside finish(): written again at the next finish()
+        # the vlen ids may sit in a heap damaged by the kill: unlink them unread, write them afresh
+        if "img_ids" in f:
             del f["img_ids"]
+        self._create_img_ids(_ids_from_bytes(f, n))
         f.attrs[ATTR_COMPLETE] = False
         f.flush()
+
+    def _create_img_ids(self, ids: list[str]) -> None:
+        h5py = _h5py()
+        self._file.create_dataset("img_ids", data=np.array(ids, dtype=object).reshape(-1),
+                                  dtype=h5py.string_dtype("utf-8"), maxshape=(None,), chunks=(4096,))
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -303,7 +312,7 @@ class FeatureWriter:
         f[ID_BYTES].resize(start + id_bytes.size, axis=0)
         f[ID_BYTES][start:] = id_bytes
         for name, arr in [("features", features.astype(self.dtype, copy=False)), (ID_ENDS, ends),
-                          *checked.items()]:
+                          ("img_ids", np.array(ids, dtype=object)), *checked.items()]:
             f[name].resize(n + b, axis=0)
             f[name][n:n + b] = arr
         f.flush()  # data first, then the counter that makes it count
@@ -314,11 +323,9 @@ class FeatureWriter:
         """Mark the file complete and move it to its final name; returns that path."""
         if self._finished:
             return self.path
-        h5py = _h5py()
         f = self._file
-        ids = _ids_from_bytes(f, self.n_written)
-        f.create_dataset("img_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
-                         chunks=(min(4096, max(1, len(ids))),), maxshape=(None,))
+        if f["img_ids"].shape[0] != self.n_written:
+            raise DataError(f"{self.partial}: {f['img_ids'].shape[0]} image ids for {self.n_written} rows")
         del f[ID_BYTES], f[ID_ENDS]
         f.attrs[ATTR_COMPLETE] = True
         f.flush()
