@@ -169,10 +169,6 @@ def _default_of(section_type, name):
     raise KeyError(name)
 
 
-def _list_field_is_int(section_type, name) -> bool:
-    return section_type is EvaluateSection
-
-
 def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None:
     """Set ``section.key`` to ``value`` (type-checked against the field)."""
     where = where or cfg.source
@@ -185,8 +181,6 @@ def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None
     if key not in known:
         raise ConfigError(f"{where}: unknown key {key!r} in [{section}]; known keys: {', '.join(known)}")
     current = _default_of(stype, key)
-    if isinstance(current, list) and not current and _list_field_is_int(stype, key):
-        current = [0]
     obj = getattr(cfg, section)
     setattr(obj, key, _coerce(value, current, f"{where}: {dotted}"))
 

@@ -134,6 +134,7 @@ class Training:
     plan: BatchPlan
     out_dir: Path
     state: TrainState = field(default_factory=TrainState)
+    shard: tuple = (0, 1)  # (rank, world size): this process's slice of every global batch
 
     def close(self) -> None:
         for s in {id(self.train_split): self.train_split, id(self.val_split): self.val_split}.values():
@@ -157,10 +158,16 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     out_dir = cfg.out_dir
     last = out_dir / "last.pt"
     if resume and not last.exists():
-        raise ConfigError(f"--resume: {last} not found; nothing to resume in {out_dir}")
-    if not resume and (last.exists() or (out_dir / "log.csv").exists()):
-        raise ConfigError(f"{out_dir} already holds a run (log.csv/last.pt); pass --resume to continue "
+        raise ConfigError(f"--resume: {last} not found; nothing to resume in {out_dir} (a run killed "
+                          "before its first checkpoint starts again without --resume)")
+    # A folder with log.csv but no last.pt was killed before its first checkpoint: nothing to
+    # resume, so a fresh start may overwrite it (refusing would leave the user stuck).
+    if not resume and (last.exists() or (out_dir / "model.pt").exists()):
+        raise ConfigError(f"{out_dir} already holds a run (last.pt/model.pt); pass --resume to continue "
                           "it, or choose another --out")
+    if resume:  # temporary files of writes interrupted by a crash (never under a final name)
+        for stale in out_dir.glob("*.tmp-*"):
+            stale.unlink()
     device = pick_device(t.device)
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
@@ -193,7 +200,7 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     schedule = AdaptiveLR(optimizer, signal_strength=t.signal_strength, patience=t.patience,
                           decay_rate=t.decay_rate, limit_scale=t.limit_scale)
     run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
-                   val_reader, plan, out_dir)
+                   val_reader, plan, out_dir, shard=tuple(shard))
     if resume:
         restore_resume_point(run, last)
     return run
@@ -322,7 +329,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
     monitor_col = columns.index(t.monitor)
     eval_interval = cfg.eval_interval
     quarter = t.n_iters // 4
-    stream = TrainStream(run.train_reader, run.plan, position=state.position)
+    stream = TrainStream(run.train_reader, run.plan, position=state.position, shard=run.shard)
     bar = tqdm(total=t.n_iters, initial=state.iteration, desc=f"train {cfg.experiment.name}", unit="it",
                disable=not progress, dynamic_ncols=True)
     tic = time.perf_counter()
