@@ -295,3 +295,19 @@ def test_unseen_pickle_with_code_is_refused(tmp_path):
     (tmp_path / "test-annotations-human-imagelabels.csv").write_text("ImageID,Source,LabelName,Confidence\n")
     with pytest.raises(DataError, match="only numpy"):
         load_openimages_split(tmp_path, "test")
+
+
+def test_nus_wide_01_matrix_parser(tmp_path):
+    from lesa.datasets.nus_wide import read_01_matrix
+    from lesa.errors import DataError
+
+    m = np.random.default_rng(0).integers(0, 2, (9000, 7)).astype(np.uint8)  # more than one block
+    (tmp_path / "a.txt").write_text("".join("\t".join(map(str, r)) + "\t\r\n" for r in m), newline="")
+    np.testing.assert_array_equal(read_01_matrix(tmp_path / "a.txt", 7), m)
+    (tmp_path / "b.txt").write_text("0 1\n1 1\n\n")  # trailing blank lines are fine
+    assert read_01_matrix(tmp_path / "b.txt", 2).tolist() == [[0, 1], [1, 1]]
+    for bad, message in [("0 1\n1\n", "line 2 has 1 values"), ("0 2\n", "line 1 has b'2'"),
+                         ("0 10\n", "multi-digit"), ("0 1\n\n0 1\n", "line 2 has 0 values")]:
+        (tmp_path / "c.txt").write_text(bad)
+        with pytest.raises(DataError, match=message):
+            read_01_matrix(tmp_path / "c.txt", 2)

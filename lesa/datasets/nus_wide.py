@@ -56,29 +56,44 @@ def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_i
     return labels_1k, labels_81
 
 
-def read_01_matrix(path: Path, n_cols: int) -> np.ndarray:
-    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols)."""
+def read_01_matrix(path: Path, n_cols: int, block_lines: int = 8192) -> np.ndarray:
+    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols).
+
+    Parsed in blocks of lines (AllTags1k.txt is ~540 MB: no whole-file temporaries)."""
     if not path.exists():
         raise DataError(f"NUS-WIDE label file {path} not found; check --root")
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == ord("\n"))
+    if raw.size and (line_ends.size == 0 or line_ends[-1] != raw.size - 1):
+        line_ends = np.append(line_ends, raw.size)  # last line without a newline
+    rows, start = [], 0
+    for first in range(0, line_ends.size, block_lines):
+        stop = int(line_ends[min(first + block_lines, line_ends.size) - 1]) + 1
+        rows.append(_parse_01_block(raw[start:stop], n_cols, path, first))
+        start = stop
+    matrix = np.concatenate(rows) if rows else np.zeros((0, n_cols), dtype=np.uint8)
+    return matrix
+
+
+def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -> np.ndarray:
     is_digit = (raw == ord("0")) | (raw == ord("1"))
     is_space = (raw == ord("\t")) | (raw == ord(" ")) | (raw == ord("\r")) | (raw == ord("\n"))
-    bad = np.nonzero(~(is_digit | is_space))[0]
+    bad = np.flatnonzero(~(is_digit | is_space))
     if bad.size:
-        line = int(np.count_nonzero(raw[: bad[0]] == ord("\n"))) + 1
+        line = first_line + int(np.count_nonzero(raw[: bad[0]] == ord("\n"))) + 1
         raise DataError(f"{path}: line {line} has {bytes(raw[bad[0]:bad[0] + 1])!r}; only 0/1 values expected")
-    # two digits in a row would be a number like 10: refuse
-    if np.any(is_digit[1:] & is_digit[:-1]):
-        raise DataError(f"{path}: multi-digit values found; only 0/1 values expected")
-    line_of = np.cumsum(raw == ord("\n"))[is_digit]
-    digits = raw[is_digit] - ord("0")
-    if digits.size == 0:
-        return np.zeros((0, n_cols), dtype=np.uint8)
-    _, counts = np.unique(line_of, return_counts=True)
-    if np.any(counts != n_cols) or digits.size % n_cols:
-        first = int(np.nonzero(counts != n_cols)[0][0]) if np.any(counts != n_cols) else 0
-        raise DataError(f"{path}: row {first + 1} has {int(counts[first])} values; expected {n_cols} per line")
-    return digits.reshape(-1, n_cols)
+    if np.any(is_digit[1:] & is_digit[:-1]):  # "10" would be a number, not two labels
+        raise DataError(f"{path}: multi-digit values near line {first_line + 1}; only 0/1 values expected")
+    line_of = np.cumsum(raw == ord("\n"))
+    n_lines = int(line_of[-1]) + (0 if raw[-1] == ord("\n") else 1)
+    counts = np.bincount(line_of[is_digit], minlength=n_lines)[:n_lines]
+    used = np.flatnonzero(counts)
+    last = int(used[-1]) if used.size else -1  # blank lines at the end are ignored
+    if np.any(counts[: last + 1] != n_cols):
+        wrong = int(np.flatnonzero(counts[: last + 1] != n_cols)[0])
+        raise DataError(f"{path}: line {first_line + wrong + 1} has {int(counts[wrong])} values; "
+                        f"expected {n_cols} per line")
+    return (raw[is_digit] - ord("0")).reshape(-1, n_cols)
 
 
 def _read_lines(path: Path) -> list[str]:

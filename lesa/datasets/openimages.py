@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import os
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -86,7 +87,8 @@ def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence
     unseen_col = {label: i for i, label in enumerate(unseen or ())}
     image_index: dict[tuple[int, str], int] = {}
     image_ids: list[str] = []
-    entry_image, entry_seen, entry_unseen, entry_value = [], [], [], []
+    # compact growable columns (Open Images train has ~15 M label rows)
+    entry_image, entry_seen, entry_unseen, entry_value = array("q"), array("i"), array("i"), array("b")
     for n, (image_id, label, confidence) in enumerate(rows):
         try:
             value = 2 * int(float(confidence)) - 1
@@ -106,13 +108,13 @@ def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence
         entry_seen.append(s)
         entry_unseen.append(u)
         entry_value.append(value)
-    image_arr = np.asarray(entry_image, dtype=np.int64)
+    image_arr = np.frombuffer(entry_image, dtype=np.int64) if entry_image else np.zeros(0, np.int64)
     order = np.argsort(image_arr, kind="stable")
     counts = np.bincount(image_arr, minlength=len(image_ids)) if image_ids else np.zeros(0, np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    seen_arr = np.asarray(entry_seen, dtype=np.int32)[order]
-    unseen_arr = np.asarray(entry_unseen, dtype=np.int32)[order]
-    values = np.asarray(entry_value, dtype=np.int8)[order]
+    seen_arr = np.array(entry_seen, dtype=np.int32)[order]
+    unseen_arr = np.array(entry_unseen, dtype=np.int32)[order]
+    values = np.array(entry_value, dtype=np.int8)[order]
     if unseen is None:
         dims, columns = {"labels": len(seen)}, {"labels": seen_arr}
     else:
