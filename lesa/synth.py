@@ -25,7 +25,6 @@ in chunks of ``chunk`` images: memory stays small whatever the size.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path

@@ -13,7 +13,7 @@ from lesa import metrics
 from lesa.cli import main
 from lesa.datasets.embeddings import save_vector_pair
 from lesa.datasets.h5 import FeatureWriter
-from lesa.evaluate import ReportTable, format_summary, make_table
+from lesa.evaluate import format_summary, make_table
 
 
 def test_report_table_matches_original_csv_layout():
