@@ -66,8 +66,7 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     if scores.dtype == np.float16:
         scores = scores.astype(np.float32)
     # One pass over the labels for all classes: positives and unannotated entries, by class.
-    positives = _entries_by_class(labels > 0, C)
-    unannotated = _entries_by_class(labels == 0, C)
+    positives, unannotated = _entries_by_class(labels)
     # A NaN score anywhere in a column (or +inf and -inf together) sends it to the exact path.
     with np.errstate(invalid="ignore", over="ignore"):
         exact = np.isnan(scores.sum(axis=0))
@@ -93,14 +92,25 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     return ap
 
 
-def _entries_by_class(mask: np.ndarray, C: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, offsets): the True entries of ``mask`` (N, C) grouped by column; column c's
-    entries are [offsets[c], offsets[c+1])."""
-    rows, cols = np.nonzero(mask)
-    cols = cols.astype(np.int16 if C < 2**15 else np.int32)
-    order = np.argsort(cols, kind="stable")  # radix sort for 16-bit columns
-    counts = np.bincount(cols, minlength=C)
-    return rows[order], cols[order].astype(np.int64), np.concatenate([[0], np.cumsum(counts)])
+def _entries_by_class(labels: np.ndarray, rows_per_block: int = 16384):
+    """The positive and the unannotated entries of ``labels`` (N, C), each as (rows, cols,
+    offsets) grouped by column (column c's entries are [offsets[c], offsets[c+1])). Read in row
+    blocks: no (N, C) temporary."""
+    N, C = labels.shape
+    found = {"pos": ([], []), "zero": ([], [])}
+    for r0 in range(0, N, rows_per_block):
+        block = labels[r0:r0 + rows_per_block]
+        for key, mask in (("pos", block > 0), ("zero", block == 0)):
+            flat = np.flatnonzero(mask)
+            found[key][0].append(flat // C + r0)
+            found[key][1].append((flat % C).astype(np.int16 if C < 2**15 else np.int32))
+    out = []
+    for key in ("pos", "zero"):
+        rows, cols = np.concatenate(found[key][0]), np.concatenate(found[key][1])
+        order = np.argsort(cols, kind="stable")  # radix sort for 16-bit columns
+        counts = np.bincount(cols, minlength=C)
+        out.append((rows[order], cols[order].astype(np.int64), np.concatenate([[0], np.cumsum(counts)])))
+    return out
 
 
 def _buckets_for(n_pos: np.ndarray) -> np.ndarray:
