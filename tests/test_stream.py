@@ -179,3 +179,21 @@ def test_streaming_memory_is_bounded_on_a_file_3x_larger(tmp_path):
     assert growth < 256 * 2**20  # streaming alone: a few chunks in flight (measured 150-200 MB)
     assert res["train_peak"] - res["base"] < bound  # training streams too: far below the file size
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_damaged_file_gives_a_data_error(tmp_path):
+    path = write_file(tmp_path / "d.h5", 40)
+    split = open_features(path)
+    offset = split.files[0]._file["features"].id.get_offset()
+    split.close()
+    data = bytearray(path.read_bytes())
+    if offset is None:  # chunked: damage the middle of the file instead
+        offset = len(data) // 2
+    path.write_bytes(bytes(data[: offset + 1000]))  # truncated inside the features
+    try:
+        split = open_features(path)
+    except DataError:
+        return  # refused at open: fine
+    with pytest.raises(DataError, match="d.h5"):
+        list(RangeReader(split, {"y": ("labels_81", None)}).iter_batches(8))
+    split.close()

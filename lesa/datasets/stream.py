@@ -142,9 +142,13 @@ class RangeReader:
         pos = 0
         for a, b in contiguous_runs(rows):
             idx = np.arange(a, b)
-            feats[pos:pos + b - a] = self.split.read_features(idx, dtype=None)
-            for array in raw:
-                raw[array][pos:pos + b - a] = self.split.read_labels(array, idx)
+            try:
+                feats[pos:pos + b - a] = self.split.read_features(idx, dtype=None)
+                for array in raw:
+                    raw[array][pos:pos + b - a] = self.split.read_labels(array, idx)
+            except (OSError, RuntimeError, KeyError) as exc:  # h5py: damaged chunk, truncated file
+                raise DataError(f"{self.split.paths[0]}: records {a}..{b - 1} cannot be read ({exc}); the "
+                                "feature file is damaged — re-create it (lesa extract / convert-tfrecord)") from exc
             pos += b - a
         return feats, self._select_labels(raw)
 
