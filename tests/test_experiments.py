@@ -121,3 +121,23 @@ def test_lesa_synth_command(tmp_path):
     concepts = set((tmp_path / "s" / "Concepts81.txt").read_text().split())
     shared = [i for i, t in enumerate(tags) if t in concepts]
     assert len(shared) == 4 and (lab[:, shared] == 0).all()  # tags that are concepts are not seen labels
+
+
+def test_real_label_files_give_the_papers_label_sets(shared_data):
+    from lesa.experiment import load_config
+    from lesa.tasks import load_task
+
+    nus = load_config(REPO / "configs" / "nus_wide_zero_shot.toml", [
+        f"data.tag_list='{shared_data('nus_wide', 'TagList1k.txt')}'",
+        f"data.concepts='{shared_data('nus_wide', 'Concepts81.txt')}'",
+        f"data.label_vectors='{shared_data('nus_wide', 'NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300')}'"])
+    task = load_task(nus)
+    assert task.n_seen == 925 and len(task.unseen_names) == 81
+    assert task.seen_vecs.shape == (925, 300) and task.unseen_vecs.shape == (81, 300)
+    seen_cols = task.train_labels["seen"][1]
+    assert seen_cols[:6].tolist() == [0, 2, 5, 6, 7, 8]  # TagList1k order, concepts removed
+    ml = load_config(REPO / "configs" / "nus_wide_multilabel.toml", [
+        f"data.tag_list='{shared_data('nus_wide', 'TagList1k.txt')}'",
+        f"data.concepts='{shared_data('nus_wide', 'Concepts81.txt')}'",
+        f"data.label_vectors='{shared_data('nus_wide', 'NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300')}'"])
+    assert load_task(ml).n_seen == 81
