@@ -102,3 +102,18 @@ def test_label_list_errors(tmp_path):
     (tmp_path / "gap.txt").write_text("a\n\nb\n")
     with pytest.raises(DataError, match="line 2"):
         read_label_list(tmp_path / "gap.txt")
+
+
+def test_build_vectors_command(tmp_path):
+    from lesa.cli import main
+
+    (tmp_path / "glove.txt").write_text("cat 1 0\ndog 0 1\nhot 1 1\n")
+    (tmp_path / "tags.txt").write_text("cat\r\nhot dog\r\n")
+    (tmp_path / "ids.pkl").write_bytes(pickle.dumps(np.array(["/m/1"], dtype=object), protocol=2))
+    (tmp_path / "names.csv").write_text('/m/1,"Dog"\n')
+    assert main(["build-vectors", "--glove", str(tmp_path / "glove.txt"), "--first", str(tmp_path / "tags.txt"),
+                 "--second", str(tmp_path / "ids.pkl"), "--names", str(tmp_path / "names.csv"),
+                 "--out", str(tmp_path / "v.pkl")]) == 0
+    a, b = load_vector_pair(tmp_path / "v.pkl", dim=2)
+    np.testing.assert_allclose(a, [[1, 0], [0.5, 1]])
+    np.testing.assert_allclose(b, [[0, 1]])

@@ -72,7 +72,39 @@ def run(args) -> int:
     return 0
 
 
+def run_build_vectors(args) -> int:
+    from lesa.datasets.embeddings import (load_label_ids_pickle, read_label_list, save_vector_pair,
+                                          vectors_from_glove)
+    from lesa.tasks import read_class_descriptions
+
+    names = read_class_descriptions(args.names) if args.names else {}
+    pair = []
+    for path in (args.first, args.second):
+        labels = load_label_ids_pickle(path) if str(path).endswith(".pkl") else read_label_list(path)
+        labels = [names.get(label, label) for label in labels]
+        got = vectors_from_glove(args.glove, labels, allow_missing_labels=args.allow_missing)
+        print(f"{path}: {got.report()}")
+        pair.append(got.vectors)
+    save_vector_pair(args.out, *pair)
+    print(f"wrote {args.out}: {pair[0].shape} and {pair[1].shape}")
+    return 0
+
+
 def add_commands(subparsers) -> None:
+    v = subparsers.add_parser(
+        "build-vectors", help="label-vector pickle from a GloVe text file (for users without the original's)",
+        description="Writes (first (A,dim), second (B,dim)) in the original pickle format: NUS-WIDE "
+                    "--first TagList1k.txt --second Concepts81.txt; Open Images --first classes-trainable.txt "
+                    "--second unseen_labels.pkl --names class-descriptions.csv. Multi-word labels are averaged; "
+                    "missing words are reported.")
+    v.add_argument("--glove", required=True, help="GloVe text file (word v1 ... vN per line)")
+    v.add_argument("--first", required=True, help="label list (.txt, one per line) or ids (.pkl)")
+    v.add_argument("--second", required=True, help="label list (.txt) or ids (.pkl)")
+    v.add_argument("--names", help="CSV 'id,name' mapping label ids to words (Open Images class-descriptions.csv)")
+    v.add_argument("--out", required=True, help="output pickle")
+    v.add_argument("--allow-missing", action="store_true", help="zero vectors for labels with no known word")
+    v.set_defaults(func=run_build_vectors)
+
     p = subparsers.add_parser(
         "train", help="train LESA on HDF5 features (one experiment config)",
         description="Train one experiment. Writes log.csv, description.txt, config.toml, model_ES.pt, "
