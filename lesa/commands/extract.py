@@ -16,7 +16,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "ImageNet VGG-19 (downloads unless --weights FILE.pth); random: seeded "
                              "random weights, for tests and throughput benchmarks only")
     parser.add_argument("--weights", metavar="PATH", help="vgg_19.ckpt (tf_slim) or a .pth (torchvision)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", choices=["cuda", "cpu"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                        help="auto: cuda when available")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="processes reading and decoding images (0: in the main process)")
@@ -99,6 +100,8 @@ def _extract(args, source) -> int:
 
     model = build_model(args.backbone, args.weights)
     device = args.device
+    if device == "auto":
+        device = "cuda" if _cuda() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local process
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
