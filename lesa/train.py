@@ -186,6 +186,9 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     if train_range[1] <= train_range[0]:
         raise ConfigError(f"{train_split.paths[0]}: {len(train_split)} records leave none for training after "
                           f"the {d.n_validation} validation records; lower data.n_validation")
+    check_label_widths(train_split, task.train_labels, task, "train")
+    check_label_widths(val_split, task.val_labels, task, "validation")
+    check_test_split(cfg, task)  # read only after training: check it now (metadata only)
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
                                chunk_mb=d.chunk_mb, progress=progress, name="train")
     val_reader = RangeReader(val_split, task.val_labels, *val_range, preload=d.preload, device=device,
@@ -204,6 +207,32 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     if resume:
         restore_resume_point(run, last)
     return run
+
+
+def check_label_widths(split, label_spec: dict, task: TaskData, what: str) -> None:
+    """Each label array read must have one column per label of the task (fail fast, before work)."""
+    from lesa.errors import ShapeError
+
+    expected = {"seen": task.n_seen, "unseen": len(task.unseen_names)}
+    for key, (array, cols) in label_spec.items():
+        if array not in split.label_dims:
+            continue  # RangeReader names the missing array
+        width = split.label_dims[array] if cols is None else len(cols)
+        if key in expected and width != expected[key]:
+            raise ShapeError(f"{split.paths[0]}: the {what} split's label array {array!r} has {width} columns "
+                             f"but the task has {expected[key]} {key} labels; the feature file and the label "
+                             "lists/vectors of the configuration do not belong together")
+
+
+def check_test_split(cfg: Config, task: TaskData) -> None:
+    """Open the test split and check its label arrays without reading any features."""
+    split = open_split(cfg.data.test, "test")
+    try:
+        check_label_widths(split, task.test_labels, task, "test")
+        RangeReader(split, task.test_labels, preload="none", chunk_mb=cfg.data.chunk_mb, progress=False,
+                    name="test")
+    finally:
+        split.close()
 
 
 def restore_resume_point(run: Training, path: Path) -> None:
