@@ -135,6 +135,11 @@ class Training:
     out_dir: Path
     state: TrainState = field(default_factory=TrainState)
     shard: tuple = (0, 1)  # (rank, world size): this process's slice of every global batch
+    dist: object = None  # lesa.distributed.DistContext under torchrun (None: one process)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
 
     def close(self) -> None:
         for s in {id(self.train_split): self.train_split, id(self.val_split): self.val_split}.values():
@@ -167,7 +172,7 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
                           "it, or choose another --out")
     if resume:  # temporary files of writes interrupted by a crash (never under a final name)
         for stale in out_dir.glob("*.tmp-*"):
-            stale.unlink()
+            stale.unlink(missing_ok=True)  # several ranks may clean at once
     device = pick_device(t.device)
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
@@ -191,7 +196,8 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     check_test_split(cfg, task)  # read only after training: check it now (metadata only)
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
                                chunk_mb=d.chunk_mb, progress=progress, name="train")
-    val_reader = RangeReader(val_split, task.val_labels, *val_range, preload=d.preload, device=device,
+    val_reader = RangeReader(val_split, task.val_labels, *val_range, device=device,
+                             preload=d.preload if shard[0] == 0 else "none",  # only rank 0 validates
                              chunk_mb=d.chunk_mb, progress=progress, name="validation")
     plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
                      block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
@@ -263,17 +269,24 @@ def save_resume_point(run: Training, name: str = "last.pt") -> Path:
 
 def train_step(run: Training, batch) -> dict | None:
     """One optimisation step; returns the loss values (floats) or None if the batch was skipped."""
+    from lesa import distributed
+
     features, labels = batch.features, batch.labels["seen"]
     if run.cfg.data.skip_no_positive:
         # original (Open Images): drop images without a positive label; skip an all-empty batch
+        # (of the global batch: every rank decides the same)
         keep = (labels > 0).any(dim=1)
-        if not bool(keep.any()):
+        if not distributed.any_true(run.dist, bool(keep.any())):
             return None
         if not bool(keep.all()):
             features, labels = features[keep], labels[keep]
     run.model.train()
-    out = run.model(features)
-    losses = run.model.loss(out, labels)
+    if run.dist is not None and run.dist.active:  # DDP forward; losses of the global batch
+        out = run.dist.ddp(features)
+        losses = distributed.global_batch_losses(run.model, out, labels, run.dist)
+    else:
+        out = run.model(features)
+        losses = run.model.loss(out, labels)
     total = losses["total"]
     if not torch.isfinite(total):
         raise TrainingError(
@@ -339,21 +352,36 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, f
 
     ``stop_after``: stop (as if interrupted) once this many iterations are done — for tests.
     """
-    run = build_training(cfg, resume=resume, progress=progress)
+    from lesa import distributed
+
+    # under torchrun: join the job; rank r trains on its slice of each global batch
+    ctx = distributed.setup(cfg.train.device, cfg.train.batch_size)
     try:
-        return _train_loop(run, progress, log, final_eval, stop_after)
+        if not ctx.is_main:
+            progress, log = False, (lambda *_: None)
+        run = build_training(cfg, resume=resume, progress=progress, shard=ctx.shard)
+        try:
+            if ctx.active:
+                distributed.wrap_model(run.model, ctx)
+                run.dist = ctx
+            return _train_loop(run, progress, log, final_eval, stop_after)
+        finally:
+            run.close()
     finally:
-        run.close()
+        ctx.close()
 
 
 def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after: int | None) -> dict:
     from tqdm import tqdm
 
+    from lesa import distributed
+
     cfg, t, state = run.cfg, run.cfg.train, run.state
     out = run.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "description.txt", description_text(cfg, run.task))
-    atomic_write_text(out / "config.toml", dumps_config(cfg))
+    if run.is_main:  # rank 0 writes every output
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "description.txt", description_text(cfg, run.task))
+        atomic_write_text(out / "config.toml", dumps_config(cfg))
     columns = log_columns(run.task)
     monitor_col = columns.index(t.monitor)
     eval_interval = cfg.eval_interval
@@ -374,9 +402,11 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
             bar.update(1)
             if losses is None:  # original: `continue` — no evaluation on a skipped batch
                 continue
-            if t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0:
+            if t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0 and run.is_main:
                 _zs_quarter_test(run, i, log)
-            if i % eval_interval == 0 or i == t.n_iters - 1:
+            if (i % eval_interval == 0 or i == t.n_iters - 1) and not run.is_main:
+                distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
+            elif i % eval_interval == 0 or i == t.n_iters - 1:
                 val = run_validation(run)
                 lr = run.schedule.step(val[t.monitor])
                 row = [i] + [f32(losses[c]) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
@@ -393,11 +423,15 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
                 tic = time.perf_counter()
                 msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
                 bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
-            elif t.checkpoint_every and (i + 1) % t.checkpoint_every == 0:
+                distributed.share_learning_rate(run.dist, run.optimizer)
+            elif t.checkpoint_every and (i + 1) % t.checkpoint_every == 0 and run.is_main:
                 save_resume_point(run)
     finally:
         bar.close()
         stream.close()
+    if not run.is_main:
+        distributed.barrier(run.dist)  # rank 0 saves and runs the test evaluation
+        return {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
     save_checkpoint(out / "model.pt", run.model, config=cfg, optimizer=run.optimizer, schedule=run.schedule,
                     train_state=state.to_dict(),
                     label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
@@ -405,6 +439,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
     result = {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
     if final_eval:
         result["summaries"] = final_evaluation(run, progress=progress, log=log)
+    distributed.barrier(run.dist)
     return result
 
 
