@@ -339,6 +339,8 @@ def top_k_indices(scores, k: int) -> np.ndarray:
         return top_k_indices_exact(scores, k)
     import torch
 
+    if not scores.dtype.isnative or any(st < 0 for st in scores.strides):
+        scores = np.ascontiguousarray(scores, dtype=scores.dtype.newbyteorder("="))
     with warnings.catch_warnings():  # read only: a read-only array is fine
         warnings.simplefilter("ignore", UserWarning)
         values, index = torch.topk(torch.from_numpy(scores), k + 1, dim=1, sorted=True)
@@ -363,15 +365,18 @@ def top_k_predictions(scores, k: int) -> np.ndarray:
     return pred
 
 
-def _positives_per_row_chunk(labels: np.ndarray, rows: int = 8192):
-    """(n_pos per image (N,), n_pos per class (C,)) counted in row blocks (no (N, C) temporary)."""
-    per_image = np.zeros(labels.shape[0], dtype=np.int64)
-    per_class = np.zeros(labels.shape[1], dtype=np.int64)
+def _count_positives(labels: np.ndarray, axis=None, rows: int = 16384):
+    """Entries equal to 1: in total (``axis=None``), per image (``axis=1``) or per class
+    (``axis=0``), counted in row blocks (no (N, C) temporary)."""
+    if axis is None:
+        return sum(int(np.count_nonzero(labels[r:r + rows] == 1)) for r in range(0, labels.shape[0], rows))
+    if axis == 1:
+        return np.concatenate([np.count_nonzero(labels[r:r + rows] == 1, axis=1)
+                               for r in range(0, labels.shape[0], rows)] or [np.zeros(0, np.intp)])
+    total = np.zeros(labels.shape[1], dtype=np.int64)
     for r in range(0, labels.shape[0], rows):
-        block = labels[r:r + rows] == 1
-        per_image[r:r + rows] = np.count_nonzero(block, axis=1)
-        per_class += np.count_nonzero(block, axis=0)
-    return per_image, per_class
+        total += (labels[r:r + rows] == 1).sum(axis=0)
+    return total
 
 
 def topk_f1(scores, labels, k: int, mode: str = "overall", exclude_no_positive: bool = False):
@@ -382,25 +387,23 @@ def topk_f1(scores, labels, k: int, mode: str = "overall", exclude_no_positive: 
     if mode not in ("overall", "per_class"):
         raise ValueError(f"mode must be 'overall' or 'per_class', got {mode!r}")
     top = top_k_indices(scores, k)  # (N, k): rows are independent, so exclusion can come after
-    pos_per_image, pos_per_class = _positives_per_row_chunk(labels)
     if exclude_no_positive:
-        keep = pos_per_image > 0
+        keep = _count_positives(labels, axis=1) > 0
         if not keep.all():
             top, labels = top[keep], labels[keep]
-            pos_per_class = _positives_per_row_chunk(labels)[1]
     hit = np.take_along_axis(labels, top, axis=1) == 1  # (N, k) predicted and positive
     if mode == "overall":
         tp = float(np.count_nonzero(hit))
         with np.errstate(invalid="ignore", divide="ignore"):
             p = np.float64(tp) / top.size
-            r = np.float64(tp) / int(pos_per_class.sum())
+            r = np.float64(tp) / _count_positives(labels)
             f1 = 2 * p * r / (p + r)
         return float(f1), float(p), float(r)
 
     C = labels.shape[1]
     tp = np.bincount(top[hit], minlength=C).astype(np.float64)
     n_pred = np.bincount(top.reshape(-1), minlength=C).astype(np.float64)
-    n_pos = pos_per_class.astype(np.float64)
+    n_pos = _count_positives(labels, axis=0).astype(np.float64)
     has_pos = n_pos > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         # scikit-learn's zero_division default: 0 where there is no prediction

@@ -149,3 +149,10 @@ def test_top_k_on_a_wide_matrix_with_boundary_ties():
     scores[1::5, 10:20] = 7.0
     for k in (1, 3, 5, 10):
         _same_sets(metrics.top_k_indices(scores, k), metrics.top_k_indices_exact(scores, k))
+
+
+def test_top_k_accepts_reversed_and_big_endian_arrays():
+    scores = np.random.default_rng(2).normal(size=(20, 9))
+    expected = metrics.top_k_indices_exact(scores[:, ::-1], 3)
+    _same_sets(metrics.top_k_indices(scores[:, ::-1], 3), expected)
+    _same_sets(metrics.top_k_indices(scores.astype(">f8")[:, ::-1], 3), expected)
