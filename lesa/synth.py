@@ -210,7 +210,7 @@ def config_for(files: dict, task: str, out: str, name: str, **train) -> "object"
 
 
 def run_demo(out_dir, seed: int = 0, n_iters: int = 100, full_model: bool = False, progress: bool = True,
-             log=print) -> dict:
+             log=print, sizes: dict | None = None) -> dict:
     """``lesa demo``: write the planted NUS-WIDE-like dataset, train the zero-shot model, evaluate.
 
     The demo trains with batches of 16 at learning rate 0.03 (the paper: 32 and 0.001 over 200,000
@@ -223,12 +223,17 @@ def run_demo(out_dir, seed: int = 0, n_iters: int = 100, full_model: bool = Fals
 
     out = Path(out_dir)
     t0 = time.perf_counter()
-    spec = SynthSpec(seed=seed, **PRESETS["demo"])
+    previous = out / "run" / "config.toml"
+    if previous.exists() and 'name = "demo"' in previous.read_text():
+        import shutil
+
+        shutil.rmtree(out / "run")  # an earlier demo's outputs: the demo always starts afresh
+    spec = SynthSpec(seed=seed, **{**PRESETS["demo"], **(sizes or {})})
     log(f"writing a planted synthetic NUS-WIDE-like dataset to {out / 'data'} ...")
     files = write_synthetic(out / "data", spec, progress=progress)
     cfg = config_for(files, "nus_wide_zero_shot", out / "run", "demo", n_iters=n_iters,
                      eval_interval=max(1, n_iters // 4), batch_size=16, lr=0.03, seed=seed)
-    cfg.data.n_validation = 200
+    cfg.data.n_validation = min(200, spec.n_train // 4)
     cfg.data.preload = "ram"
     cfg.data.eval_batch_size = 200
     cfg.model.conv = bool(full_model)

@@ -141,3 +141,15 @@ def test_real_label_files_give_the_papers_label_sets(shared_data):
         f"data.concepts='{shared_data('nus_wide', 'Concepts81.txt')}'",
         f"data.label_vectors='{shared_data('nus_wide', 'NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300')}'"])
     assert load_task(ml).n_seen == 81
+
+
+@pytest.mark.slow
+def test_lesa_demo_runs_twice_in_the_same_folder(tmp_path):
+    from lesa.synth import run_demo
+
+    small = dict(n_train=160, n_test=40)
+    first = run_demo(tmp_path / "demo", n_iters=3, progress=False, log=lambda *_: None, sizes=small)
+    assert (tmp_path / "demo" / "run" / "F1_f_81_test.csv").exists()
+    assert 0 <= first["untrained_zero_shot_map"] <= 1
+    second = run_demo(tmp_path / "demo", n_iters=3, progress=False, log=lambda *_: None, sizes=small)
+    assert second["zero_shot_map"] == first["zero_shot_map"]  # seeded: the same run again
