@@ -107,7 +107,7 @@ def test_kill9_during_training_then_resume_equals_uninterrupted(train_config, tm
     out = tmp_path / "run"
     rng = random.Random(2026)
     kills = 0
-    for _ in range(4):  # up to 4 kills at random points, each followed by a resume
+    for _ in range(3):  # up to 3 kills at random points, each followed by a resume
         resume = (out / "last.pt").exists()
         if run_killed(_train_cmd(train_config, out, resume), kill_after=rng.uniform(0.3, 0.8) * duration):
             kills += 1
@@ -207,7 +207,7 @@ def test_kill9_during_conversion_then_resume_equals_uninterrupted(tfrecord_input
     out = tmp_path / "out.h5"
     rng = random.Random(9)
     kills = 0
-    for attempt in range(5):
+    for attempt in range(4):
         cmd = [sys.executable, "-c", CONVERT_SCRIPT, str(tfrecord_input), str(out), "1" if attempt else "0"]
         if run_killed(cmd, kill_after=rng.uniform(0.4, 0.95) * duration):
             kills += 1
