@@ -7,9 +7,9 @@ arrays, incomplete flag, huge declared sizes), label lists and CSVs, hostile pic
 TOML configurations and native ``.pt`` checkpoints.
 
 Outcome accepted for each input: a ``LesaError`` whose message names the file, or a result that passes
-the reader's own contract (shapes, finite values). Never another exception, a hang (Hypothesis
-``deadline``), or a large allocation (readers run under ``RLIMIT_AS``-free checks: sizes are declared
-huge but the tests assert the error comes before any allocation by bounding the time).
+the reader's own contract (shapes, finite values, for checkpoints the exact saved weights). Never
+another exception, a hang (Hypothesis ``deadline``), or a huge allocation: inputs declaring 2**40
+records or 10**12 array elements must end in the error without allocating them.
 
 The number of inputs each test tried is counted (``FUZZED``) and printed at the end of the module
 (``pytest -s``) for the README "Reliability" table.
