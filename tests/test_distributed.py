@@ -1,0 +1,153 @@
+"""Distributed training (DDP over Gloo on the CPU, launched by torchrun like a user would):
+2 processes with the global batch split across them train the same weights as 1 process with the
+same global batch (batch-norm synchronised, every loss term on, a global batch that ends an epoch
+with one image, so one rank gets 1 image and the other none), and a run resumes with another
+world size. Only 127.0.0.1 is used."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lesa.checkpoint import load_checkpoint
+from lesa.errors import ConfigError
+from lesa.experiment import dumps_config
+from lesa.synth import PRESETS, SynthSpec, config_for, write_synthetic
+from lesa.train import train
+
+N_ITERS = 20
+QUIET = dict(progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def tiny_nus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_nus")
+    return write_synthetic(root, SynthSpec(**PRESETS["tiny"]), progress=False)
+
+
+def dist_config(files, out, **train_values):
+    # 120 records - 39 validation = 81 training records: 10 batches of 8 and one of 1 per epoch
+    values = dict(n_iters=N_ITERS, eval_interval=8, batch_size=8, lr=0.01, device="cpu", patience=1,
+                  signal_strength=1.0)
+    values.update(train_values)
+    cfg = config_for(files, "nus_wide_zero_shot", out, "dist", **values)
+    cfg.data.n_validation = 39
+    cfg.data.eval_batch_size = 39
+    cfg.data.chunk_mb = 1
+    cfg.model.n_attention = 3
+    assert cfg.model.conv and cfg.model.batchnorm  # batch-norm on: its statistics must be global
+    cfg.model.lamb_att_span = 0.5  # every loss term with a weight that shows in the weights
+    cfg.model.lamb_att_global = 0.05
+    return cfg
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(cfg, tmp_path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    config = tmp_path / f"{cfg.experiment.name}-{nproc}.toml"
+    config.write_text(dumps_config(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "lesa", "train", str(config),
+           "--no-progress", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LESA_DIST_TIMEOUT_MIN="2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def assert_same_weights(a_path, b_path, tol=1e-5):
+    a = load_checkpoint(a_path)["model_state"]
+    b = load_checkpoint(b_path)["model_state"]
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for key in a:
+        x, y = a[key].double(), b[key].double()
+        if key.endswith("num_batches_tracked"):
+            assert torch.equal(x, y), key
+            continue
+        err = float((x - y).norm() / max(float(y.norm()), 1e-12))
+        assert err <= tol, (key, err)
+        worst = max(worst, err)
+    print(f"{a_path} vs {b_path}: largest relative weight difference {worst:.2e}")
+
+
+def read_log(path):
+    import csv
+
+    with open(path) as f:
+        return [[float(v) for v in row[1:]] for row in list(csv.reader(f))[1:]]
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_nus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    train(dist_config(tiny_nus, out), final_eval=False, **QUIET)
+    return out
+
+
+def test_two_ranks_train_what_one_process_trains(tiny_nus, single_run, tmp_path):
+    out = tmp_path / "two"
+    torchrun(dist_config(tiny_nus, out), tmp_path, 2)
+    assert_same_weights(out / "model.pt", single_run / "model.pt")
+    # rank 0 wrote the log: global-batch losses, same validation and learning-rate decisions
+    a, b = read_log(out / "log.csv"), read_log(single_run / "log.csv")
+    assert [r[0] for r in a] == [r[0] for r in b] == [0, 8, 16, 19]
+    assert b[-1][1] < 0.9 * b[0][1]  # the loss fell: the weights did move
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=2e-5, atol=1e-6)
+    # the test reports came from rank 0 only, once
+    assert (out / "summary_f.json").exists() and (out / "F1_f_81_test.csv").exists()
+
+
+def test_resume_with_another_world_size(tiny_nus, single_run, tmp_path):
+    out = tmp_path / "resumed"
+    stopped = train(dist_config(tiny_nus, out, checkpoint_every=5), stop_after=10, final_eval=False, **QUIET)
+    assert stopped["stopped"]
+    assert load_checkpoint(out / "last.pt")["train_state"]["iteration"] == 10
+    torchrun(dist_config(tiny_nus, out, checkpoint_every=5), tmp_path, 2, "--resume")
+    assert load_checkpoint(out / "model.pt")["train_state"]["iteration"] == N_ITERS
+    assert_same_weights(out / "model.pt", single_run / "model.pt")
+    np.testing.assert_allclose(np.array(read_log(out / "log.csv")), np.array(read_log(single_run / "log.csv")),
+                               rtol=2e-5, atol=1e-6)
+
+
+def test_global_batch_must_divide_over_the_ranks(monkeypatch):
+    from lesa import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(ConfigError, match="batch_size=30 or 33"):
+        distributed.setup("cpu", 32)
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        distributed.setup("cpu", 33)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.setup("cpu", 32).active  # an ordinary single-process run
+
+
+def test_converted_batchnorm_keeps_parameters_and_state_keys():
+    from lesa import distributed
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, eps=1e-3, momentum=0.01))
+    params = list(model.parameters())
+    keys = list(model.state_dict())
+    distributed.convert_batchnorm(model)
+    bn = model[1]
+    assert isinstance(bn, distributed.SyncBatchNorm2d) and bn.eps == 1e-3 and bn.momentum == 0.01
+    assert all(p is q for p, q in zip(params, model.parameters()))  # the optimiser's objects
+    assert list(model.state_dict()) == keys
+    x = torch.randn(5, 3, 6, 6)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, eps=1e-3, momentum=0.01))
+    ref.load_state_dict(model.state_dict())
+    with distributed.batchnorm_sync():  # no process group: an ordinary batch-norm
+        torch.testing.assert_close(model(x), ref(x))
