@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -207,6 +208,31 @@ def batchnorm_sync():
         _SYNC_DEPTH -= 1
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of each rank's input is the sum of the ranks' output gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        y = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Autograd-aware sum over ranks (as ``torch.distributed.nn.functional.all_reduce``)."""
+    return _AllReduceSum.apply(x)
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training statistics are those of the batch of all ranks together.
 
@@ -223,18 +249,16 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and _SYNC_DEPTH > 0 and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         C = x.shape[1]
         count = x.new_tensor([x.numel() // C])
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))  # (C+1,) global sums, global count
+        sums = all_reduce_sum(torch.cat([x.sum(dim=(0, 2, 3)), count]))  # (C+1,) global sums, global count
         n = sums[C].detach()
         if float(n) < 2:
             raise ValueError(f"batch-norm needs more than one value per channel over the global batch, got {int(n)}")
         mean = sums[:C] / n  # (C,)
         centred = x - mean[None, :, None, None]
-        var = all_reduce((centred * centred).sum(dim=(0, 2, 3))) / n  # (C,) biased, as used to normalise
+        var = all_reduce_sum((centred * centred).sum(dim=(0, 2, 3))) / n  # (C,) biased, as used to normalise
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
@@ -288,8 +312,10 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
     device = next(model.parameters()).device
     # broadcast_buffers=False: the moving statistics are identical on every rank already (global
     # statistics), and the label-vector buffers never change — no per-step broadcast needed.
-    ctx.ddp = DDP(_SyncedForward(model), device_ids=[device.index] if device.type == "cuda" else None,
-                  broadcast_buffers=False)
+    with warnings.catch_warnings():  # the replacement (forward_sync_buffers) still syncs at init
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        ctx.ddp = DDP(_SyncedForward(model), device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False)
     return ctx.ddp
 
 

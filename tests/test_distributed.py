@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import rel_err
 
 from lesa.checkpoint import load_checkpoint
 from lesa.errors import ConfigError
@@ -151,3 +152,60 @@ def test_converted_batchnorm_keeps_parameters_and_state_keys():
     ref.load_state_dict(model.state_dict())
     with distributed.batchnorm_sync():  # no process group: an ordinary batch-norm
         torch.testing.assert_close(model(x), ref(x))
+
+
+# -- the gradient identity, term by term, on an uneven split ---------------------------------------
+def _model_and_batch():
+    from lesa.model import LESA, LESAConfig
+
+    g = torch.Generator().manual_seed(0)
+    seen, unseen = torch.randn(12, 300, generator=g), torch.randn(4, 300, generator=g)
+    torch.manual_seed(0)
+    model = LESA(seen, unseen, LESAConfig(n_attention=3, lamb_att_span=0.5, lamb_att_global=0.05,
+                                          lamb_w2v_diff=0.1, trainable_vecs=True, l2_regularizer=True))
+    features = torch.rand(5, 196, 512, generator=g)
+    labels = torch.randint(-1, 2, (5, 12), generator=g).float()
+    labels[:, 0] = 1  # every image has a positive
+    return model, features, labels
+
+
+def _grad_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from lesa import distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ctx = distributed.setup("cpu", 4)  # reuses the group
+        model, features, labels = _model_and_batch()
+        distributed.wrap_model(model, ctx)
+        part = np.array_split(np.arange(5), world)[rank]  # 3 + 2 images: an uneven split
+        losses = distributed.global_batch_losses(model, ctx.ddp(features[part]), labels[part], ctx)
+        losses["total"].backward()
+        if rank == 0:
+            torch.save({"losses": {k: v.detach() for k, v in losses.items()},
+                        "grads": {n: p.grad for n, p in model.named_parameters()},
+                        "buffers": {n: b for n, b in model.named_buffers()}}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank_losses_average_to_the_global_batch_gradient(tmp_path):
+    """Ranks with 3 and 2 images: the DDP-averaged gradient of every parameter and the reported
+    loss values equal one process's on the 5 images (all terms on, trainable vectors, l2)."""
+    import torch.multiprocessing as mp
+
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(_grad_worker, args=(2, str(tmp_path / "init"), str(out_file)), nprocs=2, join=True)
+    got = torch.load(out_file)
+    model, features, labels = _model_and_batch()
+    model.train()
+    ref = model.loss(model(features), labels)
+    ref["total"].backward()
+    for key, value in got["losses"].items():
+        assert rel_err(value, ref[key].detach()) <= 1e-5, key
+    for name, p in model.named_parameters():  # measured: <= 2.3e-6
+        assert rel_err(got["grads"][name], p.grad) <= 1e-5, name
+    for name, b in model.named_buffers():  # batch-norm moving statistics of the global batch
+        assert rel_err(got["buffers"][name], b) <= 1e-5, name
