@@ -33,7 +33,7 @@ import torch
 
 from lesa.errors import ConfigError
 from lesa.model import LESA
-from lesa.optim import TFRMSprop
+from lesa.optim import TFRMSprop, rmsprop_update_  # noqa: F401 (re-exported)
 
 MODES = ("auto", "eager", "compile", "cuda_graph", "compile+cuda_graph")
 LOSS_KEYS = ("total", "rank", "att_dist", "att_span", "att_global", "w2v_diff", "l2")
@@ -46,20 +46,6 @@ def max_positives_of(labels) -> int:
         return max(int((labels > 0).sum(dim=1).max()), 1) if labels.numel() else 1
     labels = np.asarray(labels)
     return max(int((labels > 0).sum(axis=1).max()), 1) if labels.size else 1
-
-
-def rmsprop_update_(params, grads, ms, mom, lr, decay: float, momentum: float, eps: float) -> None:
-    """TF1 RMSProp (see ``lesa.optim.TFRMSprop``) with multi-tensor kernels; ``lr`` may be a 0-dim
-    device tensor, so a captured graph sees learning-rate changes."""
-    delta = torch._foreach_mul(grads, grads)
-    torch._foreach_sub_(delta, ms)
-    torch._foreach_add_(ms, delta, alpha=1 - decay)
-    denom = torch._foreach_add(ms, eps)
-    torch._foreach_sqrt_(denom)
-    scaled = torch._foreach_mul(grads, lr)
-    torch._foreach_mul_(mom, momentum)
-    torch._foreach_addcdiv_(mom, scaled, denom)
-    torch._foreach_sub_(params, mom)
 
 
 class TrainStep:

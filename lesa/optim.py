@@ -16,6 +16,20 @@ import torch
 from lesa.errors import ConfigError
 
 
+def rmsprop_update_(params, grads, ms, mom, lr, decay: float, momentum: float, eps: float) -> None:
+    """TF1 RMSProp on lists of tensors with multi-tensor kernels (in place). ``lr`` may be a
+    float or a 0-dim device tensor (so a captured CUDA graph sees learning-rate changes)."""
+    delta = torch._foreach_mul(grads, grads)
+    torch._foreach_sub_(delta, ms)
+    torch._foreach_add_(ms, delta, alpha=1 - decay)
+    denom = torch._foreach_add(ms, eps)
+    torch._foreach_sqrt_(denom)
+    scaled = torch._foreach_mul(grads, lr)
+    torch._foreach_mul_(mom, momentum)
+    torch._foreach_addcdiv_(mom, scaled, denom)
+    torch._foreach_sub_(params, mom)
+
+
 class TFRMSprop(torch.optim.Optimizer):
     """TF1 RMSProp with momentum, update for update:
 
@@ -61,15 +75,7 @@ class TFRMSprop(torch.optim.Optimizer):
             if foreach is None:
                 foreach = params[0].is_cuda
             if foreach:
-                delta = torch._foreach_mul(grads, grads)
-                torch._foreach_sub_(delta, ms)
-                torch._foreach_add_(ms, delta, alpha=1 - rho)
-                denom = torch._foreach_add(ms, eps)
-                torch._foreach_sqrt_(denom)
-                scaled = torch._foreach_mul(grads, lr)
-                torch._foreach_mul_(mom, momentum)
-                torch._foreach_addcdiv_(mom, scaled, denom)
-                torch._foreach_sub_(params, mom)
+                rmsprop_update_(params, grads, ms, mom, lr, rho, momentum, eps)
             else:
                 for p, g, m, v in zip(params, grads, ms, mom):
                     m.add_((g * g - m) * (1 - rho))

@@ -5,9 +5,10 @@ import argparse
 import sys
 
 
-def _add_bench(subparsers) -> None:
-    from lesa.bench import SECTIONS
+SECTIONS = ["step", "ranking", "evaluation", "inference"]  # lesa.bench.SECTIONS (kept light: no torch import)
 
+
+def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="measure training step, ranking loss, evaluation and inference speed",
         description=(
