@@ -78,7 +78,7 @@ PARTIAL_SUFFIX = ".part"
 FAILURE_COLUMNS = ("image_id", "url", "reason", "detail", "attempts")
 # Flickr serves this PNG (1024x768 grey "This photo is no longer available") for deleted photos.
 # SHA-256 of the bytes; the file itself belongs to Flickr and is not shipped.
-FLICKR_PLACEHOLDER_SHA256 = "e29a55808b2b6bb0681116206863eda419e5012384ed75bda880bf87e440676f"
+from lesa.datasets.nus_wide import FLICKR_PLACEHOLDER_SHA256  # noqa: E402  (one definition)
 # Failures that a later run does not request again (unless asked to): the answer will not change.
 _PERMANENT = {"md5_mismatch", "unavailable", "decode_error", "too_large", "bad_url", "bad_md5"}
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
