@@ -97,7 +97,8 @@ def single_run(tiny_nus, tmp_path_factory):
 
 def test_two_ranks_train_what_one_process_trains(tiny_nus, single_run, tmp_path):
     out = tmp_path / "two"
-    torchrun(dist_config(tiny_nus, out), tmp_path, 2)
+    proc = torchrun(dist_config(tiny_nus, out), tmp_path, 2)
+    assert proc.stdout.count(f"done: {N_ITERS} iterations") == 1  # rank 0 reports, once
     assert_same_weights(out / "model.pt", single_run / "model.pt")
     # rank 0 wrote the log: global-batch losses, same validation and learning-rate decisions
     a, b = read_log(out / "log.csv"), read_log(single_run / "log.csv")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -68,7 +69,8 @@ def run(args) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"done: {result['iterations']} iterations; outputs in {result['out_dir']}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"done: {result['iterations']} iterations; outputs in {result['out_dir']}")
     return 0
 
 
