@@ -25,7 +25,8 @@ What N ranks compute is what one process with the same global batch computes:
   The ranking loss pads each rank's positives to its own maximum: the value does not depend on it.
 - Evaluation, checkpoints, log.csv and printing happen on rank 0; the adaptive learning rate is
   decided there and broadcast. Checkpoints hold the global position (epoch, global batch), so
-  ``--resume`` works with any world size.
+  ``--resume`` works with any world size (every rank reads ``last.pt``: on several nodes the
+  output folder must be on a shared file system).
 
 Evaluation on rank 0 calls the bare model: its batch-norm layers synchronise only inside the
 DDP training forward (:class:`_SyncedForward`), never in a forward that only rank 0 runs.
@@ -166,12 +167,8 @@ def broadcast_float(ctx: DistContext | None, value: float | None, src: int = 0) 
     return float(t.item())
 
 
-def all_true(ctx: DistContext | None, flag: bool) -> bool:
-    """True when every rank's flag is true (False otherwise), the same answer everywhere."""
-    return not any_true(ctx, not flag)
-
-
 def any_true(ctx: DistContext | None, flag: bool) -> bool:
+    """True when any rank's flag is true: the same answer on every rank."""
     if ctx is None or not ctx.active:
         return bool(flag)
     import torch.distributed as dist
