@@ -89,6 +89,19 @@ def make_data(out: Path, n_train: int, n_test: int, n_tags: int, n_concepts: int
             "label_vectors": data / "label_vectors.pkl", "train": data / "train.h5", "test": data / "test.h5"}
 
 
+def block_medians(samples, n_iters: int, n_blocks: int = 10) -> list[tuple[int, float, float]]:
+    """(first iteration, median RSS MB, max RSS MB) of the samples in each tenth of the iterations.
+
+    The median is the steady training level; the max includes the validation passes (a batch of
+    ``eval_batch_size`` records in memory), which come and go."""
+    width = max(1, n_iters // n_blocks)
+    blocks: dict[int, list[float]] = {}
+    for _, it, rss in samples:
+        if it < n_iters:
+            blocks.setdefault(it // width * width, []).append(rss / 2**20)
+    return [(k, sorted(v)[len(v) // 2], max(v)) for k, v in sorted(blocks.items())]
+
+
 def slope_per_1000(samples, first_iteration: int) -> float:
     """Least-squares slope of RSS (MB) against iterations (per 1,000) for samples past an iteration."""
     pts = [(it, rss / 2**20) for _, it, rss in samples if it >= first_iteration]
@@ -181,18 +194,22 @@ def main(argv=None) -> int:
         "file_over_peak_rss": round(train_bytes / (max(rss_mb) * 2**20), 2),
         "evaluations": len(evals),
     }
+    blocks = block_medians(samples, done[0])
+    steady = blocks[1:] if len(blocks) > 2 else blocks  # the first tenth includes start-up
+    report["median_rss_per_tenth_mb"] = [round(m, 1) for _, m, _ in blocks]
+    report["max_rss_per_tenth_mb"] = [round(x, 1) for _, _, x in blocks]
+    report["steady_growth_mb"] = round(steady[-1][1] - steady[0][1], 1) if steady else None
     (out / "soak_report.json").write_text(json.dumps(report, indent=2))
     with open(out / "rss.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["seconds", "iteration", "rss_mb"])
         for sec, it, rss in samples:
             w.writerow([round(sec, 1), it, round(rss / 2**20, 1)])
-    print("\nRSS over time (every ~10% of the run):")
-    print(f"{'iteration':>10} {'seconds':>8} {'RSS MB':>8}")
-    marks = sorted({min(len(samples) - 1, int(k * (len(samples) - 1) / 10)) for k in range(11)})
-    for i in marks:
-        sec, it, rss = samples[i]
-        print(f"{it:>10} {sec:>8.0f} {rss / 2**20:>8.0f}")
+    print("\nRSS per tenth of the run (median = training level, max = with a validation pass):")
+    print(f"{'iterations':>12} {'median MB':>10} {'max MB':>8}")
+    width = max(1, done[0] // 10)
+    for start, median, peak in blocks:
+        print(f"{f'{start}-{start + width - 1}':>12} {median:>10.0f} {peak:>8.0f}")
     print(json.dumps(report, indent=2))
     return 0
 
