@@ -210,3 +210,15 @@ def test_rank_losses_average_to_the_global_batch_gradient(tmp_path):
         assert rel_err(got["grads"][name], p.grad) <= 1e-5, name
     for name, b in model.named_buffers():  # batch-norm moving statistics of the global batch
         assert rel_err(got["buffers"][name], b) <= 1e-5, name
+
+
+def test_preload_counts_every_process_of_the_node(monkeypatch):
+    from lesa.datasets import stream
+
+    monkeypatch.setattr(stream, "available_ram_bytes", lambda: 100 * 2**30)
+    cpu = torch.device("cpu")
+    assert stream.resolve_preload("auto", 30 * 2**30, cpu, "f.h5") == "ram"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun --nproc_per_node=4: four copies
+    assert stream.resolve_preload("auto", 30 * 2**30, cpu, "f.h5") == "none"
+    with pytest.raises(ConfigError, match="per process of this node"):
+        stream.resolve_preload("ram", 30 * 2**30, cpu, "f.h5")

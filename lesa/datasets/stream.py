@@ -63,7 +63,8 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
     gpu_free = 0
     if device.type == "cuda" and torch.cuda.is_available():
         gpu_free, _ = torch.cuda.mem_get_info(device)
-    ram = available_ram_bytes()
+    # under torchrun every process of a node loads its own copy into the node's RAM
+    ram = available_ram_bytes() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     if preload == "auto":
         if device.type == "cuda" and n_bytes < 0.8 * gpu_free:
             return "gpu"
@@ -80,7 +81,8 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
                               "or float16 features")
     if preload == "ram" and n_bytes > 0.9 * ram:
         raise ConfigError(f"{where}: {n_bytes / 2**30:.1f} GiB of features do not fit in the "
-                          f"{ram / 2**30:.1f} GiB of available memory; use preload=none (streaming)")
+                          f"{ram / 2**30:.1f} GiB of available memory (per process of this node); use "
+                          "preload=none (streaming)")
     return preload
 
 
