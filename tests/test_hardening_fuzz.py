@@ -142,6 +142,28 @@ def test_hdf5_huge_declared_shape_fails_without_allocating(tmp_path):
         _read_everything(path)
 
 
+@settings(max_examples=40, **FAST)
+@given(data=st.data())
+def test_hdf5_flipped_data_bytes_are_errors_not_wrong_values(tmp_path_factory, data):
+    """Flips inside the feature/label chunks: the per-chunk checksum turns them into DataError."""
+    FUZZED["hdf5 data-chunk flips"] += 1
+    path = tmp_path_factory.mktemp("h5d") / "feats.h5"
+    rng = np.random.default_rng(0)
+    feats = rng.random((3, 196, 512), dtype=np.float32)
+    labels = rng.integers(-1, 2, (3, 4)).astype(np.int8)
+    with FeatureWriter(path, "nus_wide", "Train", {"labels_81": 4}) as w:
+        w.append(["a", "b", "c"], feats, {"labels_81": labels})
+        w.finish()
+    with h5py.File(path, "r") as f:
+        name = data.draw(st.sampled_from(["features", "labels_81"]))
+        info = f[name].id.get_chunk_info(data.draw(st.integers(0, f[name].id.get_num_chunks() - 1)))
+    blob = bytearray(path.read_bytes())
+    blob[info.byte_offset + data.draw(st.integers(0, info.size - 1))] ^= data.draw(st.integers(1, 255))
+    path.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="feats.h5"):
+        _read_everything(path)
+
+
 def test_hdf5_missing_and_incomplete_name_the_fix(tmp_path):
     FUZZED["hdf5 structure"] += 2
     with pytest.raises(DataError, match="not found"):
