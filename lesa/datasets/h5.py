@@ -400,6 +400,9 @@ class FeatureFile:
             n = min(n, int(self.attrs.get(ATTR_N_WRITTEN, n)))
         self._n = n
         if "img_ids" in f:
+            if not isinstance(f["img_ids"], _h5py().Dataset) or f["img_ids"].ndim != 1:
+                raise DataError(f"{self.path}: 'img_ids' is not a 1-d array of image ids; not a lesa "
+                                "feature file — re-create it with `lesa extract`")
             n_ids = f["img_ids"].shape[0]
         elif ID_ENDS in f and ID_BYTES in f:  # a partial file (allow_incomplete=True)
             n_ids = f[ID_ENDS].shape[0]
