@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from lesa.errors import ConfigError
+from lesa.losses import weighted_total
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # rank 0 evaluates while the others wait: collectives must tolerate a long validation
@@ -343,10 +344,11 @@ def global_batch_losses(model, out, labels: torch.Tensor, ctx: DistContext,
     s = span_sq + (span_total - span_sq).detach()
     span_share = torch.sqrt(s.clamp_min(torch.finfo(s.dtype).tiny)) * (s > 0)
 
-    # the weights of lesa.losses.lesa_losses' total
-    local = (world / B) * (rank_sum + cfg.lamb_att_dist * dist_sum) \
-        + world * (cfg.lamb_att_global * glob + cfg.lamb_att_span * span_share) \
-        + cfg.lamb_w2v_diff * terms["w2v_diff"]
+    # this rank's share of each term, weighted as lesa.losses.lesa_losses' total
+    local = weighted_total(cfg, {
+        "rank": (world / B) * rank_sum, "att_dist": (world / B) * dist_sum,
+        "att_global": world * glob, "att_span": world * span_share,
+        "w2v_diff": terms["w2v_diff"], "l2": terms["l2"]})
     values = {
         "rank": rank_total / B,
         "att_dist": dist_total / B,
@@ -355,9 +357,5 @@ def global_batch_losses(model, out, labels: torch.Tensor, ctx: DistContext,
         "w2v_diff": terms["w2v_diff"].detach(),
         "l2": terms["l2"].detach(),
     }
-    total = (values["rank"] + cfg.lamb_att_dist * values["att_dist"] + cfg.lamb_att_global * values["att_global"]
-             + cfg.lamb_att_span * values["att_span"] + cfg.lamb_w2v_diff * values["w2v_diff"])
-    if cfg.l2_regularizer and cfg.conv:
-        local = local + terms["l2"]
-        total = total + values["l2"]
+    total = weighted_total(cfg, values)
     return {"total": local + (total - local).detach(), **values}

@@ -104,6 +104,20 @@ def w2v_diff_loss(init_vecs: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
     return ((init_vecs - vecs) ** 2).sum()
 
 
+def weighted_total(cfg, terms: dict) -> torch.Tensor:
+    """The original's total: rank + the weighted attention terms (+ l2 when switched on)."""
+    total = (
+        terms["rank"]
+        + cfg.lamb_att_dist * terms["att_dist"]
+        + cfg.lamb_att_global * terms["att_global"]
+        + cfg.lamb_att_span * terms["att_span"]
+        + cfg.lamb_w2v_diff * terms["w2v_diff"]
+    )
+    if cfg.l2_regularizer and cfg.conv:
+        total = total + terms["l2"]
+    return total
+
+
 def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor,
                 max_positives: int | None = None) -> dict[str, torch.Tensor]:
     """Every loss term of the original and the weighted total (keys: total, rank, att_dist,
@@ -124,13 +138,4 @@ def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor,
         "w2v_diff": w2v_diff_loss(model.init_vecs, vecs),
         "l2": model.l2_penalty(),
     }
-    total = (
-        terms["rank"]
-        + cfg.lamb_att_dist * terms["att_dist"]
-        + cfg.lamb_att_global * terms["att_global"]
-        + cfg.lamb_att_span * terms["att_span"]
-        + cfg.lamb_w2v_diff * terms["w2v_diff"]
-    )
-    if cfg.l2_regularizer and cfg.conv:
-        total = total + terms["l2"]
-    return {"total": total, **terms}
+    return {"total": weighted_total(cfg, terms), **terms}
