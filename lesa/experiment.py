@@ -82,6 +82,7 @@ class TrainSection:
     seed: int = 0
     deterministic: bool = True  # deterministic kernels; a resumed run equals an uninterrupted one
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    step: str = "eager"  # eager | compile | cuda_graph | compile+cuda_graph | auto: lesa.fast_step (one process)
 
 
 @dataclass

@@ -136,6 +136,7 @@ class Training:
     state: TrainState = field(default_factory=TrainState)
     shard: tuple = (0, 1)  # (rank, world size): this process's slice of every global batch
     dist: object = None  # lesa.distributed.DistContext under torchrun (None: one process)
+    fast_step: object = None  # lesa.fast_step.TrainStep when train.step is not "eager"
 
     @property
     def is_main(self) -> bool:
@@ -210,9 +211,32 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
                           decay_rate=t.decay_rate, limit_scale=t.limit_scale)
     run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
                    val_reader, plan, out_dir, shard=tuple(shard))
+    if t.step != "eager":
+        run.fast_step = build_fast_step(run)
     if resume:
         restore_resume_point(run, last)
     return run
+
+
+def build_fast_step(run: "Training"):
+    """``train.step`` other than "eager": forward, losses, backward and the TF-RMSProp update as
+    one compiled and/or CUDA-graph-captured step (``lesa.fast_step``). The ranking loss is padded to
+    the most positives of any training image (read once from the labels), so shapes are static."""
+    from lesa.fast_step import MODES, make_train_step, max_positives_of
+
+    cfg = run.cfg
+    if cfg.train.step not in MODES:
+        raise ConfigError(f"{cfg.source}: train.step must be one of {MODES}, got {cfg.train.step!r}")
+    if run.shard[1] > 1 or cfg.data.skip_no_positive:
+        raise ConfigError(f"{cfg.source}: train.step={cfg.train.step!r} needs one process and "
+                          "data.skip_no_positive = false; use train.step = \"eager\"")
+    array, cols = run.task.train_labels["seen"]
+    rows = np.arange(run.train_reader.start, run.train_reader.stop)
+    most = 1
+    for a in range(0, rows.size, 65536):  # label matrices can be large: in blocks
+        block = run.train_split.read_labels(array, rows[a:a + 65536])
+        most = max(most, max_positives_of(block if cols is None else block[:, cols]))
+    return make_train_step(run.model, run.optimizer, max_positives=most, mode=cfg.train.step)
 
 
 def check_label_widths(split, label_spec: dict, task: TaskData, what: str) -> None:
@@ -281,6 +305,9 @@ def train_step(run: Training, batch) -> dict | None:
         if not bool(keep.all()):
             features, labels = features[keep], labels[keep]
     run.model.train()
+    if run.fast_step is not None:  # no host sync per step: the losses stay on the device and are
+        losses = run.fast_step(features, labels)  # checked for NaN/inf when they are logged
+        return {col: losses[key] for col, key in LOSS_COLUMNS}
     if run.dist is not None and run.dist.active:  # DDP forward; losses of the global batch
         out = run.dist.ddp(features)
         losses = distributed.global_batch_losses(run.model, out, labels, run.dist)
@@ -299,6 +326,15 @@ def train_step(run: Training, batch) -> dict | None:
     total.backward()
     run.optimizer.step()
     return {col: float(losses[key].detach()) for col, key in LOSS_COLUMNS}
+
+
+def _check_finite(run: Training, losses: dict) -> None:
+    total = float(losses["l"])
+    if not math.isfinite(total):
+        raise TrainingError(
+            f"non-finite loss ({total}) by iteration {run.state.iteration} (train.step="
+            f"{run.cfg.train.step} checks at each evaluation); the last good state is "
+            f"{run.out_dir / 'last.pt'}. Check the features for NaN/inf, or lower train.lr")
 
 
 def _last_saved_iteration(run: Training):
@@ -407,9 +443,11 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
             if (i % eval_interval == 0 or i == t.n_iters - 1) and not run.is_main:
                 distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
             elif i % eval_interval == 0 or i == t.n_iters - 1:
+                if run.fast_step is not None:
+                    _check_finite(run, losses)
                 val = run_validation(run)
                 lr = run.schedule.step(val[t.monitor])
-                row = [i] + [f32(losses[c]) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
+                row = [i] + [f32(float(losses[c])) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
                 state.log_rows.append(row)
                 atomic_write_text(out / "log.csv", log_csv_text(columns, state.log_rows))
                 metric = row[monitor_col]
