@@ -239,29 +239,6 @@ class Batch:
     rows: np.ndarray  # (B,) record indices in the file
 
 
-_MMAP_THRESHOLD_SET = False
-
-
-def _return_large_buffers_to_the_os() -> None:
-    """Ask glibc to serve buffers >= 1 MB with mmap, always.
-
-    Streaming allocates a chunk-sized buffer per window in the reader thread and frees it in the
-    consumer. glibc raises its mmap threshold after such frees and then carves the next buffers
-    out of per-thread arenas, which fragment: RSS crept up by hundreds of MB over a pass in tests.
-    A fixed threshold returns every freed chunk to the OS. No effect off glibc.
-    """
-    global _MMAP_THRESHOLD_SET
-    if _MMAP_THRESHOLD_SET:
-        return
-    _MMAP_THRESHOLD_SET = True
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = -3
-    except (OSError, AttributeError):
-        pass
-
-
 def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | Iterator) -> Iterator[Batch]:
     """Yield the batches of each window; the next window is read by a thread meanwhile.
 
@@ -275,7 +252,6 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
                 yield reader.to_batch(feats, labels, rows)
         return
 
-    _return_large_buffers_to_the_os()
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
     _END = object()
