@@ -207,11 +207,12 @@ def load_model_for_task(path, task, model_config, device="cpu"):
 
     path = str(path)
     if is_tf_checkpoint(path):
-        from lesa import load_tf_checkpoint
+        from lesa.tf_weights import import_tf_checkpoint
 
+        # the structure (heads, W1, batch-norm, trainable vectors) comes from the tensors; the
+        # loss weights from the configuration
         prefix = path[: -len(".index")] if path.endswith(".index") else path
-        model = LESA(task.seen_vecs, task.unseen_vecs, model_config)
-        load_tf_checkpoint(model, prefix)
+        model, _ = import_tf_checkpoint(prefix, task.seen_vecs, task.unseen_vecs, base=model_config)
         return model.to(device)
     payload = load_checkpoint(path)
     config = LESAConfig.from_dict(dict(payload["model_config"]))

@@ -83,18 +83,11 @@ def load_lesa(path: str | os.PathLike, device: str | torch.device = "cpu") -> Lo
 
 
 def _model_from_tf_checkpoint(prefix: str):
-    from lesa.model import LESA
-    from lesa.tf_formats import list_tf_checkpoint
-    from lesa.tf_weights import VECS, W, infer_config, load_tf_checkpoint
+    from lesa.tf_weights import import_tf_checkpoint
 
-    shapes = {name: tuple(info.shape) for name, info in list_tf_checkpoint(prefix).items()}
-    config = infer_config(shapes)
-    dim_w2v = int(shapes[W][1])
-    # The seen vectors only feed the seen scores, which tagging does not use: a zero placeholder of
-    # the right width (or the file's own trainable vectors, loaded over it) is enough.
-    seen = np.zeros(shapes.get(VECS, (1, dim_w2v)), dtype=np.float32)
-    model = LESA(seen, np.zeros((1, dim_w2v), dtype=np.float32), config)
-    load_tf_checkpoint(model, prefix)
+    # The seen vectors only feed the seen scores, which tagging does not use: a zero placeholder
+    # (or the file's own trainable vectors) is enough.
+    model, _ = import_tf_checkpoint(prefix, placeholder_seen=True)
     return model
 
 

@@ -118,19 +118,24 @@ def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LE
     return LESAConfig.from_dict(values)
 
 
-def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfig | None = None):
+def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfig | None = None,
+                         placeholder_seen: bool = False):
     """Build a ``LESA`` from an original TF checkpoint, its configuration inferred from the tensors.
 
     Returns ``(model, extras)``. Label vectors: the original kept fixed vectors as graph constants,
     so a checkpoint only holds them when they were trainable (``vecs``). ``seen_vecs`` /
     ``unseen_vecs`` (raw word vectors) are needed otherwise; without unseen vectors the model gets
-    a single zero placeholder (set real ones with ``model.set_unseen_vecs``).
+    a single zero placeholder (set real ones with ``model.set_unseen_vecs``). ``placeholder_seen``:
+    without seen vectors use a zero placeholder too (for zero-shot scoring only, e.g. tagging:
+    the seen vectors feed nothing but the seen scores).
     """
     from lesa.tf_formats import list_tf_checkpoint, read_tf_checkpoint
 
     shapes = {name: tuple(info[1]) for name, info in list_tf_checkpoint(path).items()}
     config = infer_config(shapes, base)
     dim = shapes[W][1]
+    if seen_vecs is None and VECS not in shapes and placeholder_seen:
+        seen_vecs = np.zeros((1, dim), np.float32)
     if seen_vecs is None:
         if VECS not in shapes:
             raise CheckpointError(
