@@ -23,6 +23,7 @@ resumes on exactly the batch it would have read next.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
@@ -239,6 +240,19 @@ class Batch:
     rows: np.ndarray  # (B,) record indices in the file
 
 
+_LIVE_PREFETCHERS: set = set()  # (stop event, thread) of prefetch threads still running
+
+
+@atexit.register
+def _stop_prefetchers() -> None:
+    """A stream left open at exit would keep its daemon thread inside h5py while the interpreter
+    tears modules down (which can crash the process): stop and join them first."""
+    for stop, thread in list(_LIVE_PREFETCHERS):
+        stop.set()
+    for stop, thread in list(_LIVE_PREFETCHERS):
+        thread.join(timeout=5)
+
+
 def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | Iterator) -> Iterator[Batch]:
     """Yield the batches of each window; the next window is read by a thread meanwhile.
 
@@ -276,6 +290,7 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
 
     thread = threading.Thread(target=work, daemon=True, name="lesa-prefetch")
     thread.start()
+    _LIVE_PREFETCHERS.add((stop, thread))
     try:
         while True:
             item = q.get()
@@ -297,6 +312,7 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
             except queue.Empty:
                 pass
             thread.join(timeout=0.05)
+        _LIVE_PREFETCHERS.discard((stop, thread))
 
 
 class BatchPlan:
