@@ -198,12 +198,15 @@ def _compiler_usable() -> bool:
 
 
 @torch.no_grad()
-def predict(model: LESA, features, batch_size: int = 4096, amp: bool = False,
+def predict(model: LESA, features, batch_size: int = 4096, precision: str = "fp32",
             heads=("zs_logits", "gzs_logits")) -> dict[str, torch.Tensor]:
     """Inference scores over ``features`` (a (N,196,512) tensor/array, or an iterable of such
-    batches), in inference mode (moving batch-norm statistics). ``amp``: bfloat16 autocast (faster
-    on a GPU; scores then differ from float32 in the third digit). Returns
+    batches), in inference mode (moving batch-norm statistics). ``precision``: "fp32" (exact),
+    "tf32" (TF32 matrix units, GPU) or "bf16" (bfloat16 autocast): faster on a GPU, scores then
+    differ from float32 in the fourth (tf32) or third (bf16) digit. Returns
     ``{head: (N, n) float32 tensor on the CPU}``."""
+    from lesa.features.vgg import precision_context
+
     model.eval()
     device = next(model.parameters()).device
     if torch.is_tensor(features) or isinstance(features, np.ndarray):
@@ -212,12 +215,10 @@ def predict(model: LESA, features, batch_size: int = 4096, amp: bool = False,
     else:
         batches = iter(features)
     out: dict[str, list] = {h: [] for h in heads}
-    for batch in batches:
-        batch = torch.as_tensor(batch).to(device, torch.float32, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with precision_context(precision, device):
+        for batch in batches:
+            batch = torch.as_tensor(batch).to(device, non_blocking=True).to(torch.float32)
             result = model(batch)
-        for h in heads:
-            out[h].append(getattr(result, h).float().to("cpu", non_blocking=True))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {h: torch.cat(v) if v else torch.empty(0) for h, v in out.items()}
+            for h in heads:
+                out[h].append(getattr(result, h).float())
+    return {h: torch.cat(v).cpu() if v else torch.empty(0) for h, v in out.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -44,12 +45,22 @@ LOSS_COLUMNS = [("l", "total"), ("l_rank", "rank"), ("l_att_span", "att_span"),
 
 
 def pick_device(name: str) -> torch.device:
+    """"auto" (CUDA when visible), "cpu" or "cuda[:i]"; on CUDA switches TF32 off (full float32)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda":
+        use_full_float32()
     return dev
+
+
+def use_full_float32() -> None:
+    """LESA trains and scores in full float32, as the original (TF 1.8 had no TF32): cuDNN's
+    default TF32 convolutions would move the 2x2 conv's output by ~1e-3 relative."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def log_columns(task: TaskData) -> list[str]:
@@ -152,6 +163,8 @@ def set_determinism(seed: int, deterministic: bool) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 

@@ -49,7 +49,10 @@ def shared_data():
 
 def rel_err(ours, ref) -> float:
     import numpy as np
+    import torch
 
+    if torch.is_tensor(ours):  # any device
+        ours = ours.detach().cpu()
     ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     denom = np.linalg.norm(ref)

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 
-SECTIONS = ["step", "ranking", "evaluation", "inference"]  # lesa.bench.SECTIONS (kept light: no torch import)
+SECTIONS = ["step", "ranking", "evaluation", "inference", "schedule"]  # lesa.bench.SECTIONS (kept light: no torch import)
 
 
 def _add_bench(subparsers) -> None:

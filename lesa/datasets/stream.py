@@ -191,7 +191,9 @@ class RangeReader:
         if self._features is not None:
             local = rows - self.start
             if self.preload == "gpu":
-                idx = torch.from_numpy(local).to(self.device)
+                # pinned + non_blocking: a plain copy from pageable memory would wait for the GPU
+                # to finish the previous step (a host sync per batch)
+                idx = torch.from_numpy(local).pin_memory().to(self.device, non_blocking=True)
                 return self._features[idx], {k: v[idx] for k, v in self._labels.items()}
             if local.size and local[-1] - local[0] + 1 == local.size and np.all(np.diff(local) == 1):
                 sl = slice(int(local[0]), int(local[-1]) + 1)  # a view, no copy

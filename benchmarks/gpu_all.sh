@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one go, for a machine with a CUDA GPU:
+#   the CUDA golden tests (tests/test_cuda.py), the GPU rows of `lesa bench` (training step,
+#   inference, the end-to-end schedule) and the feature-extraction throughput.
+# usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
+# Each part has its own time limit so that one stuck part cannot take the others' figures with it.
+set -u
+out=${1:-gpu_results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
+$py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
+echo "== lesa bench: training step, inference"
+timeout "${BENCH_S:-170}" $py -m lesa bench --only step inference --out "$out/bench_step.md" 2>&1 | tee "$out/bench_step.log"
+echo "== CUDA golden tests"
+timeout "${TESTS_S:-170}" $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | grep -E "\[cuda\]|passed|failed|skipped|Error|error"
+echo "== feature extraction"
+timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 4096 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
+echo "== lesa bench: schedule"
+timeout "${SCHEDULE_S:-120}" $py -m lesa bench --only schedule --out "$out/bench_schedule.md" 2>&1 | tee "$out/bench_schedule.log"
+echo "== done"

@@ -1,0 +1,171 @@
+"""The CUDA paths against the goldens (skipped without a GPU; run them on a machine with one):
+the model's outputs, losses and gradients, the golden four training steps through every fast-step
+mode, ``lesa train`` with ``train.step = "cuda_graph"`` against the eager loop, inference, and
+VGG-19 conv5_4 features (full float32, TF32, bfloat16, nvjpeg decoding).
+
+Training and scoring on a GPU run in full float32 (``lesa.train.use_full_float32``): the
+tolerances are the CPU tests'. Measured errors are printed (``pytest -s`` shows them)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import test_golden_model
+from conftest import rel_err
+from lesa import TFRMSprop
+from lesa.fast_step import make_train_step, predict
+from lesa.tf_weights import _tf_to_torch_names
+from lesa.train import use_full_float32
+from test_fast_step import golden_max_positives
+from test_golden_model import LOSS_NAMES, OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_MODES = ["eager", "cuda_graph", "compile+cuda_graph"]
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    use_full_float32()
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_golden_outputs_losses_and_gradients_on_the_gpu(golden):  # noqa: F811
+    model = golden.model().cuda().eval()
+    with torch.no_grad():
+        out = model(torch.tensor(golden.inputs["eval_features"]).cuda())
+    for name in OUTPUTS:
+        assert rel_err(getattr(out, name), golden.expected[f"init_eval/{name}"]) <= 1e-5, name
+    model.train()
+    features, labels = (t.cuda() for t in golden.batch(0))
+    out = model(features)
+    for name in OUTPUTS + ["att_logits", "f_att"]:
+        assert rel_err(getattr(out, name), golden.expected[f"step0_train/{name}"]) <= 1e-5, name
+    losses = model.loss(out, labels)
+    for ours, theirs in LOSS_NAMES.items():
+        assert rel_err(losses[ours].item(), golden.expected[f"step0_train/{theirs}"]) <= 1e-5, ours
+    losses["total"].backward()
+    params = dict(model.named_parameters())
+    for tf_name, (key, to_torch) in _tf_to_torch_names(model).items():
+        if f"grad0/{tf_name}" in golden.expected.files:
+            assert rel_err(params[key].grad, to_torch(golden.expected[f"grad0/{tf_name}"])) <= 1e-3, tf_name
+
+
+def run_four_steps_on_the_gpu(golden, mode: str, **optimizer_options):
+    """test_golden_model.run_four_steps on the GPU through make_train_step(mode); the model comes
+    back on the CPU for the comparison with the original's checkpoint."""
+    model = golden.model().cuda().train()
+    optimizer = TFRMSprop(model.parameters(), lr=float(golden.expected["lr_per_step"][0]), **optimizer_options)
+    step = make_train_step(model, optimizer, max_positives=golden_max_positives(golden), mode=mode)
+    losses_per_step = []
+    for i in range(4):  # the learning rate changes between steps: the captured graph must see it
+        optimizer.param_groups[0]["lr"] = float(golden.expected["lr_per_step"][i])
+        features, labels = golden.batch(i)
+        losses_per_step.append({k: v.item() for k, v in step(features.cuda(), labels.cuda()).items()})
+    assert step.mode == mode
+    return model.cpu(), losses_per_step
+
+
+@pytest.mark.parametrize("mode", GPU_MODES)
+def test_golden_four_steps_on_the_gpu(golden, mode, monkeypatch):  # noqa: F811
+    if mode.startswith("compile") and golden.cfg["T"] != 10:
+        pytest.skip("compilation is slow: the paper's setting is enough")
+    monkeypatch.setattr(test_golden_model, "run_four_steps",
+                        lambda g, **options: run_four_steps_on_the_gpu(g, mode, **options))
+    test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
+
+
+def test_predict_on_the_gpu_equals_the_cpu(golden):  # noqa: F811
+    model = golden.model()
+    features = torch.tensor(golden.inputs["eval_features"])
+    cpu = predict(model, features, batch_size=3)
+    gpu = predict(model.cuda(), features, batch_size=3)
+    for head in cpu:
+        assert rel_err(gpu[head], cpu[head]) <= 1e-5, head
+    for precision, bound in (("tf32", 1e-2), ("bf16", 5e-2)):
+        fast = predict(model, features, batch_size=3, precision=precision)
+        err = max(rel_err(fast[h], cpu[h]) for h in cpu)
+        print(f"\n[cuda] inference {precision} vs fp32 scores: {err:.2e} relative")
+        assert err <= bound, precision
+
+
+@pytest.mark.parametrize("step", ["cuda_graph"])
+def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step):
+    """The training loop (features preloaded on the GPU) with the captured step gives the eager
+    loop's weights and log."""
+    import csv
+
+    from lesa.checkpoint import load_checkpoint
+    from lesa.synth import SynthSpec, config_for, write_synthetic
+    from lesa.train import train
+
+    files = write_synthetic(tmp_path / "data", SynthSpec(n_train=200, n_test=40, n_tags=24, n_concepts=6,
+                                                         n_shared=3, seed=1, dtype="float16"), progress=False)
+    runs = {}
+    for name in ("eager", step):
+        cfg = config_for(files, "nus_wide_zero_shot", tmp_path / name.replace("+", "_"), "gpu", n_iters=30,
+                         eval_interval=10, device="cuda", step=name)
+        cfg.data.n_validation, cfg.data.eval_batch_size, cfg.data.preload = 32, 32, "gpu"
+        cfg.model.n_attention = 3
+        train(cfg, progress=False, final_eval=False, log=lambda *a: None)
+        runs[name] = cfg.out_dir
+    a = load_checkpoint(runs["eager"] / "model.pt")["model_state"]
+    b = load_checkpoint(runs[step] / "model.pt")["model_state"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+    rows_a = list(csv.reader(open(runs["eager"] / "log.csv")))
+    rows_b = list(csv.reader(open(runs[step] / "log.csv")))
+    assert rows_a[0] == rows_b[0] and len(rows_a) == len(rows_b) == 5  # header + iterations 0, 10, 20, 29
+    for ra, rb in zip(rows_a[1:], rows_b[1:]):
+        for x, y in zip(ra[1:], rb[1:]):
+            assert float(x) == pytest.approx(float(y), rel=1e-3, abs=1e-5)
+
+
+# -- VGG-19 conv5_4 on the GPU ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vgg_golden(golden_root):
+    from lesa.features import VGG19Conv54
+
+    root = golden_root("vgg19_slim")
+    names = sorted(p.name for p in (root / "images").glob("*.jpg"))
+    return root, np.load(root / "expected.npz"), names, VGG19Conv54.from_tf_slim(root / "vgg_19.ckpt").cuda().eval()
+
+
+def test_vgg_features_on_the_gpu(vgg_golden):
+    from lesa.features import decode_jpeg, vgg_preprocess_batch
+    from lesa.features.vgg import precision_context
+
+    root, expected, names, model = vgg_golden
+    images = [decode_jpeg((root / "images" / n).read_bytes(), n) for n in names]
+    x = vgg_preprocess_batch(images, device="cuda")
+    for precision, bound in (("fp32", 1e-5), ("tf32", 1e-2), ("bf16", 5e-2)):
+        with torch.no_grad(), precision_context(precision, "cuda"):
+            feats = model(x).float().cpu().numpy()
+        err = max(rel_err(feats[i], expected[f"features/{n}"]) for i, n in enumerate(names))
+        print(f"\n[cuda] VGG-19 conv5_4 {precision} vs the original's features: {err:.2e} relative (worst image)")
+        assert err <= bound, precision
+
+
+def test_nvjpeg_decoder_against_the_exact_one(vgg_golden):
+    from lesa.features import decode_jpeg, vgg_preprocess_batch
+    from lesa.features.extract import _decode_on_gpu
+
+    root, expected, names, model = vgg_golden
+    blobs = [(root / "images" / n).read_bytes() for n in names]
+    positions, images, failures = _decode_on_gpu(list(range(len(blobs))), blobs, torch.device("cuda"), 10**9)
+    assert positions == list(range(len(blobs))) and not failures
+    diffs = []
+    for blob, name, image in zip(blobs, names, images):
+        exact = decode_jpeg(blob, name).astype(np.int16)
+        assert image.shape == exact.shape, name
+        diffs.append(np.abs(image.cpu().numpy().astype(np.int16) - exact))
+    mean_abs = float(np.mean([d.mean() for d in diffs]))
+    worst = int(max(d.max() for d in diffs))
+    with torch.no_grad():
+        feats = model(vgg_preprocess_batch(images, device="cuda")).cpu().numpy()
+    err = max(rel_err(feats[i], expected[f"features/{n}"]) for i, n in enumerate(names))
+    print(f"\n[cuda] nvjpeg vs TF-exact decode: mean |diff| {mean_abs:.3f} levels, max {worst}; "
+          f"conv5_4 features from nvjpeg pixels vs the original's: {err:.2e} relative (worst image)")
+    assert mean_abs <= 2.0 and err <= 5e-2
