@@ -40,7 +40,8 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def bench_pipeline(paths, device, decoder, precision, batch_size, workers, channels_last, out) -> float:
+def bench_pipeline(paths, device, decoder, precision, batch_size, workers, channels_last, out,
+                   dtype="float32"):
     from lesa.features.extract import ExtractionSource, build_model, extract_features
 
     source = ExtractionSource("bench", "bench", [p.name for p in paths], list(paths), {},
@@ -48,8 +49,8 @@ def bench_pipeline(paths, device, decoder, precision, batch_size, workers, chann
     model = build_model("random", None)
     summary = extract_features(source, out, model, device=device, batch_size=batch_size, workers=workers,
                                precision=precision, decoder=decoder, channels_last=channels_last,
-                               overwrite=True, progress=False)
-    return summary.images_per_second
+                               dtype=dtype, overwrite=True, progress=False)
+    return summary
 
 
 def bench_decode(paths, repeat: int = 1) -> float:
@@ -99,23 +100,26 @@ def main() -> None:
     name = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()}-core CPU, no GPU"
     print(f"device: {name}; {n} images, batch {batch}, {workers} workers, torch threads {torch.get_num_threads()}")
 
-    rows = [("exact", "fp32", False), ("exact", "tf32", True), ("exact", "bf16", True),
-            ("gpu", "tf32", True), ("gpu", "bf16", True)]
+    rows = [("exact", "fp32", False, "float32"), ("exact", "tf32", True, "float32"),
+            ("exact", "bf16", True, "float32"), ("exact", "bf16", True, "float16"),
+            ("gpu", "tf32", True, "float32"), ("gpu", "bf16", True, "float32")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = make_images(tmp, n)
         print(f"decoder alone (exact, 1 process): {bench_decode(paths):.0f} img/s")
         baseline = None
-        print(f"{'pipeline':<34} {'img/s':>9} {'baseline':>9} {'ratio':>6}")
-        for decoder, precision, channels_last in rows:
-            label = f"{decoder} decoder, {precision}{', channels-last' if channels_last else ''}"
+        print(f"{'pipeline (JPEG files -> HDF5)':<46} {'img/s':>9} {'baseline':>9} {'ratio':>6}  main loop waited for")
+        for decoder, precision, channels_last, dtype in rows:
+            label = f"{decoder} decoder, {precision}{', channels-last' if channels_last else ''}, {dtype} file"
             if (decoder == "gpu" or precision == "tf32") and not gpu:
-                print(f"{label:<34} {'not measured (needs a GPU)':>26}")
+                print(f"{label:<46} {'not measured (needs a GPU)':>26}")
                 continue
-            rate = bench_pipeline(paths, args.device, decoder, precision, batch, workers, channels_last,
-                                  tmp / "bench.h5")
+            summary = bench_pipeline(paths, args.device, decoder, precision, batch, workers, channels_last,
+                                     tmp / "bench.h5", dtype)
+            rate = summary.images_per_second
             baseline = baseline or rate
-            print(f"{label:<34} {rate:9.1f} {baseline:9.1f} {rate / baseline:6.2f}")
+            waits = ", ".join(f"{k} {v:.2f} s" for k, v in summary.waits.items())
+            print(f"{label:<46} {rate:9.1f} {baseline:9.1f} {rate / baseline:6.2f}  {waits} (of {summary.seconds:.1f} s)")
         print(f"{'VGG forward alone':<34}")
         for precision, channels_last in (("fp32", False), ("tf32", True), ("bf16", True)):
             if precision == "tf32" and not gpu:

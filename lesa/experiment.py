@@ -82,7 +82,12 @@ class TrainSection:
     seed: int = 0
     deterministic: bool = True  # deterministic kernels; a resumed run equals an uninterrupted one
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    step: str = "eager"  # eager | compile | cuda_graph | compile+cuda_graph | auto: lesa.fast_step (one process)
+    # auto: the whole step captured as one CUDA graph on a single GPU, the plain eager step otherwise
+    # (CPU, torchrun, data.skip_no_positive) | eager | compile | cuda_graph | compile+cuda_graph
+    step: str = "auto"
+    # fp32: full float32 (the goldens' tolerances) | tf32: TF32 matrix units on the GPU (faster;
+    # scores move by ~5e-4 relative, outside the goldens' 1e-5)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -258,6 +263,8 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
         raise ConfigError(f"{src}: experiment.task = {e.task!r}; choose one of {', '.join(TASKS)}")
     if d.preload not in PRELOAD:
         raise ConfigError(f"{src}: data.preload = {d.preload!r}; choose one of {', '.join(PRELOAD)}")
+    if t.precision not in ("fp32", "tf32"):
+        raise ConfigError(f"{src}: train.precision = {t.precision!r}; choose fp32 or tf32")
     if t.monitor not in ("mF1", "mAP"):
         raise ConfigError(f"{src}: train.monitor = {t.monitor!r}; choose mF1 or mAP")
     if t.val_batchnorm not in ("inference", "batch"):

@@ -143,6 +143,7 @@ class TrainStep:
                 values[0].backward()
                 with torch.no_grad():
                     self._update(self._lr)
+        del values  # its autograd graph holds the side stream's AccumulateGrad nodes (not to be captured)
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
             for t, s in zip(tensors, saved):

@@ -188,6 +188,8 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
         for stale in out_dir.glob("*.tmp-*"):
             stale.unlink(missing_ok=True)  # several ranks may clean at once
     device = pick_device(t.device)
+    if device.type == "cuda" and t.precision == "tf32":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
 
@@ -224,22 +226,35 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
                           decay_rate=t.decay_rate, limit_scale=t.limit_scale)
     run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
                    val_reader, plan, out_dir, shard=tuple(shard))
-    if t.step != "eager":
+    if fast_step_mode(cfg, device, shard) != "eager":
         run.fast_step = build_fast_step(run)
     if resume:
         restore_resume_point(run, last)
     return run
 
 
+def fast_step_mode(cfg: Config, device: torch.device, shard: tuple[int, int]) -> str:
+    """``train.step`` resolved: "auto" is "cuda_graph" for one process on a GPU and "eager" (the
+    plain step) on the CPU, under torchrun and with data.skip_no_positive (batches of varying size)."""
+    from lesa.fast_step import MODES
+
+    step = cfg.train.step
+    if step not in MODES:
+        raise ConfigError(f"{cfg.source}: train.step must be one of {MODES}, got {step!r}")
+    if step == "auto":
+        single = shard[1] == 1 and not cfg.data.skip_no_positive
+        return "cuda_graph" if device.type == "cuda" and single else "eager"
+    return step
+
+
 def build_fast_step(run: "Training"):
     """``train.step`` other than "eager": forward, losses, backward and the TF-RMSProp update as
     one compiled and/or CUDA-graph-captured step (``lesa.fast_step``). The ranking loss is padded to
     the most positives of any training image (read once from the labels), so shapes are static."""
-    from lesa.fast_step import MODES, make_train_step, max_positives_of
+    from lesa.fast_step import make_train_step, max_positives_of
 
     cfg = run.cfg
-    if cfg.train.step not in MODES:
-        raise ConfigError(f"{cfg.source}: train.step must be one of {MODES}, got {cfg.train.step!r}")
+    mode = fast_step_mode(cfg, run.device, run.shard)
     if run.shard[1] > 1 or cfg.data.skip_no_positive:
         raise ConfigError(f"{cfg.source}: train.step={cfg.train.step!r} needs one process and "
                           "data.skip_no_positive = false; use train.step = \"eager\"")
@@ -249,7 +264,7 @@ def build_fast_step(run: "Training"):
     for a in range(0, rows.size, 65536):  # label matrices can be large: in blocks
         block = run.train_split.read_labels(array, rows[a:a + 65536])
         most = max(most, max_positives_of(block if cols is None else block[:, cols]))
-    return make_train_step(run.model, run.optimizer, max_positives=most, mode=cfg.train.step)
+    return make_train_step(run.model, run.optimizer, max_positives=most, mode=mode)
 
 
 def check_label_widths(split, label_spec: dict, task: TaskData, what: str) -> None:

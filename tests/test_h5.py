@@ -187,3 +187,35 @@ def test_kill9_during_appends_then_resume(tmp_path):
         assert split.img_ids == [f"id{j}" for j in range(300)]
         feats = split.read_features(range(0, 300, 29))
         assert all(np.all(feats[k] == 29 * k) for k in range(len(feats)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype):
+    """FeatureWriter.append(checksums=fletcher32_of_records(...)) stores byte for byte what HDF5's
+    fletcher32 filter stores (so reading verifies them), including all-zero and all-0xFF records."""
+    import h5py
+    import torch
+
+    from lesa.datasets.h5 import fletcher32_of_records
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((12, 196, 512)).astype(dtype)
+    feats[3] = 0
+    feats[4].view(np.uint8)[:] = 0xFF  # 16-bit words 0xFFFF: sums congruent to 0 mod 65535
+    labels = rng.integers(-1, 2, (12, 5)).astype(np.int8)
+    files = []
+    for direct in (False, True):
+        path = tmp_path / f"{direct}.h5"
+        with FeatureWriter(path, "nus_wide", "Test", {"labels_81": 5}, dtype=dtype) as writer:
+            for i in (0, 7):
+                part = feats[i:i + 7][: 12 - i]
+                writer.append([str(i + j) for j in range(len(part))], part, {"labels_81": labels[i:i + len(part)]},
+                              checksums=fletcher32_of_records(torch.from_numpy(part)) if direct else None)
+            writer.finish()
+        files.append(path)
+    with h5py.File(files[0]) as a, h5py.File(files[1]) as b:
+        for i in range(12):
+            assert a["features"].id.read_direct_chunk((i, 0, 0)) == b["features"].id.read_direct_chunk((i, 0, 0)), i
+        np.testing.assert_array_equal(b["features"][:], feats)
+    with open_features(files[1]) as split:
+        np.testing.assert_array_equal(split.read(np.arange(12))[0], feats.astype(np.float32))

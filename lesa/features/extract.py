@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lesa.datasets.h5 import FeatureWriter, partial_path, read_split_files
+from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import batch_plan, pack_images, vgg_preprocess_batch, vgg_preprocess_packed
@@ -80,6 +80,9 @@ class ExtractionSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     resumed_from: int = 0
+    # seconds the main loop waited: for decoded images (add --workers), for the device's results
+    # (the model is the limit), for the HDF5 writer (the disk is the limit)
+    waits: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"written": self.written, "skipped": self.skipped, "failed": self.failed},
@@ -92,7 +95,9 @@ class ExtractionSummary:
                 + (f" (resumed after {self.resumed_from})" if self.resumed_from else ""),
                 f"skipped before extraction: {fmt(self.skipped)}",
                 f"failed to decode: {fmt(self.failed)}",
-                f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s"]
+                f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s"
+                + (" (waited " + ", ".join(f"{v:.1f} s for {k}" for k, v in self.waits.items()) + ")"
+                   if self.waits else "")]
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -289,9 +294,27 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
             appender = _BackgroundAppender(writer)
+            waits = {"decoded images": 0.0, "the model": 0.0, "the writer": 0.0}
+            in_flight = None  # the previous batch: copied to the host while this one is computed
+
+            def hand_over(batch_out) -> None:
+                ids, labels, result = batch_out
+                tic = time.perf_counter()
+                feats, checksums = result.get()
+                waits["the model"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                appender.append(ids, feats, labels, checksums)
+                waits["the writer"] += time.perf_counter() - tic
+
             try:
                 with torch.no_grad(), precision_context(precision, device):
-                    for batch in loader:
+                    batches = iter(loader)
+                    while True:
+                        tic = time.perf_counter()
+                        batch = next(batches, None)
+                        waits["decoded images"] += time.perf_counter() - tic
+                        if batch is None:
+                            break
                         failures = list(batch["failures"])
                         good_pos = list(batch["positions"])
                         if batch["blobs"]:
@@ -308,21 +331,26 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                             log(f"skipped {source.img_ids[pos]}: {message}")
                         flog.flush()
                         if good_pos:
-                            feats = _forward(model, x, channels_last)
                             pos_arr = np.array(good_pos, dtype=np.int64)
-                            appender.append([source.img_ids[p] for p in pos_arr], feats,
-                                            source.labels_for(pos_arr))
+                            result = _ForwardResult(model, x, channels_last, writer.dtype)
+                            if in_flight is not None:
+                                hand_over(in_flight)
+                            in_flight = ([source.img_ids[p] for p in pos_arr], source.labels_for(pos_arr), result)
                         n_items = len(good_pos) + len(failures)
                         done_now += n_items
                         bar.update(n_items)
+                    if in_flight is not None:
+                        hand_over(in_flight)
+                tic = time.perf_counter()
                 appender.close()
+                waits["the writer"] += time.perf_counter() - tic
             finally:
                 appender.close(raise_errors=False)
                 bar.close()
         seconds = time.perf_counter() - t0
         summary = ExtractionSummary(out_path, writer.n_written, {k: len(v) for k, v in source.skipped.items()},
                                     dict(failed), seconds, done_now / seconds if seconds > 0 else 0.0,
-                                    resumed_from)
+                                    resumed_from, {k: round(v, 3) for k, v in waits.items()})
         writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
         writer.finish()
     return summary
@@ -354,10 +382,10 @@ class _BackgroundAppender:
                 except BaseException as exc:  # handed to the main thread
                     self.error = exc
 
-    def append(self, img_ids, features, labels) -> None:
+    def append(self, img_ids, features, labels, checksums=None) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((img_ids, features, labels))
+        self.queue.put((img_ids, features, labels, checksums))
 
     def close(self, raise_errors: bool = True) -> None:
         if self.thread.is_alive():
@@ -375,11 +403,33 @@ def _summary_of_complete(path: Path) -> ExtractionSummary:
                                  json.loads(attrs.get("failed", "{}")), 0.0, 0.0, len(split))
 
 
-def _forward(model, x, channels_last) -> np.ndarray:
-    """x (B, 3, 224, 224) on the model's device -> features (B, 196, 512) float32 numpy."""
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return model(x).float().cpu().numpy()
+class _ForwardResult:
+    """VGG-19 conv5_4 of one preprocessed batch, started on the device; ``get()`` waits for it.
+
+    On a GPU the features are cast to the file's dtype there, their HDF5 Fletcher-32 checksums
+    computed there (the writer then stores the chunks as they are), and both copied into pinned
+    host memory without blocking, so the host can prepare the next batch meanwhile."""
+
+    def __init__(self, model, x: torch.Tensor, channels_last: bool, dtype: np.dtype):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = model(x).to(getattr(torch, np.dtype(dtype).name))  # (B, 196, 512)
+        self.event = None
+        if feats.is_cuda:
+            checksums = fletcher32_of_records(feats)
+            self.feats = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+            self.checksums = torch.empty(checksums.shape, dtype=checksums.dtype, pin_memory=True)
+            self.feats.copy_(feats, non_blocking=True)
+            self.checksums.copy_(checksums, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:  # on the CPU HDF5's filter computes the checksums
+            self.feats, self.checksums = feats, None
+
+    def get(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.feats.numpy(), None if self.checksums is None else self.checksums.numpy()
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):

@@ -106,6 +106,14 @@ def pack_images(images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     return torch.cat([t.reshape(-1) for t in tensors]), sizes
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto ``device`` without waiting for the GPU: a copy from pageable memory would
+    wait for the work already queued (the previous batch's forward pass)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
+
+
 def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], device=None,
                           plan: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``pack_images`` output -> float32 (B, 3, 224, 224) on ``device`` (default: ``flat``'s).
@@ -116,15 +124,15 @@ def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], 
         return torch.empty((0, 3, CROP_SIZE, CROP_SIZE), dtype=torch.float32, device=device)
     if flat.numel() != sum(h * w * 3 for h, w in sizes):
         raise ImageError(f"packed images hold {flat.numel()} values, not the {sizes} images' pixels")
-    flat = flat.to(device, non_blocking=True)
-    plan = {k: v.to(device, non_blocking=True) for k, v in (plan or batch_plan(sizes)).items()}
+    flat = _to_device(flat, device)
+    plan = {k: _to_device(v, device) for k, v in (plan or batch_plan(sizes)).items()}
     bases = np.cumsum([0] + [h * w * 3 for h, w in sizes[:-1]]).astype(np.int64)
     widths = np.array([w for _, w in sizes], dtype=np.int64)
 
     y_lo, y_hi, dy = plan["y_lo"], plan["y_hi"], plan["dy"]  # (B, 224) each
     x_lo, x_hi, dx = plan["x_lo"], plan["x_hi"], plan["dx"]
-    base = torch.from_numpy(bases).to(device)[:, None]
-    w3 = torch.from_numpy(widths * 3).to(device)[:, None]
+    base = _to_device(torch.from_numpy(bases), device)[:, None]
+    w3 = _to_device(torch.from_numpy(widths * 3), device)[:, None]
     channel = torch.arange(3, device=device)
 
     def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:  # (B, 224, 224, 3) float32
@@ -141,7 +149,7 @@ def vgg_preprocess_packed(flat: torch.Tensor, sizes: Sequence[tuple[int, int]], 
     bottom = bottom_left + (bottom_right - bottom_left) * dx4
     del bottom_left, bottom_right
     resized = top + (bottom - top) * dy4  # (B, 224, 224, 3)
-    mean = torch.tensor(RGB_MEAN, dtype=torch.float32, device=device)
+    mean = _to_device(torch.tensor(RGB_MEAN, dtype=torch.float32), device)
     return (resized - mean).permute(0, 3, 1, 2).contiguous()  # (B, 3, 224, 224)
 
 
