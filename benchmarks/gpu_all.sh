@@ -16,7 +16,7 @@ timeout "${BENCH_S:-170}" $py -m lesa bench --only step inference --out "$out/be
 echo "== CUDA golden tests"
 timeout "${TESTS_S:-170}" $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | grep -E "\[cuda\]|passed|failed|skipped|Error|error"
 echo "== feature extraction"
-timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 4096 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
+timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 16384 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
 echo "== lesa bench: schedule"
 timeout "${SCHEDULE_S:-120}" $py -m lesa bench --only schedule --out "$out/bench_schedule.md" 2>&1 | tee "$out/bench_schedule.log"
 echo "== where a training step's GPU time goes"

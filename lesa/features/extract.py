@@ -83,6 +83,9 @@ class ExtractionSummary:
     # seconds the main loop waited: for decoded images (add --workers), for the device's results
     # (the model is the limit), for the HDF5 writer (the disk is the limit)
     waits: dict[str, float] = field(default_factory=dict)
+    # images/s after the first batch reached the writer (worker start-up, cuDNN and nvjpeg set-up
+    # excluded): what a long extraction runs at
+    steady_images_per_second: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps({"written": self.written, "skipped": self.skipped, "failed": self.failed},
@@ -96,6 +99,7 @@ class ExtractionSummary:
                 f"skipped before extraction: {fmt(self.skipped)}",
                 f"failed to decode: {fmt(self.failed)}",
                 f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s"
+                + (f", {self.steady_images_per_second:.1f} after start-up" if self.steady_images_per_second else "")
                 + (" (waited " + ", ".join(f"{v:.1f} s for {k}" for k, v in self.waits.items()) + ")"
                    if self.waits else "")]
 
@@ -293,12 +297,17 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
             )
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
+            batches = iter(loader)  # the worker processes start (fork) before this process's threads
             appender = _BackgroundAppender(writer)
             waits = {"decoded images": 0.0, "the model": 0.0, "the writer": 0.0}
             in_flight = None  # the previous batch: copied to the host while this one is computed
 
+            steady = {}  # time and count when the first batch was written: the rate after start-up
+
             def hand_over(batch_out) -> None:
                 ids, labels, result = batch_out
+                if not steady:
+                    steady.update(t=time.perf_counter(), done=done_now)
                 tic = time.perf_counter()
                 feats, checksums = result.get()
                 waits["the model"] += time.perf_counter() - tic
@@ -308,7 +317,6 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
 
             try:
                 with torch.no_grad(), precision_context(precision, device):
-                    batches = iter(loader)
                     while True:
                         tic = time.perf_counter()
                         batch = next(batches, None)
@@ -350,10 +358,18 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         seconds = time.perf_counter() - t0
         summary = ExtractionSummary(out_path, writer.n_written, {k: len(v) for k, v in source.skipped.items()},
                                     dict(failed), seconds, done_now / seconds if seconds > 0 else 0.0,
-                                    resumed_from, {k: round(v, 3) for k, v in waits.items()})
+                                    resumed_from, {k: round(v, 3) for k, v in waits.items()},
+                                    _steady_rate(steady, done_now, t0 + seconds))
         writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
         writer.finish()
     return summary
+
+
+def _steady_rate(steady: dict, done: int, end: float) -> float:
+    """Images/s from the first written batch to the end (0 when there were fewer than 2 batches)."""
+    if not steady or done <= steady["done"] or end <= steady["t"]:
+        return 0.0
+    return (done - steady["done"]) / (end - steady["t"])
 
 
 class _BackgroundAppender:
