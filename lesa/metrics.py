@@ -45,16 +45,17 @@ def _n_threads(threads: int | None) -> int:
 
 
 # -- average precision -----------------------------------------------------------------------------
-_LUT_BUDGET = 1 << 19  # lookup-table entries per chunk of classes (2 MB of int32: stays in cache)
+_LUT_BUDGET = 1 << 19  # lookup-table entries per chunk of classes (4 MB of intp)
 _MAX_CHUNK = 32  # classes per chunk
 _BUCKETS_PER_POSITIVE = 16  # buckets B_c = 16 m_c (clamped): ~5-10% of entries land next to a positive
+_BLOCK = 1 << 16  # entries (rows x classes of a chunk) bucketed at a time: the scratch stays in cache
 
 
 def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     """AP of each class (C,), equal to scikit-learn's ``average_precision_score`` per class on
     the annotated images (and to :func:`average_precision_exact` within 1e-12).
 
-    ``threads``: worker threads over chunks of classes (default: the CPU count, at most 8).
+    ``threads``: worker threads (default: the CPU count, at most 8).
     """
     scores, labels = _check(scores, labels)
     N, C = scores.shape
@@ -65,52 +66,44 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
         return average_precision_exact(scores, labels)
     if scores.dtype == np.float16:
         scores = scores.astype(np.float32)
-    # One pass over the labels for all classes: positives and unannotated entries, by class.
-    positives, unannotated = _entries_by_class(labels)
-    # A NaN score anywhere in a column (or +inf and -inf together) sends it to the exact path.
-    with np.errstate(invalid="ignore", over="ignore"):
-        exact = np.isnan(scores.sum(axis=0))
-    chunks = _class_chunks(np.diff(positives[2]))
-    exact_columns: list[int] = list(np.flatnonzero(exact))
+    scores, labels = np.ascontiguousarray(scores), np.ascontiguousarray(labels)  # (flat gathers)
+    n_threads = _n_threads(threads)
+    pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
+    try:
+        pmap = pool.map if pool else map
+        positives = _positives_by_class(labels, pmap)  # one pass over the labels, on all threads
+        exact_columns: list[int] = []
 
-    def run(chunk: tuple[int, int]) -> None:
-        c0, c1 = chunk
-        values, bad = _ap_chunk(scores, c0, c1, positives, unannotated, exact[c0:c1])
-        ap[c0:c1] = values
-        exact_columns.extend(c0 + int(c) for c in bad)
+        def run(chunk: tuple[int, int]) -> None:
+            c0, c1 = chunk
+            values, redo = _ap_chunk(scores, labels, c0, c1, positives)
+            ap[c0:c1] = values
+            exact_columns.extend(c0 + int(c) for c in redo)
 
-    n_threads = min(_n_threads(threads), len(chunks))
-    if n_threads == 1:
-        for chunk in chunks:
-            run(chunk)
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(run, chunks))
+        list(pmap(run, _class_chunks(np.diff(positives[2]))))
+    finally:
+        if pool:
+            pool.shutdown()
     if exact_columns:  # NaN scores, or a positive scored +-inf: the sorting path decides
         cols = sorted(set(exact_columns))
         ap[cols] = average_precision_exact(scores[:, cols], labels[:, cols])
     return ap
 
 
-def _entries_by_class(labels: np.ndarray, rows_per_block: int = 16384):
-    """The positive and the unannotated entries of ``labels`` (N, C), each as (rows, cols,
-    offsets) grouped by column (column c's entries are [offsets[c], offsets[c+1])). Read in row
-    blocks: no (N, C) temporary."""
+def _positives_by_class(labels: np.ndarray, pmap=map, rows_per_block: int = 1024):
+    """The positive entries of ``labels`` (N, C) as (rows, cols, offsets) grouped by column
+    (column c's are [offsets[c], offsets[c+1]), rows ascending). Row blocks are scanned by
+    ``pmap`` (a thread pool's map): no (N, C) temporary."""
     N, C = labels.shape
-    found = {"pos": ([], []), "zero": ([], [])}
-    for r0 in range(0, N, rows_per_block):
-        block = labels[r0:r0 + rows_per_block]
-        for key, mask in (("pos", block > 0), ("zero", block == 0)):
-            flat = np.flatnonzero(mask)
-            found[key][0].append(flat // C + r0)
-            found[key][1].append((flat % C).astype(np.int16 if C < 2**15 else np.int32))
-    out = []
-    for key in ("pos", "zero"):
-        rows, cols = np.concatenate(found[key][0]), np.concatenate(found[key][1])
-        order = np.argsort(cols, kind="stable")  # radix sort for 16-bit columns
-        counts = np.bincount(cols, minlength=C)
-        out.append((rows[order], cols[order].astype(np.int64), np.concatenate([[0], np.cumsum(counts)])))
-    return out
+
+    def scan(r0: int) -> np.ndarray:
+        return np.flatnonzero(labels[r0:r0 + rows_per_block] > 0) + r0 * C  # flat indices
+
+    flat = np.concatenate(list(pmap(scan, range(0, N, rows_per_block))) + [np.zeros(0, np.intp)])
+    rows, cols = np.divmod(flat, C)
+    order = np.argsort(cols.astype(np.int16 if C < 2**15 else np.int32), kind="stable")  # radix sort
+    counts = np.bincount(cols, minlength=C)
+    return rows[order], cols[order], np.concatenate([[0], np.cumsum(counts)])
 
 
 def _buckets_for(n_pos: np.ndarray) -> np.ndarray:
@@ -135,30 +128,31 @@ def _class_chunks(n_pos: np.ndarray) -> list[tuple[int, int]]:
 _workspace = threading.local()
 
 
-def _buffers(n: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-thread scratch arrays of n entries (reused: fresh pages are slow to fault in)."""
+def _buffers(n: int, dtype, slot_type) -> tuple[np.ndarray, ...]:
+    """Per-thread scratch arrays of n entries: two of scores (dtype), buckets (intp), slots,
+    a mask (reused: fresh pages are slow to fault in)."""
     ws = getattr(_workspace, "arrays", None)
-    if ws is None or ws[0].size < n or ws[0].dtype != dtype:
-        ws = (np.empty(n, dtype), np.empty(n, np.int32), np.empty(n, np.int32))
+    if ws is None or ws[0].size < n or ws[0].dtype != dtype or ws[3].dtype != slot_type:
+        ws = (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, np.intp), np.empty(n, slot_type),
+              np.empty(n, bool))
         _workspace.arrays = ws
-    return ws[0][:n], ws[1][:n], ws[2][:n]
+    return tuple(w[:n] for w in ws)
 
 
-def _bucket(values, lo, scale, base, top, out=None, out_int=None):
-    """Monotone map of scores to integer buckets: floor(clip((v - lo) * scale + 1 + base,
-    base, top)). Every step is monotone in v under IEEE rounding, so v <= w implies
-    bucket(v) <= bucket(w) (-inf -> base, +inf -> top). The same
-    elementwise operations run for the whole chunk (per-class constants broadcast) and for
-    single entries (constants gathered), so equal scores of a class get equal buckets."""
+def _bucket(values, q, out=None):
+    """Monotone map of scores to bucket numbers (integers once truncated): clip((v - lo) *
+    scale + base1, base, top) with the per-class constants q = (lo, scale, base1 = base + 1,
+    base, top). Every step is monotone in v under IEEE rounding, so v <= w implies bucket(v)
+    <= bucket(w) (-inf -> base, +inf -> top). The same elementwise operations run for blocks
+    of the chunk (constants tiled) and for single entries (constants gathered), so equal
+    scores of a class get equal buckets."""
+    lo, scale, base1, base, top = q
     out = np.subtract(values, lo, out=out)
     np.multiply(out, scale, out=out)
-    np.add(out, base + 1, out=out)
-    np.fmax(out, base, out=out)  # fmax/fmin: NaN -> base (NaN columns are redone exactly, but
-    np.fmin(out, top, out=out)  # must not spill into another class's buckets)
-    if out_int is None:
-        return out.astype(np.int32)
-    np.copyto(out_int, out, casting="unsafe")
-    return out_int
+    np.add(out, base1, out=out)
+    np.fmax(out, base, out=out)  # fmax/fmin: NaN -> base, the lowest bucket (a NaN score ranks
+    np.fmin(out, top, out=out)  # below every other in the sorting path too)
+    return out
 
 
 _MAX_SCAN = 8  # positives in one bucket compared one by one; more (ties) -> searchsorted
@@ -167,41 +161,45 @@ _MAX_SCAN = 8  # positives in one bucket compared one by one; more (ties) -> sea
 def _place(values, cls, buckets, P, off, first, count):
     """Exact histogram slots of entries whose bucket holds positives: (index in P of the first
     positive of the class above the value) + class. ``values``, ``cls``, ``buckets`` (n,)."""
-    start = first[buckets]  # index in P of the bucket's first positive
+    start = first[buckets].astype(np.intp)  # index in P of the bucket's first positive
     n_in = count[buckets]
-    below = start.astype(np.int64)
-    last = len(P) - 1
-    for k in range(min(int(n_in.max()), _MAX_SCAN)):
-        below += (n_in > k) & (P[np.minimum(start + k, last)] <= values)
-    for i in np.flatnonzero(n_in > _MAX_SCAN):  # many positives share a bucket (tied scores)
-        c = cls[i]
+    below = start + (P[start] <= values)  # most such buckets hold one positive
+    more = np.flatnonzero(n_in > 1)
+    for k in range(1, _MAX_SCAN):  # compare with the bucket's k-th positive
+        more = more[n_in[more] > k]
+        if not more.size:
+            break
+        below[more] += P[start[more] + k] <= values[more]
+    many = np.flatnonzero(n_in > _MAX_SCAN)  # many positives share a bucket (tied scores)
+    for c in np.unique(cls[many]):
+        i = many[cls[many] == c]
         below[i] = np.searchsorted(P[off[c]:off[c + 1]], values[i], side="right") + off[c]
     return below + cls
 
 
-def _ap_chunk(scores, c0: int, c1: int, positives, unannotated, skip) -> tuple[np.ndarray, np.ndarray]:
+def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, np.ndarray]:
     """AP of classes c0..c1-1. Returns (ap (cc,), indices of classes whose positives include an
-    infinite score, left to the exact path)."""
+    infinite or NaN score, left to the exact path)."""
     N = scores.shape[0]
     cc = c1 - c0
-    S = scores[:, c0:c1]  # (N, cc) view
+    S = scores[:, c0:c1]  # (N, cc) views
+    L = labels[:, c0:c1]
     dtype = S.dtype
-    # positives, sorted by (class, score): P (M,), their class Pc (M,), class offsets off (cc+1,)
+    # positives sorted by (class, score): P (M,), their class Pc (M,), class offsets off (cc+1,)
     prow, pcol, poff = positives
     a, b = poff[c0], poff[c1]
-    pos_rows, pos_cols = prow[a:b], pcol[a:b] - c0
-    pos_values = S[pos_rows, pos_cols]
-    order = np.lexsort((pos_values, pos_cols))
-    P = pos_values[order]
-    Pc = pos_cols[order]
+    Pc = pcol[a:b] - c0
+    P = S[prow[a:b], Pc]
     m = np.diff(poff[c0:c1 + 1])
     off = poff[c0:c1 + 1] - a
+    for c in np.flatnonzero(m > 1):
+        P[off[c]:off[c + 1]].sort()  # NaN last
     M = int(off[-1])
     ap = np.zeros(cc)
     if M == 0:
         return ap, np.zeros(0, dtype=np.int64)
 
-    has = (m > 0) & ~skip
+    has = m > 0
     lo = np.zeros(cc, dtype=np.float64)
     hi = np.zeros(cc, dtype=np.float64)
     lo[has] = P[off[:-1][has]]
@@ -216,60 +214,63 @@ def _ap_chunk(scores, c0: int, c1: int, positives, unannotated, skip) -> tuple[n
     with np.errstate(divide="ignore", over="ignore"):
         span = hi - lo
         scale = np.where(span > 0, B / np.where(span > 0, span, 1.0), B.astype(np.float64))
-    scale = np.clip(scale, 1e-30, 1e30).astype(dtype)
-    lo = lo.astype(dtype)
-    base = base_i.astype(dtype)  # exact: the table has < 2**24 entries
-    top = (base_i + B + 2).astype(dtype)
+    q = (lo, np.clip(scale, 1e-30, 1e30), base_i + 1, base_i, base_i + B + 2)
+    q = tuple(x.astype(dtype) for x in q)  # bucket numbers are exact: the table has < 2**24
 
     # tables over all buckets of the chunk: how many positives, the first one's index in P, and
     # the histogram slot "r positives of the class lie below" = (index in P of the r-th) + class,
-    # or -1 where the bucket holds a positive (entries there are placed one by one)
+    # or AMB where the bucket holds a positive (entries there are placed one by one)
     with np.errstate(invalid="ignore", over="ignore"):
-        gP = _bucket(P, lo[Pc], scale[Pc], base[Pc], top[Pc])
+        gP = _bucket(P, tuple(x[Pc] for x in q)).astype(np.intp)
     count = np.bincount(gP, minlength=int(size.sum())).astype(np.int32)
     first = (np.cumsum(count) - count).astype(np.int32)
-    lut = np.where(count > 0, -1, first + np.repeat(np.arange(cc, dtype=np.int32), size))
+    n_slots = M + cc  # class c's slots: off[c] + c .. off[c+1] + c
+    AMB, DROP = n_slots, n_slots + 1  # slots of entries placed later, and of dropped ones
+    slot_type = np.uint16 if DROP < 2**16 else np.intp  # a small table stays in cache
+    n_buckets = int(size.sum())  # and one more bucket: entries that are not negatives
+    lut = np.where(count > 0, AMB, first + np.repeat(np.arange(cc), size))
+    lut = np.append(lut, DROP).astype(slot_type)
 
-    # every image of every class (positives and unannotated are taken out again below)
-    fbuf, gbuf, flat = _buffers(N * cc, dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        G = _bucket(S, lo, scale, base, top, out=fbuf.reshape(N, cc), out_int=gbuf.reshape(N, cc))
-    G = G.reshape(-1)
-    np.take(lut, G, out=flat, mode="clip")  # (N * cc,) slot (indices are in range; "clip" avoids a copy)
-    # slot of every entry, -1 where ambiguous
-    amb = np.flatnonzero(flat < 0)
-    if amb.size:
-        amb_cls = amb % cc
-        flat[amb] = _place(S[amb // cc, amb_cls], amb_cls, G[amb], P, off, first, count)
-    del G
-    n_slots = M + cc
-    hist = np.bincount(flat, minlength=n_slots)
-    # take out the positives: a positive's slot counts the positives up to the end of its tie run
+    # the histogram of every entry's slot, built over blocks of rows; the negatives in a bucket
+    # with a positive are collected and placed exactly at the end
+    hist = np.zeros(n_slots + 2, dtype=np.int64)
+    R = max(1, max(_BLOCK, 4 * n_slots) // cc)
+    tiled = tuple(np.tile(x, R) for x in q)  # per-class constants for a block (row-major)
+    fbuf, dbuf, gbuf, sbuf, mbuf = _buffers(R * cc, dtype, slot_type)
+    amb_at, amb_bucket = [], []
+    for r0 in range(0, N, R):
+        s_blk = S[r0:r0 + R]
+        n = s_blk.shape[0] * cc
+        f, drop, bkt, slot, mask = fbuf[:n], dbuf[:n], gbuf[:n], sbuf[:n], mbuf[:n]
+        q_blk = tuple(x[:n].reshape(-1, cc) for x in tiled)
+        with np.errstate(invalid="ignore", over="ignore"):
+            _bucket(s_blk, q_blk, out=f.reshape(-1, cc))
+        # positives and unannotated entries go to the last bucket (its slot is dropped)
+        np.greater_equal(L[r0:r0 + R], 0, out=drop.reshape(-1, cc))
+        np.multiply(drop, n_buckets, out=drop)
+        np.fmax(f, drop, out=f)
+        np.copyto(bkt, f, casting="unsafe")  # (truncation: the bucket numbers)
+        np.take(lut, bkt, out=slot, mode="clip")  # (indices are in range; "clip" avoids a copy)
+        amb = np.flatnonzero(np.equal(slot, AMB, out=mask))
+        amb_at.append(amb + r0 * cc)
+        amb_bucket.append(bkt[amb])
+        hist += np.bincount(slot, minlength=n_slots + 2)
+    # the negatives in a bucket with a positive, placed exactly
+    amb_row, amb_cls = np.divmod(np.concatenate(amb_at), cc)
+    values = np.take(scores.reshape(-1), amb_row * scores.shape[1] + (c0 + amb_cls))
+    placed = _place(values, amb_cls, np.concatenate(amb_bucket), P, off, first, count)
+    hist[:n_slots] += np.bincount(placed, minlength=n_slots)
+    cum = np.cumsum(hist[:n_slots])  # cum[slot]: negatives of the class at or below that slot
+
+    # per positive j of class c (global index g): negatives >= s_j are those whose slot > g + c
+    # (no negative falls strictly inside a tie run); positives >= s_j are those from the first
+    # of its tie run to the end of the class
+    end = off[1:] + np.arange(cc)  # last slot of each class
     g = np.arange(M)
     new_run = np.ones(M, dtype=bool)
     new_run[1:] = (Pc[1:] != Pc[:-1]) | (P[1:] != P[:-1])
-    run_id = np.cumsum(new_run) - 1
     run_starts = np.flatnonzero(new_run)
-    run_ends = np.append(run_starts[1:], M)  # exclusive end (global index in P) of each run
-    hist -= np.bincount(run_ends[run_id] + Pc, minlength=n_slots)
-    # and the unannotated entries of these classes
-    urow, ucol, uoff = unannotated
-    ua, ub = uoff[c0], uoff[c1]
-    if ub > ua:
-        ucls = ucol[ua:ub] - c0
-        uvals = S[urow[ua:ub], ucls]
-        with np.errstate(invalid="ignore", over="ignore"):
-            ub_ = _bucket(uvals, lo[ucls], scale[ucls], base[ucls], top[ucls])
-        uslots = np.take(lut, ub_)
-        uamb = np.flatnonzero(uslots < 0)
-        if uamb.size:
-            uslots[uamb] = _place(uvals[uamb], ucls[uamb], ub_[uamb], P, off, first, count)
-        hist -= np.bincount(uslots, minlength=n_slots)
-    cum = np.cumsum(hist)  # cum[slot]: negatives of the class at or below that slot
-
-    # per positive j of class c (global index g): negatives >= s_j are those whose slot > g + c;
-    # positives >= s_j are those from the first of its tie run to the end of the class
-    end = off[1:] + np.arange(cc)  # last slot of each class
+    run_id = np.cumsum(new_run) - 1
     neg_ge = cum[end[Pc]] - cum[g + Pc]
     pos_ge = off[1:][Pc] - run_starts[run_id]
     precision = pos_ge / (pos_ge + neg_ge).astype(np.float64)
