@@ -48,6 +48,7 @@ def _n_threads(threads: int | None) -> int:
 _LUT_BUDGET = 1 << 19  # lookup-table entries per chunk of classes (4 MB of intp)
 _MAX_CHUNK = 32  # classes per chunk
 _BUCKETS_PER_POSITIVE = 16  # buckets B_c = 16 m_c (clamped): ~5-10% of entries land next to a positive
+_MAX_BUCKETS = 1 << 18
 _BLOCK = 1 << 16  # entries (rows x classes of a chunk) bucketed at a time: the scratch stays in cache
 
 
@@ -71,7 +72,7 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
     try:
         pmap = pool.map if pool else map
-        positives = _positives_by_class(labels, pmap)  # one pass over the labels, on all threads
+        positives = _positives_by_class(scores, labels, pmap)  # one pass over the labels, on all threads
         exact_columns: list[int] = []
 
         def run(chunk: tuple[int, int]) -> None:
@@ -90,37 +91,42 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     return ap
 
 
-def _positives_by_class(labels: np.ndarray, pmap=map, rows_per_block: int = 1024):
-    """The positive entries of ``labels`` (N, C) as (rows, cols, offsets) grouped by column
-    (column c's are [offsets[c], offsets[c+1]), rows ascending). Row blocks are scanned by
-    ``pmap`` (a thread pool's map): no (N, C) temporary."""
+def _positives_by_class(scores: np.ndarray, labels: np.ndarray, pmap=map, rows_per_block: int = 1024):
+    """The positive entries of ``labels`` (N, C) as (scores, cols, offsets) grouped by column
+    (column c's are [offsets[c], offsets[c+1])). Row blocks are scanned by ``pmap`` (a thread
+    pool's map): no (N, C) temporary, and each block's scores are read while it is in cache."""
     N, C = labels.shape
 
-    def scan(r0: int) -> np.ndarray:
-        return np.flatnonzero(labels[r0:r0 + rows_per_block] > 0) + r0 * C  # flat indices
+    def scan(r0: int) -> tuple[np.ndarray, np.ndarray]:
+        flat = np.flatnonzero(labels[r0:r0 + rows_per_block] > 0)
+        return flat % C, scores[r0:r0 + rows_per_block].reshape(-1)[flat]
 
-    flat = np.concatenate(list(pmap(scan, range(0, N, rows_per_block))) + [np.zeros(0, np.intp)])
-    rows, cols = np.divmod(flat, C)
+    found = list(pmap(scan, range(0, N, rows_per_block)))
+    cols = np.concatenate([c for c, _ in found] + [np.zeros(0, np.intp)])
+    values = np.concatenate([v for _, v in found] + [np.zeros(0, scores.dtype)])
     order = np.argsort(cols.astype(np.int16 if C < 2**15 else np.int32), kind="stable")  # radix sort
     counts = np.bincount(cols, minlength=C)
-    return rows[order], cols[order], np.concatenate([[0], np.cumsum(counts)])
+    return values[order], cols[order], np.concatenate([[0], np.cumsum(counts)])
 
 
 def _buckets_for(n_pos: np.ndarray) -> np.ndarray:
-    """Buckets per class: proportional to its positives, a power of two in [1024, 2**18]."""
+    """Buckets per class: proportional to its positives, a power of two in [1024, _MAX_BUCKETS]."""
     want = np.maximum(n_pos, 1) * _BUCKETS_PER_POSITIVE
-    return (2 ** np.clip(np.ceil(np.log2(want)), 10, 18)).astype(np.int64)
+    return (2 ** np.clip(np.ceil(np.log2(want)), 10, np.log2(_MAX_BUCKETS))).astype(np.int64)
 
 
 def _class_chunks(n_pos: np.ndarray) -> list[tuple[int, int]]:
-    """Consecutive classes grouped so that each chunk's lookup table fits ``_LUT_BUDGET``."""
+    """Consecutive classes grouped so that each chunk's lookup table fits ``_LUT_BUDGET`` and
+    its slots (positives + classes + 2) fit 16 bits."""
     sizes = _buckets_for(n_pos) + 3
-    chunks, start, used = [], 0, 0
+    chunks, start, used, slots = [], 0, 0, 2
     for c, size in enumerate(sizes):
-        if c > start and (used + size > _LUT_BUDGET or c - start >= _MAX_CHUNK):
+        if c > start and (used + size > _LUT_BUDGET or c - start >= _MAX_CHUNK
+                          or slots + n_pos[c] + 1 >= 2**16):
             chunks.append((start, c))
-            start, used = c, 0
+            start, used, slots = c, 0, 2
         used += int(size)
+        slots += int(n_pos[c]) + 1
     chunks.append((start, len(sizes)))
     return chunks
 
@@ -129,12 +135,12 @@ _workspace = threading.local()
 
 
 def _buffers(n: int, dtype, slot_type) -> tuple[np.ndarray, ...]:
-    """Per-thread scratch arrays of n entries: two of scores (dtype), buckets (intp), slots,
+    """Per-thread scratch arrays of n entries: three of scores (dtype), buckets (intp), slots,
     a mask (reused: fresh pages are slow to fault in)."""
     ws = getattr(_workspace, "arrays", None)
-    if ws is None or ws[0].size < n or ws[0].dtype != dtype or ws[3].dtype != slot_type:
-        ws = (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, np.intp), np.empty(n, slot_type),
-              np.empty(n, bool))
+    if ws is None or ws[0].size < n or ws[0].dtype != dtype or ws[4].dtype != slot_type:
+        ws = (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype), np.empty(n, np.intp),
+              np.empty(n, slot_type), np.empty(n, bool))
         _workspace.arrays = ws
     return tuple(w[:n] for w in ws)
 
@@ -186,10 +192,10 @@ def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, 
     L = labels[:, c0:c1]
     dtype = S.dtype
     # positives sorted by (class, score): P (M,), their class Pc (M,), class offsets off (cc+1,)
-    prow, pcol, poff = positives
+    pval, pcol, poff = positives
     a, b = poff[c0], poff[c1]
     Pc = pcol[a:b] - c0
-    P = S[prow[a:b], Pc]
+    P = pval[a:b].copy()
     m = np.diff(poff[c0:c1 + 1])
     off = poff[c0:c1 + 1] - a
     for c in np.flatnonzero(m > 1):
@@ -234,31 +240,32 @@ def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, 
     # the histogram of every entry's slot, built over blocks of rows; the negatives in a bucket
     # with a positive are collected and placed exactly at the end
     hist = np.zeros(n_slots + 2, dtype=np.int64)
-    R = max(1, max(_BLOCK, 4 * n_slots) // cc)
+    R = max(1, max(_BLOCK, 8 * n_slots) // cc)  # (each block's histogram costs n_slots)
     tiled = tuple(np.tile(x, R) for x in q)  # per-class constants for a block (row-major)
-    fbuf, dbuf, gbuf, sbuf, mbuf = _buffers(R * cc, dtype, slot_type)
-    amb_at, amb_bucket = [], []
+    raw_buf, fbuf, dbuf, gbuf, sbuf, mbuf = _buffers(R * cc, dtype, slot_type)
+    amb_cls, amb_value, amb_bucket = [], [], []
     for r0 in range(0, N, R):
-        s_blk = S[r0:r0 + R]
-        n = s_blk.shape[0] * cc
-        f, drop, bkt, slot, mask = fbuf[:n], dbuf[:n], gbuf[:n], sbuf[:n], mbuf[:n]
-        q_blk = tuple(x[:n].reshape(-1, cc) for x in tiled)
+        n = min(R, N - r0) * cc
+        raw, f, drop, bkt, slot, mask = raw_buf[:n], fbuf[:n], dbuf[:n], gbuf[:n], sbuf[:n], mbuf[:n]
+        np.copyto(raw.reshape(-1, cc), S[r0:r0 + R])  # the block's scores, contiguous
         with np.errstate(invalid="ignore", over="ignore"):
-            _bucket(s_blk, q_blk, out=f.reshape(-1, cc))
+            _bucket(raw, tuple(x[:n] for x in tiled), out=f)
         # positives and unannotated entries go to the last bucket (its slot is dropped)
         np.greater_equal(L[r0:r0 + R], 0, out=drop.reshape(-1, cc))
         np.multiply(drop, n_buckets, out=drop)
         np.fmax(f, drop, out=f)
-        np.copyto(bkt, f, casting="unsafe")  # (truncation: the bucket numbers)
+        bkt32 = drop.view(np.int32)[:n]
+        np.copyto(bkt32, f, casting="unsafe")  # truncation: the bucket numbers (via int32: fast)
+        np.copyto(bkt, bkt32)
         np.take(lut, bkt, out=slot, mode="clip")  # (indices are in range; "clip" avoids a copy)
         amb = np.flatnonzero(np.equal(slot, AMB, out=mask))
-        amb_at.append(amb + r0 * cc)
+        amb_cls.append(amb % cc)
+        amb_value.append(raw[amb])
         amb_bucket.append(bkt[amb])
         hist += np.bincount(slot, minlength=n_slots + 2)
     # the negatives in a bucket with a positive, placed exactly
-    amb_row, amb_cls = np.divmod(np.concatenate(amb_at), cc)
-    values = np.take(scores.reshape(-1), amb_row * scores.shape[1] + (c0 + amb_cls))
-    placed = _place(values, amb_cls, np.concatenate(amb_bucket), P, off, first, count)
+    placed = _place(np.concatenate(amb_value), np.concatenate(amb_cls), np.concatenate(amb_bucket),
+                    P, off, first, count)
     hist[:n_slots] += np.bincount(placed, minlength=n_slots)
     cum = np.cumsum(hist[:n_slots])  # cum[slot]: negatives of the class at or below that slot
 
