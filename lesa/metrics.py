@@ -14,8 +14,10 @@ Speed (values identical to the sorting reference ``average_precision_exact`` and
 - AP never sorts a column. AP = mean over the positives p of  pos(>= s_p) / all(>= s_p)  (a tie
   group of positives shares its last threshold, as in scikit-learn). Only the positives (a few
   hundred per class) are sorted; each negative is placed among them by a monotone bucket map
-  (a lookup table) and counted in a histogram; the few negatives that land in a bucket holding a
-  positive are placed exactly with ``searchsorted``. Columns are processed in chunks on threads.
+  and a small lookup table, and counted in a histogram; the ~5% of negatives that land in a
+  bucket holding a positive are placed exactly afterwards. Chunks of classes run on threads,
+  each reading its columns in cache-sized blocks of rows; positives and unannotated entries
+  are sent to a dropped bucket in the same pass (no second scan of the labels).
 - Top-k takes ``torch.topk(k + 1)``; the picked labels are unique unless the k-th and (k+1)-th
   scores tie, and only such rows are re-ranked with the original ``np.argsort``.
 """
@@ -45,10 +47,10 @@ def _n_threads(threads: int | None) -> int:
 
 
 # -- average precision -----------------------------------------------------------------------------
-_LUT_BUDGET = 1 << 19  # lookup-table entries per chunk of classes (4 MB of intp)
+_LUT_BUDGET = 1 << 19  # lookup-table entries per chunk of classes (1 MB of uint16: stays in cache)
 _MAX_CHUNK = 32  # classes per chunk
-_BUCKETS_PER_POSITIVE = 16  # buckets B_c = 16 m_c (clamped): ~5-10% of entries land next to a positive
-_MAX_BUCKETS = 1 << 18
+_BUCKETS_PER_POSITIVE = 16  # buckets B_c = 16 m_c (clamped): ~5% of the negatives land next to a positive
+_MAX_BUCKETS = 1 << 15  # (a class with many positives must not crowd the others out of a chunk)
 _BLOCK = 1 << 16  # entries (rows x classes of a chunk) bucketed at a time: the scratch stays in cache
 
 
@@ -56,7 +58,9 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     """AP of each class (C,), equal to scikit-learn's ``average_precision_score`` per class on
     the annotated images (and to :func:`average_precision_exact` within 1e-12).
 
-    ``threads``: worker threads (default: the CPU count, at most 8).
+    ``threads``: worker threads over chunks of classes (default: the CPU count, at most 8).
+    A NaN score ranks below every other, as in the sorting path (a NaN or infinite positive
+    sends its class to the sorting path).
     """
     scores, labels = _check(scores, labels)
     N, C = scores.shape
@@ -85,7 +89,7 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
     finally:
         if pool:
             pool.shutdown()
-    if exact_columns:  # NaN scores, or a positive scored +-inf: the sorting path decides
+    if exact_columns:  # a positive scored NaN or +-inf: the sorting path decides
         cols = sorted(set(exact_columns))
         ap[cols] = average_precision_exact(scores[:, cols], labels[:, cols])
     return ap

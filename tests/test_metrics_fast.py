@@ -156,3 +156,43 @@ def test_top_k_accepts_reversed_and_big_endian_arrays():
     expected = metrics.top_k_indices_exact(scores[:, ::-1], 3)
     _same_sets(metrics.top_k_indices(scores[:, ::-1], 3), expected)
     _same_sets(metrics.top_k_indices(scores.astype(">f8")[:, ::-1], 3), expected)
+
+
+def test_nan_negatives_rank_lowest_on_the_fast_path(small_chunks, monkeypatch):
+    """NaN scores of negatives and unannotated entries no longer send a class to the sorting path:
+    they rank below every other score, as in the sorting reference."""
+    rng = np.random.default_rng(11)
+    n, c = 300, 7
+    scores = rng.normal(size=(n, c)).astype(np.float32)
+    labels = np.where(rng.random((n, c)) < 0.25, 1, -1).astype(np.int8)
+    labels[rng.random((n, c)) < 0.1] = 0
+    scores[(labels <= 0) & (rng.random((n, c)) < 0.2)] = np.nan
+    called = []
+    monkeypatch.setattr(metrics, "average_precision_exact",
+                        lambda s, y, f=metrics.average_precision_exact: called.append(1) or f(s, y))
+    ours = metrics.average_precision(scores, labels, threads=2)
+    assert not called  # every class stayed on the fast path
+    np.testing.assert_allclose(ours, metrics.average_precision_exact(scores, labels), rtol=0, atol=1e-12)
+
+
+def test_a_class_with_more_positives_than_16_bit_slots():
+    """A chunk with more than 65,533 slots (positives + classes) counts with a wide table."""
+    rng = np.random.default_rng(12)
+    n = 70_000
+    scores = rng.normal(size=(n, 3)).astype(np.float32)
+    labels = np.where(rng.random((n, 3)) < [0.97, 0.5, 0.01], 1, -1).astype(np.int8)
+    labels[rng.random(n) < 0.01, 1] = 0
+    scores[labels > 0] += 0.5
+    scores[::97, 0] = np.round(scores[::97, 0], 1)  # some ties
+    assert np.diff(metrics._positives_by_class(scores, labels)[2])[0] > 2**16
+    np.testing.assert_allclose(metrics.average_precision(scores, labels),
+                               metrics.average_precision_exact(scores, labels), rtol=0, atol=1e-12)
+
+
+def test_non_contiguous_and_float_label_inputs(small_chunks):
+    rng = np.random.default_rng(13)
+    scores = rng.normal(size=(9, 120)).astype(np.float64).T  # Fortran-ordered (120, 9)
+    labels = np.where(rng.random((120, 9)) < 0.3, 1.0, -1.0)[::-1]  # reversed rows, float labels
+    labels[rng.random((120, 9)) < 0.2] = 0.0
+    np.testing.assert_allclose(metrics.average_precision(scores, labels, threads=2),
+                               metrics.average_precision_exact(scores, labels), rtol=0, atol=1e-12)
