@@ -18,8 +18,9 @@ Speed (values identical to the sorting reference ``average_precision_exact`` and
   bucket holding a positive are placed exactly afterwards. Chunks of classes run on threads,
   each reading its columns in cache-sized blocks of rows; positives and unannotated entries
   are sent to a dropped bucket in the same pass (no second scan of the labels).
-- Top-k takes ``torch.topk(k + 1)``; the picked labels are unique unless the k-th and (k+1)-th
-  scores tie, and only such rows are re-ranked with the original ``np.argsort``.
+- Top-k takes ``torch.topk(k + 1)`` (``np.partition`` for few classes); the picked labels are
+  unique unless the k-th and (k+1)-th scores tie, and only such rows are re-ranked with the
+  original ``np.argsort``.
 """
 from __future__ import annotations
 
@@ -336,12 +337,16 @@ def top_k_indices_exact(scores, k: int) -> np.ndarray:
     return np.argsort(np.asarray(scores), axis=1)[:, -int(k):]
 
 
+_PARTITION_MAX_C = 256  # up to this many classes numpy's partition beats torch.topk (per-row cost)
+
+
 def top_k_indices(scores, k: int) -> np.ndarray:
     """(N, min(k, C)) indices of each image's k highest scores: the same labels as
     :func:`top_k_indices_exact` (the order within a row may differ).
 
-    ``torch.topk(k + 1)`` finds them; the set is unique unless the k-th and (k+1)-th scores tie
-    (or a row holds NaN), and only those rows go through the original ``argsort``."""
+    The set is unique unless the k-th and (k+1)-th scores tie (or a row holds NaN), and only
+    those rows go through the original ``argsort``. Narrow float matrices: ``np.partition`` on
+    row blocks (threads); otherwise ``torch.topk(k + 1)``."""
     scores = np.asarray(scores)
     k = int(k)
     if k < 1:
@@ -349,6 +354,18 @@ def top_k_indices(scores, k: int) -> np.ndarray:
     N, C = scores.shape
     if N == 0 or C <= k or scores.dtype.kind not in "fiu" or scores.dtype in (np.uint16, np.uint32, np.uint64):
         return top_k_indices_exact(scores, k)
+    if scores.dtype.kind == "f" and C <= _PARTITION_MAX_C:
+        top, unsure = _top_k_by_partition(scores, k)
+    else:
+        top, unsure = _top_k_by_torch(scores, k)
+    rows = np.flatnonzero(unsure)
+    if rows.size:
+        top[rows] = top_k_indices_exact(scores[rows], k)
+    return top
+
+
+def _top_k_by_torch(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k indices (N, k) by ``torch.topk(k + 1)``, and the rows where they are not unique."""
     import torch
 
     if not scores.dtype.isnative or any(st < 0 for st in scores.strides):
@@ -357,14 +374,38 @@ def top_k_indices(scores, k: int) -> np.ndarray:
         warnings.simplefilter("ignore", UserWarning)
         values, index = torch.topk(torch.from_numpy(scores), k + 1, dim=1, sorted=True)
     values = values.numpy()
-    top = index[:, :k].numpy()
     unsure = values[:, k - 1] == values[:, k]
     if scores.dtype.kind == "f":
         unsure |= np.isnan(values).any(axis=1)
-    rows = np.flatnonzero(unsure)
-    if rows.size:
-        top[rows] = top_k_indices_exact(scores[rows], k)
-    return top
+    return index[:, :k].numpy(), unsure
+
+
+def _top_k_by_partition(scores: np.ndarray, k: int, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k indices (N, k) of float scores by ``np.partition`` on row blocks (on threads), and
+    the rows where they are not unique (a tie at the k-th score, or a NaN)."""
+    N, C = scores.shape
+    top = np.zeros((N, k), np.intp)
+    unsure = np.zeros(N, bool)
+
+    def block(r0: int) -> None:
+        s = scores[r0:r0 + rows]
+        part = np.partition(s, C - k - 1, axis=1)  # NaN sorts last (as the largest)
+        kth = part[:, C - k - 1]  # the (k+1)-th largest score
+        kmin = part[:, C - k:].min(axis=1)  # the k-th largest (NaN if one of the top is NaN)
+        u = unsure[r0:r0 + rows]
+        np.logical_not(kmin > kth, out=u)
+        # the top k of a sure row are exactly its scores above the (k+1)-th; none in unsure rows
+        above = s > np.where(u, np.inf, kth)[:, None]
+        top[r0:r0 + rows][~u] = np.nonzero(above)[1].reshape(-1, k)
+
+    n_threads = min(_n_threads(None), -(-N // rows))
+    if n_threads > 1:
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(block, range(0, N, rows)))
+    else:
+        for r0 in range(0, N, rows):
+            block(r0)
+    return top, unsure
 
 
 def top_k_predictions(scores, k: int) -> np.ndarray:

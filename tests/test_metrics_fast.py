@@ -196,3 +196,20 @@ def test_non_contiguous_and_float_label_inputs(small_chunks):
     labels[rng.random((120, 9)) < 0.2] = 0.0
     np.testing.assert_allclose(metrics.average_precision(scores, labels, threads=2),
                                metrics.average_precision_exact(scores, labels), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [30, metrics._PARTITION_MAX_C, 300])  # np.partition / torch.topk
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_top_k_both_paths_with_ties_and_nan(width, dtype):
+    rng = np.random.default_rng(width)
+    scores = rng.normal(size=(2000, width)) * 3
+    scores[::7] = np.round(scores[::7])  # many ties
+    scores[::5, :4] = 9.0  # 4 tied at the top: k=3 is a boundary tie, k=5 is not
+    if np.dtype(dtype).kind == "f":
+        scores[3, 5] = np.nan
+        scores[11, :] = np.nan
+        scores[13, 2] = np.inf
+        scores[17, :3] = -np.inf
+    scores = scores.astype(dtype)
+    for k in (1, 3, 5):
+        _same_sets(metrics.top_k_indices(scores, k), metrics.top_k_indices_exact(scores, k))
