@@ -72,7 +72,7 @@ def average_precision(scores, labels, threads: int | None = None) -> np.ndarray:
         return average_precision_exact(scores, labels)
     if scores.dtype == np.float16:
         scores = scores.astype(np.float32)
-    scores, labels = np.ascontiguousarray(scores), np.ascontiguousarray(labels)  # (flat gathers)
+    scores, labels = np.ascontiguousarray(scores), np.ascontiguousarray(labels)  # rows read in blocks
     n_threads = _n_threads(threads)
     pool = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
     try:
@@ -233,14 +233,19 @@ def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, 
     # or AMB where the bucket holds a positive (entries there are placed one by one)
     with np.errstate(invalid="ignore", over="ignore"):
         gP = _bucket(P, tuple(x[Pc] for x in q)).astype(np.intp)
-    count = np.bincount(gP, minlength=int(size.sum())).astype(np.int32)
-    first = (np.cumsum(count) - count).astype(np.int32)
+    n_buckets = int(size.sum())  # and one more bucket: entries that are not negatives
+    count = np.bincount(gP, minlength=n_buckets)
+    first = np.cumsum(count)
+    first -= count
     n_slots = M + cc  # class c's slots: off[c] + c .. off[c+1] + c
     AMB, DROP = n_slots, n_slots + 1  # slots of entries placed later, and of dropped ones
     slot_type = np.uint16 if DROP < 2**16 else np.intp  # a small table stays in cache
-    n_buckets = int(size.sum())  # and one more bucket: entries that are not negatives
-    lut = np.where(count > 0, AMB, first + np.repeat(np.arange(cc), size))
-    lut = np.append(lut, DROP).astype(slot_type)
+    lut = np.empty(n_buckets + 1, slot_type)
+    for c in range(cc):  # (few temporaries: this runs once per chunk, on tables of ~2**19)
+        np.add(first[base_i[c]:base_i[c] + size[c]], c, out=lut[base_i[c]:base_i[c] + size[c]],
+               casting="unsafe")
+    lut[:-1][count > 0] = AMB
+    lut[-1] = DROP
 
     # the histogram of every entry's slot, built over blocks of rows; the negatives in a bucket
     # with a positive are collected and placed exactly at the end
