@@ -109,8 +109,9 @@ def make_table(name: str, title: str, scores: np.ndarray, labels: np.ndarray, ks
     columns = (["classes"] if names is not None else [])
     values = []
     summary = {"n_images": int(scores.shape[0]), "n_labels": int(scores.shape[1]), "mAP": float(np.mean(ap))}
+    f1_of_k = metrics.topk_f1_many(scores, labels, ks, mode="overall")  # one top-k pass for every K
     for k in ks:
-        f1, p, r = metrics.topk_f1(scores, labels, int(k), mode="overall")
+        f1, p, r = f1_of_k[int(k)]
         columns += [f"{prefix}F1_{k}", f"{prefix}P_{k}", f"{prefix}R_{k}"]
         values += [f1, p, r]
         summary.update({f"F1@{k}": f1, f"P@{k}": p, f"R@{k}": r})

@@ -352,37 +352,56 @@ def top_k_indices(scores, k: int) -> np.ndarray:
     The set is unique unless the k-th and (k+1)-th scores tie (or a row holds NaN), and only
     those rows go through the original ``argsort``. Narrow float matrices: ``np.partition`` on
     row blocks (threads); otherwise ``torch.topk(k + 1)``."""
+    return top_k_indices_many(scores, [k])[int(k)]
+
+
+def top_k_indices_many(scores, ks) -> dict[int, np.ndarray]:
+    """:func:`top_k_indices` for several k at once ``{k: (N, min(k, C))}``: on wide matrices one
+    ``torch.topk(max(ks) + 1)`` serves every k (F1@3 and F1@5 cost one pass)."""
     scores = np.asarray(scores)
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k must be >= 1, got {ks}")
     N, C = scores.shape
-    if N == 0 or C <= k or scores.dtype.kind not in "fiu" or scores.dtype in (np.uint16, np.uint32, np.uint64):
-        return top_k_indices_exact(scores, k)
+    out = {}
+    plain = scores.dtype.kind in "fiu" and scores.dtype not in (np.uint16, np.uint32, np.uint64)
+    for k in ks:
+        if N == 0 or C <= k or not plain:
+            out[k] = top_k_indices_exact(scores, k)
+    todo = [k for k in ks if k not in out]
+    if not todo:
+        return out
     if scores.dtype.kind == "f" and C <= _PARTITION_MAX_C:
-        top, unsure = _top_k_by_partition(scores, k)
+        found = {k: _top_k_by_partition(scores, k) for k in todo}
     else:
-        top, unsure = _top_k_by_torch(scores, k)
-    rows = np.flatnonzero(unsure)
-    if rows.size:
-        top[rows] = top_k_indices_exact(scores[rows], k)
-    return top
+        found = _top_k_by_torch(scores, todo)
+    for k, (top, unsure) in found.items():
+        rows = np.flatnonzero(unsure)
+        if rows.size:
+            top[rows] = top_k_indices_exact(scores[rows], k)
+        out[k] = top
+    return out
 
 
-def _top_k_by_torch(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k indices (N, k) by ``torch.topk(k + 1)``, and the rows where they are not unique."""
+def _top_k_by_torch(scores: np.ndarray, ks: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """For each k: top-k indices (N, k) from one ``torch.topk(max(ks) + 1)``, and the rows where
+    they are not unique (a tie between the k-th and (k+1)-th score, or a NaN among them)."""
     import torch
 
     if not scores.dtype.isnative or any(st < 0 for st in scores.strides):
         scores = np.ascontiguousarray(scores, dtype=scores.dtype.newbyteorder("="))
     with warnings.catch_warnings():  # read only: a read-only array is fine
         warnings.simplefilter("ignore", UserWarning)
-        values, index = torch.topk(torch.from_numpy(scores), k + 1, dim=1, sorted=True)
-    values = values.numpy()
-    unsure = values[:, k - 1] == values[:, k]
-    if scores.dtype.kind == "f":
-        unsure |= np.isnan(values).any(axis=1)
-    return index[:, :k].numpy(), unsure
+        values, index = torch.topk(torch.from_numpy(scores), max(ks) + 1, dim=1, sorted=True)
+    values, index = values.numpy(), index.numpy()
+    nan = np.isnan(values) if scores.dtype.kind == "f" else None
+    out = {}
+    for k in ks:  # the k + 1 largest values are the first k + 1 of the sorted max(ks) + 1
+        unsure = values[:, k - 1] == values[:, k]
+        if nan is not None:
+            unsure |= nan[:, :k + 1].any(axis=1)
+        out[k] = (np.ascontiguousarray(index[:, :k]), unsure)
+    return out
 
 
 def _top_k_by_partition(scores: np.ndarray, k: int, rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
@@ -441,27 +460,37 @@ def topk_f1(scores, labels, k: int, mode: str = "overall", exclude_no_positive: 
     """F1, precision and recall of top-k predictions: floats for ``mode="overall"``, (C,) arrays
     for ``mode="per_class"``. ``exclude_no_positive`` drops images without any positive label
     first (the original's ``is_exclude``)."""
+    return topk_f1_many(scores, labels, [k], mode, exclude_no_positive)[int(k)]
+
+
+def topk_f1_many(scores, labels, ks, mode: str = "overall", exclude_no_positive: bool = False) -> dict:
+    """:func:`topk_f1` for several k: ``{k: (f1, p, r)}``, the top-k found in one pass."""
     scores, labels = _check(scores, labels)
     if mode not in ("overall", "per_class"):
         raise ValueError(f"mode must be 'overall' or 'per_class', got {mode!r}")
-    top = top_k_indices(scores, k)  # (N, k): rows are independent, so exclusion can come after
+    tops = top_k_indices_many(scores, ks)  # (N, k) each: rows are independent, exclusion can come after
     if exclude_no_positive:
         keep = _count_positives(labels, axis=1) > 0
         if not keep.all():
-            top, labels = top[keep], labels[keep]
+            tops, labels = {k: top[keep] for k, top in tops.items()}, labels[keep]
+    n_pos = _count_positives(labels, axis=None if mode == "overall" else 0)
+    return {k: _f1_of_top(top, labels, mode, n_pos) for k, top in tops.items()}
+
+
+def _f1_of_top(top: np.ndarray, labels: np.ndarray, mode: str, n_pos):
     hit = np.take_along_axis(labels, top, axis=1) == 1  # (N, k) predicted and positive
     if mode == "overall":
         tp = float(np.count_nonzero(hit))
         with np.errstate(invalid="ignore", divide="ignore"):
             p = np.float64(tp) / top.size
-            r = np.float64(tp) / _count_positives(labels)
+            r = np.float64(tp) / n_pos
             f1 = 2 * p * r / (p + r)
         return float(f1), float(p), float(r)
 
     C = labels.shape[1]
     tp = np.bincount(top[hit], minlength=C).astype(np.float64)
     n_pred = np.bincount(top.reshape(-1), minlength=C).astype(np.float64)
-    n_pos = _count_positives(labels, axis=0).astype(np.float64)
+    n_pos = np.asarray(n_pos, dtype=np.float64)
     has_pos = n_pos > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         # scikit-learn's zero_division default: 0 where there is no prediction

@@ -395,10 +395,9 @@ def _zs_quarter_test(run: Training, i: int, log) -> None:
         split.close()
     row = [i, metrics.mean_average_precision(scores["zs_logits"], labels["unseen"]),
            metrics.mean_average_precision(scores["gzs_logits"], gzs_labels(labels))]
-    for k in run.cfg.evaluate.k:
-        row.append(metrics.topk_f1(scores["zs_logits"], labels["unseen"], k)[0])
-    for k in run.cfg.evaluate.k_gzs:
-        row.append(metrics.topk_f1(scores["gzs_logits"], gzs_labels(labels), k)[0])
+    zs = metrics.topk_f1_many(scores["zs_logits"], labels["unseen"], run.cfg.evaluate.k)
+    gzs = metrics.topk_f1_many(scores["gzs_logits"], gzs_labels(labels), run.cfg.evaluate.k_gzs)
+    row += [zs[int(k)][0] for k in run.cfg.evaluate.k] + [gzs[int(k)][0] for k in run.cfg.evaluate.k_gzs]
     cols = ["index", "mAP_zs", "mAP_gzs"] + [f"F1_{k}" for k in run.cfg.evaluate.k] + \
         [f"g_F1_{k}" for k in run.cfg.evaluate.k_gzs]
     path = run.out_dir / "zs_test_log.csv"

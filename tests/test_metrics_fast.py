@@ -213,3 +213,23 @@ def test_top_k_both_paths_with_ties_and_nan(width, dtype):
     scores = scores.astype(dtype)
     for k in (1, 3, 5):
         _same_sets(metrics.top_k_indices(scores, k), metrics.top_k_indices_exact(scores, k))
+
+
+@pytest.mark.parametrize("C", [40, 700])  # the np.partition and the torch.topk paths
+def test_several_k_at_once_equal_one_k_at_a_time(C):
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((300, C)).astype(np.float32)
+    scores[::7, :6] = 1.5  # ties at the top
+    scores[3, 2] = np.nan
+    labels = rng.integers(-1, 2, scores.shape).astype(np.int8)
+    many = metrics.top_k_indices_many(scores, [5, 3, 1])
+    assert sorted(many) == [1, 3, 5]
+    for k, top in many.items():
+        _same_sets(top, metrics.top_k_indices_exact(scores, k))
+    f1s = metrics.topk_f1_many(scores, labels, (3, 5), exclude_no_positive=True)
+    keep = (labels == 1).any(axis=1)
+    for k in (3, 5):  # reference: the original's argsort top-k on the images with a positive
+        top = metrics.top_k_indices_exact(scores[keep], k)
+        tp = np.count_nonzero(np.take_along_axis(labels[keep], top, axis=1) == 1)
+        p, r = tp / top.size, tp / np.count_nonzero(labels[keep] == 1)
+        assert f1s[k] == pytest.approx((2 * p * r / (p + r), p, r), rel=1e-12)
