@@ -33,6 +33,7 @@ import numpy as np
 
 from lesa.errors import ShapeError
 
+
 def _check(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores)
     labels = np.asarray(labels)

@@ -15,10 +15,9 @@ import test_golden_model
 from conftest import rel_err
 from lesa import TFRMSprop
 from lesa.fast_step import make_train_step, predict
-from lesa.tf_weights import _tf_to_torch_names
 from lesa.train import use_full_float32
 from test_fast_step import golden_max_positives
-from test_golden_model import LOSS_NAMES, OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
+from test_golden_model import OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 GPU_MODES = ["eager", "cuda_graph", "compile+cuda_graph"]
@@ -38,19 +37,7 @@ def test_golden_outputs_losses_and_gradients_on_the_gpu(golden):  # noqa: F811
         out = model(torch.tensor(golden.inputs["eval_features"]).cuda())
     for name in OUTPUTS:
         assert rel_err(getattr(out, name), golden.expected[f"init_eval/{name}"]) <= 1e-5, name
-    model.train()
-    features, labels = (t.cuda() for t in golden.batch(0))
-    out = model(features)
-    for name in OUTPUTS + ["att_logits", "f_att"]:
-        assert rel_err(getattr(out, name), golden.expected[f"step0_train/{name}"]) <= 1e-5, name
-    losses = model.loss(out, labels)
-    for ours, theirs in LOSS_NAMES.items():
-        assert rel_err(losses[ours].item(), golden.expected[f"step0_train/{theirs}"]) <= 1e-5, ours
-    losses["total"].backward()
-    params = dict(model.named_parameters())
-    for tf_name, (key, to_torch) in _tf_to_torch_names(model).items():
-        if f"grad0/{tf_name}" in golden.expected.files:
-            assert rel_err(params[key].grad, to_torch(golden.expected[f"grad0/{tf_name}"])) <= 1e-3, tf_name
+    test_golden_model.check_training_mode(golden, model.train(), *(t.cuda() for t in golden.batch(0)))
 
 
 def run_four_steps_on_the_gpu(golden, mode: str, **optimizer_options):

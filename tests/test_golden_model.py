@@ -63,8 +63,12 @@ def test_inference_outputs(golden):
 
 
 def test_training_mode_outputs_losses_and_gradients(golden):
-    model = golden.model().train()
-    features, labels = golden.batch(0)
+    check_training_mode(golden, golden.model().train(), *golden.batch(0))
+
+
+def check_training_mode(golden, model, features, labels):
+    """Outputs, losses and gradients of the first training batch against the original's (on the
+    device of ``model``, ``features`` and ``labels``)."""
     out = model(features)
     for name in OUTPUTS + ["att_logits", "f_att"]:
         assert rel_err(getattr(out, name).detach(), golden.expected[f"step0_train/{name}"]) <= 1e-5, name
