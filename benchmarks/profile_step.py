@@ -18,11 +18,9 @@ def profile(precision: str, mode: str, steps: int = 10, top: int = 12) -> None:
 
     from lesa.bench import nus_model, resident_nus_data, BATCH
     from lesa.fast_step import make_train_step, max_positives_of
-    from lesa.train import use_full_float32
+    from lesa.train import set_tf32
 
-    use_full_float32()
-    if precision == "tf32":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    set_tf32(precision == "tf32")
     features, labels = resident_nus_data(1024)
     model, opt = nus_model(device="cuda")
     step = make_train_step(model, opt, max_positives=max_positives_of(labels), mode=mode)

@@ -163,9 +163,9 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
     """The training step on the GPU, each iteration including its data step: 32 random rows of a
     resident float16 training set gathered and converted to float32 on the GPU."""
     from lesa.fast_step import make_train_step, max_positives_of
-    from lesa.train import use_full_float32
+    from lesa.train import set_tf32
 
-    use_full_float32()  # as lesa train on a GPU
+    set_tf32(False)  # as lesa train on a GPU
     name = torch.cuda.get_device_name(0)
     features, labels = resident_nus_data(4096 if quick else 16384)
     most = max_positives_of(labels)  # the static ranking-loss padding lesa train derives the same way
@@ -180,7 +180,7 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
     for mode in ("eager", "cuda_graph", "compile+cuda_graph", "cuda_graph tf32", "compile+cuda_graph tf32"):
         model, opt = nus_model(device="cuda")
         tf32 = mode.endswith(" tf32")  # train.precision = "tf32": TF32 matrix units
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        set_tf32(tf32)
         mode = mode.removesuffix(" tf32")
         key = f"{mode}{' tf32' if tf32 else ''}"
         try:
@@ -191,7 +191,7 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
             times[key] = _cuda_block_seconds(lambda: step(*next_batch()), n)
         except Exception as exc:  # e.g. no triton for compile: report, do not stop the table
             times[key] = exc
-    use_full_float32()
+    set_tf32(False)
     base = times["eager"]
     rows = [Row(f"data step alone, GPU ({name}): gather 32 rows of a resident float16 set, to float32",
                 f"{data_only * 1e3:.3f} ms", "-", "-", "included in every step row below")]
@@ -416,9 +416,9 @@ def bench_inference(quick: bool) -> list[Row]:
     rows = [Row("inference, CPU, batch 512 (zs + gzs scores)", f"{n / ours:,.0f} images/s",
                 f"{n / base:,.0f} images/s: batch 32 (this run)", _ratio(base, ours))]
     if torch.cuda.is_available():
-        from lesa.train import use_full_float32
+        from lesa.train import set_tf32
 
-        use_full_float32()
+        set_tf32(False)
         model = model.cuda()
         feats, _ = resident_nus_data(4096 * 8)  # float16 on the GPU, converted per batch
         name = torch.cuda.get_device_name(0)

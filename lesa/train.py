@@ -52,15 +52,15 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if dev.type == "cuda":
-        use_full_float32()
+        set_tf32(False)
     return dev
 
 
-def use_full_float32() -> None:
-    """LESA trains and scores in full float32, as the original (TF 1.8 had no TF32): cuDNN's
-    default TF32 convolutions would move the 2x2 conv's output by ~1e-3 relative."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+def set_tf32(enabled: bool) -> None:
+    """TF32 matrix units for float32 convolutions and matrix products (GPU). LESA trains and
+    scores in full float32 by default, as the original (TF 1.8 had no TF32): cuDNN's default TF32
+    convolutions would move the 2x2 conv's output by ~1e-3 relative."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
 
 
 def log_columns(task: TaskData) -> list[str]:
@@ -188,8 +188,8 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
         for stale in out_dir.glob("*.tmp-*"):
             stale.unlink(missing_ok=True)  # several ranks may clean at once
     device = pick_device(t.device)
-    if device.type == "cuda" and t.precision == "tf32":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    if device.type == "cuda":
+        set_tf32(t.precision == "tf32")
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
 
@@ -226,8 +226,9 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
                           decay_rate=t.decay_rate, limit_scale=t.limit_scale)
     run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
                    val_reader, plan, out_dir, shard=tuple(shard))
-    if fast_step_mode(cfg, device, shard) != "eager":
-        run.fast_step = build_fast_step(run)
+    mode = fast_step_mode(cfg, device, shard)
+    if mode != "eager":
+        run.fast_step = build_fast_step(run, mode)
     if resume:
         restore_resume_point(run, last)
     return run
@@ -247,14 +248,13 @@ def fast_step_mode(cfg: Config, device: torch.device, shard: tuple[int, int]) ->
     return step
 
 
-def build_fast_step(run: "Training"):
+def build_fast_step(run: "Training", mode: str):
     """``train.step`` other than "eager": forward, losses, backward and the TF-RMSProp update as
     one compiled and/or CUDA-graph-captured step (``lesa.fast_step``). The ranking loss is padded to
     the most positives of any training image (read once from the labels), so shapes are static."""
     from lesa.fast_step import make_train_step, max_positives_of
 
     cfg = run.cfg
-    mode = fast_step_mode(cfg, run.device, run.shard)
     if run.shard[1] > 1 or cfg.data.skip_no_positive:
         raise ConfigError(f"{cfg.source}: train.step={cfg.train.step!r} needs one process and "
                           "data.skip_no_positive = false; use train.step = \"eager\"")

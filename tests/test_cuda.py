@@ -3,7 +3,7 @@ the model's outputs, losses and gradients, the golden four training steps throug
 mode, ``lesa train`` with ``train.step = "cuda_graph"`` against the eager loop, inference, and
 VGG-19 conv5_4 features (full float32, TF32, bfloat16, nvjpeg decoding).
 
-Training and scoring on a GPU run in full float32 (``lesa.train.use_full_float32``): the
+Training and scoring on a GPU run in full float32 (``lesa.train.set_tf32(False)``): the
 tolerances are the CPU tests'. Measured errors are printed (``pytest -s`` shows them)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import test_golden_model
 from conftest import rel_err
 from lesa import TFRMSprop
 from lesa.fast_step import make_train_step, predict
-from lesa.train import use_full_float32
+from lesa.train import set_tf32
 from test_fast_step import golden_max_positives
 from test_golden_model import OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
 
@@ -26,7 +26,7 @@ GPU_MODES = ["eager", "cuda_graph", "compile+cuda_graph"]
 @pytest.fixture(autouse=True)
 def full_float32():
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    use_full_float32()
+    set_tf32(False)
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
