@@ -320,7 +320,8 @@ def save_resume_point(run: Training, name: str = "last.pt") -> Path:
 
 
 def train_step(run: Training, batch) -> dict | None:
-    """One optimisation step; returns the loss values (floats) or None if the batch was skipped."""
+    """One optimisation step; returns the loss values (0-dim tensors on the model's device: no
+    host sync) or None if the batch was skipped."""
     from lesa import distributed
 
     features, labels = batch.features, batch.labels["seen"]
@@ -328,13 +329,14 @@ def train_step(run: Training, batch) -> dict | None:
         # original (Open Images): drop images without a positive label; skip an all-empty batch
         # (of the global batch: every rank decides the same)
         keep = (labels > 0).any(dim=1)
-        if not distributed.any_true(run.dist, bool(keep.any())):
+        n_keep = int(keep.sum())  # the one host sync this needs (the batch size depends on it)
+        if not distributed.any_true(run.dist, n_keep > 0):
             return None
-        if not bool(keep.all()):
+        if n_keep < keep.numel():
             features, labels = features[keep], labels[keep]
     run.model.train()
-    if run.fast_step is not None:  # no host sync per step: the losses stay on the device and are
-        losses = run.fast_step(features, labels)  # checked for NaN/inf when they are logged
+    if run.fast_step is not None:
+        losses = run.fast_step(features, labels)
         return {col: losses[key] for col, key in LOSS_COLUMNS}
     if run.dist is not None and run.dist.active:  # DDP forward; losses of the global batch
         out = run.dist.ddp(features)
@@ -343,7 +345,9 @@ def train_step(run: Training, batch) -> dict | None:
         out = run.model(features)
         losses = run.model.loss(out, labels)
     total = losses["total"]
-    if not torch.isfinite(total):
+    # On the CPU this check costs nothing: stop before the update and name the batch. On a GPU it
+    # would be a host sync per step; the loop's LossWatch finds the bad iteration instead.
+    if not total.is_cuda and not torch.isfinite(total):
         raise TrainingError(
             f"non-finite loss ({float(total.detach())}) at iteration {run.state.iteration} (records "
             f"{batch.rows[:1].tolist()}..{batch.rows[-1:].tolist()}); the last good state is "
@@ -353,16 +357,32 @@ def train_step(run: Training, batch) -> dict | None:
     run.optimizer.zero_grad(set_to_none=True)
     total.backward()
     run.optimizer.step()
-    return {col: float(losses[key].detach()) for col, key in LOSS_COLUMNS}
+    return {col: losses[key].detach() for col, key in LOSS_COLUMNS}
 
 
-def _check_finite(run: Training, losses: dict) -> None:
-    total = float(losses["l"])
-    if not math.isfinite(total):
-        raise TrainingError(
-            f"non-finite loss ({total}) by iteration {run.state.iteration} (train.step="
-            f"{run.cfg.train.step} checks at each evaluation); the last good state is "
-            f"{run.out_dir / 'last.pt'}. Check the features for NaN/inf, or lower train.lr")
+class LossWatch:
+    """The first iteration whose total loss was NaN or inf, kept on the loss's device so that a
+    GPU loop needs no host sync per step. The loop asks before anything is saved and at every
+    evaluation, so last.pt and model_ES.pt only ever hold states reached by finite steps. Every
+    rank asks at the same iterations (under torchrun the losses are the global batch's)."""
+
+    def __init__(self):
+        self.first_bad = None  # 0-dim int64 tensor: the iteration, or -1 while all were finite
+
+    def record(self, total: torch.Tensor, iteration: int) -> None:
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=total.device)
+        is_first = ~torch.isfinite(total) & (self.first_bad < 0)
+        self.first_bad = torch.where(is_first, iteration, self.first_bad)
+
+    def raise_if_bad(self, run: "Training") -> None:
+        bad = -1 if self.first_bad is None else int(self.first_bad)  # the host sync, now and then
+        if bad >= 0:
+            raise TrainingError(
+                f"non-finite loss at iteration {bad} (found at iteration {run.state.iteration - 1}; "
+                "on a GPU the loss is checked before each save and evaluation); the last good state is "
+                f"{run.out_dir / 'last.pt'} (iteration {_last_saved_iteration(run)}). Check the features "
+                "for NaN/inf, or lower train.lr")
 
 
 def _last_saved_iteration(run: Training):
@@ -452,6 +472,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
     stream = TrainStream(run.train_reader, run.plan, position=state.position, shard=run.shard)
     bar = tqdm(total=t.n_iters, initial=state.iteration, desc=f"train {cfg.experiment.name}", unit="it",
                disable=not progress, dynamic_ncols=True)
+    watch = LossWatch()
     tic = time.perf_counter()
     try:
         while state.iteration < t.n_iters:
@@ -465,13 +486,17 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
             bar.update(1)
             if losses is None:  # original: `continue` — no evaluation on a skipped batch
                 continue
-            if t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0 and run.is_main:
+            watch.record(losses["l"], i)
+            quarter_test = t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0
+            evaluation = i % eval_interval == 0 or i == t.n_iters - 1
+            checkpoint = t.checkpoint_every and (i + 1) % t.checkpoint_every == 0
+            if quarter_test or evaluation or checkpoint:
+                watch.raise_if_bad(run)
+            if quarter_test and run.is_main:
                 _zs_quarter_test(run, i, log)
-            if (i % eval_interval == 0 or i == t.n_iters - 1) and not run.is_main:
+            if evaluation and not run.is_main:
                 distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
-            elif i % eval_interval == 0 or i == t.n_iters - 1:
-                if run.fast_step is not None:
-                    _check_finite(run, losses)
+            elif evaluation:
                 val = run_validation(run)
                 lr = run.schedule.step(val[t.monitor])
                 row = [i] + [f32(float(losses[c])) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
@@ -489,7 +514,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
                 msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
                 bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
                 distributed.share_learning_rate(run.dist, run.optimizer)
-            elif t.checkpoint_every and (i + 1) % t.checkpoint_every == 0 and run.is_main:
+            elif checkpoint and run.is_main:
                 save_resume_point(run)
     finally:
         bar.close()

@@ -3,6 +3,8 @@ checkpoint kept, bad configurations fail before any work."""
 from __future__ import annotations
 
 import csv
+import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -104,6 +106,46 @@ def test_nan_features_stop_with_the_last_good_checkpoint(tiny_nus, tmp_path):
     good = load_checkpoint(tmp_path / "nan" / "last.pt")
     assert good["train_state"]["iteration"] == 1
     assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_nan_is_caught_before_any_save_when_the_loss_stays_on_the_device(tiny_nus, tmp_path):
+    """The GPU loop keeps the losses on the device (no host sync per step) and checks them before
+    each save: a checkpoint after the bad step must not overwrite last.pt with NaN weights.
+    (train.step = "cuda_graph" runs the plain step on the CPU, through the same deferred path.)"""
+    import shutil
+
+    bad = dict(tiny_nus)
+    bad["train"] = tmp_path / "train_nan.h5"
+    shutil.copy(tiny_nus["train"], bad["train"])
+    with h5py.File(bad["train"], "r+") as f:
+        f["features"][70] = np.nan  # iteration 1, as above
+    cfg = tiny_config(bad, tmp_path / "nan", step="cuda_graph", checkpoint_every=1, eval_interval=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "needs a model on a CUDA device"
+        with pytest.raises(TrainingError, match=r"at iteration 1 \(found at iteration 1;.*last.pt \(iteration 1\)"):
+            train(cfg, progress=False, log=lambda *_: None)
+    good = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert good["train_state"]["iteration"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model_state"].values() if v.is_floating_point())
+
+
+def test_loss_watch_keeps_the_first_bad_iteration():
+    from lesa.train import LossWatch
+
+    class Run:
+        out_dir = Path("/nonexistent")
+        state = type("S", (), {"iteration": 9})()
+
+    watch = LossWatch()
+    watch.raise_if_bad(Run())  # nothing recorded yet
+    for i, value in enumerate([1.0, 2.0, float("inf"), float("nan"), 3.0]):
+        watch.record(torch.tensor(value), i)
+    with pytest.raises(TrainingError, match=r"at iteration 2 \(found at iteration 8"):
+        watch.raise_if_bad(Run())
+    finite = LossWatch()
+    for i in range(3):
+        finite.record(torch.tensor(float(i)), i)
+    finite.raise_if_bad(Run())
 
 
 def test_bad_configurations_fail_before_work(tiny_nus, tmp_path):
