@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, for a machine with a CUDA GPU:
 #   the CUDA golden tests (tests/test_cuda.py), the GPU rows of `lesa bench` (training step,
-#   inference, the end-to-end schedule), the step's kernel profile and the feature-extraction throughput.
+#   inference, the end-to-end schedule), the step's kernel profile, the feature-extraction throughput
+#   and the candidate speed-ups of benchmarks/gpu_experiments.py.
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
 # Each part has its own time limit so that one stuck part cannot take the others' figures with it.
 set -u
@@ -19,6 +20,8 @@ echo "== feature extraction"
 timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 16384 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
 echo "== lesa bench: schedule"
 timeout "${SCHEDULE_S:-120}" $py -m lesa bench --only schedule --out "$out/bench_schedule.md" 2>&1 | tee "$out/bench_schedule.log"
+echo "== candidate speed-ups, side by side with today's path"
+timeout "${EXPERIMENTS_S:-120}" $py benchmarks/gpu_experiments.py 2>&1 | tee "$out/experiments.log" | grep -v Warning
 echo "== where a training step's GPU time goes"
 timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
 echo "== done"

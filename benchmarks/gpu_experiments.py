@@ -1,0 +1,159 @@
+"""Candidate GPU speed-ups that are not (yet) in the library, each timed side by side with the path
+`lesa` takes today and with its numerical difference from it, so that one run on a card says which
+to adopt.
+
+    python benchmarks/gpu_experiments.py            # needs a CUDA GPU (--device cpu: a smoke run)
+
+Candidates:
+- inference (batch 4,096, float16 features resident on the GPU): the 2x2 conv's weight stored
+  channels-last (the (B,14,14,512) regions are already channels-last, so cuDNN could skip the
+  layout copies around the conv), and ``torch.compile`` of the forward pass (fuses the casts,
+  batch-norm, ReLU, padding and tanh passes over the (B,196,512) activations);
+- the training step (train.precision = tf32, compile + CUDA graph, the fastest measured): the conv
+  weight channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
+- the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+
+def timed(fn, n: int, device: str) -> float:
+    """Seconds per call: median of 3 blocks of ``n`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(3):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) / n)
+    return sorted(times)[1]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def inference(device: str, batch: int, quick: bool) -> None:
+    from lesa.bench import nus_model
+    from lesa.fast_step import predict
+
+    model, _ = nus_model(device=device)
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(0)
+    feats = torch.relu(torch.randn(batch, 196, 512, device=device, generator=g)).half()
+    reference = predict(model, feats, batch_size=batch)["gzs_logits"]
+    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    compiled = None
+    try:
+        compiled = torch.compile(copy.deepcopy(model), dynamic=False)
+    except Exception as exc:  # no triton / compiler
+        print(f"  torch.compile unavailable: {type(exc).__name__}: {exc}")
+    print(f"inference, batch {batch}, float16 features on the {device}: images/s (scores vs fp32 today)")
+    base = None
+    for precision in ("fp32", "tf32", "bf16"):
+        if precision == "tf32" and device != "cuda":
+            continue
+        for name, m in (("today", model), ("conv weight channels-last", last), ("torch.compile", compiled)):
+            if m is None:
+                continue
+            try:
+                run = lambda: predict(m, feats, batch_size=batch, precision=precision)  # noqa: E731
+                seconds = timed(run, 1 if quick else 5, device)
+                err = rel(run()["gzs_logits"], reference)
+            except Exception as exc:
+                print(f"  {precision:5} {name:28} failed: {type(exc).__name__}: {str(exc)[:120]}")
+                continue
+            base = base or seconds
+            print(f"  {precision:5} {name:28} {batch / seconds:10,.0f}  ({base / seconds:4.2f}x fp32 today; "
+                  f"{err:.1e} rel)")
+
+
+def training_step(device: str, quick: bool) -> None:
+    from lesa.bench import BATCH, nus_model, resident_nus_data
+    from lesa.fast_step import make_train_step, max_positives_of
+    from lesa.train import set_tf32
+
+    if device != "cuda":
+        print("training step: needs a GPU (skipped)")
+        return
+    features, labels = resident_nus_data(4096)
+    most = max_positives_of(labels)
+    rows = torch.arange(BATCH, device=device)
+    print("training step incl. data step, train.precision = tf32: ms per step")
+    base = None
+    for name, mode, channels_last, benchmark in (
+            ("cuda_graph, today", "cuda_graph", False, False),
+            ("compile+cuda_graph, today", "compile+cuda_graph", False, False),
+            ("compile+cuda_graph, conv weight channels-last", "compile+cuda_graph", True, False),
+            ("compile+cuda_graph, cudnn.benchmark", "compile+cuda_graph", False, True),
+            ("cuda_graph, conv weight channels-last", "cuda_graph", True, False)):
+        set_tf32(True)
+        torch.backends.cudnn.benchmark = benchmark
+        model, opt = nus_model(device=device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+            from lesa import TFRMSprop
+            opt = TFRMSprop(model.parameters(), lr=1e-3)
+        try:
+            step = make_train_step(model, opt, max_positives=most, mode=mode)
+            batch = lambda: step(features[rows].float(), labels[rows].float())  # noqa: E731
+            for _ in range(5):
+                batch()
+            seconds = timed(batch, 100 if quick else 1000, device)
+        except Exception as exc:
+            print(f"  {name:48} failed: {type(exc).__name__}: {str(exc)[:120]}")
+            continue
+        finally:
+            torch.backends.cudnn.benchmark = False
+        base = base or seconds
+        print(f"  {name:48} {seconds * 1e3:7.3f} ms  ({base / seconds:4.2f}x the first row)")
+    set_tf32(False)
+
+
+def vgg_forward(device: str, batch: int, quick: bool) -> None:
+    from lesa.features.vgg import VGG19Conv54, precision_context
+
+    model = VGG19Conv54().eval().to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
+    print(f"VGG-19 conv5_4 forward, batch {batch}, channels-last: images/s")
+    for precision in ("tf32", "bf16"):
+        if precision == "tf32" and device != "cuda":
+            continue
+        for benchmark in (False, True):
+            torch.backends.cudnn.benchmark = benchmark
+            try:
+                with torch.no_grad(), precision_context(precision, device):
+                    seconds = timed(lambda: model(x), 2 if quick else 10, device)
+            finally:
+                torch.backends.cudnn.benchmark = False
+            print(f"  {precision:5} cudnn.benchmark={benchmark!s:5} {batch / seconds:9,.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--only", nargs="+", choices=["inference", "step", "vgg"],
+                        default=["inference", "step", "vgg"])
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    print(torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: GPU figures need a GPU)", torch.__version__)
+    if "inference" in args.only:
+        inference(args.device, 4096 if gpu else 64, args.quick or not gpu)
+    if "step" in args.only:
+        training_step(args.device, args.quick)
+    if "vgg" in args.only:
+        vgg_forward(args.device, 256 if gpu else 4, args.quick or not gpu)
+
+
+if __name__ == "__main__":
+    main()
