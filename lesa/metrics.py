@@ -172,8 +172,9 @@ _MAX_SCAN = 8  # positives in one bucket compared one by one; more (ties) -> sea
 
 def _place(values, cls, buckets, P, off, first, count):
     """Exact histogram slots of entries whose bucket holds positives: (index in P of the first
-    positive of the class above the value) + class. ``values``, ``cls``, ``buckets`` (n,)."""
-    start = first[buckets].astype(np.intp)  # index in P of the bucket's first positive
+    positive of the class above the value) + class. ``values``, ``cls``, ``buckets`` (n,);
+    ``count`` (positives per bucket) may be clipped above _MAX_SCAN."""
+    start = first[buckets]  # index in P of the bucket's first positive
     n_in = count[buckets]
     below = start + (P[start] <= values)  # most such buckets hold one positive
     more = np.flatnonzero(n_in > 1)
@@ -251,7 +252,7 @@ def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, 
     # the histogram of every entry's slot, built over blocks of rows; the negatives in a bucket
     # with a positive are collected and placed exactly at the end
     hist = np.zeros(n_slots + 2, dtype=np.int64)
-    R = max(1, max(_BLOCK, 8 * n_slots) // cc)  # (each block's histogram costs n_slots)
+    R = max(1, max(_BLOCK, 2 * n_slots) // cc)  # (each block's histogram costs n_slots)
     tiled = tuple(np.tile(x, R) for x in q)  # per-class constants for a block (row-major)
     raw_buf, fbuf, dbuf, gbuf, sbuf, mbuf = _buffers(R * cc, dtype, slot_type)
     amb_cls, amb_value, amb_bucket = [], [], []
@@ -275,8 +276,10 @@ def _ap_chunk(scores, labels, c0: int, c1: int, positives) -> tuple[np.ndarray, 
         amb_bucket.append(bkt[amb])
         hist += np.bincount(slot, minlength=n_slots + 2)
     # the negatives in a bucket with a positive, placed exactly
+    # (compact copies of the bucket tables: their random reads stay in cache)
     placed = _place(np.concatenate(amb_value), np.concatenate(amb_cls), np.concatenate(amb_bucket),
-                    P, off, first, count)
+                    P, off, first.astype(np.int32 if M < 2**31 else np.intp),
+                    np.minimum(count, 255).astype(np.uint8))
     hist[:n_slots] += np.bincount(placed, minlength=n_slots)
     cum = np.cumsum(hist[:n_slots])  # cum[slot]: negatives of the class at or below that slot
 
