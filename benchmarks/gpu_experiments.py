@@ -11,6 +11,8 @@ Candidates:
   batch-norm, ReLU, padding and tanh passes over the (B,196,512) activations);
 - the training step (train.precision = tf32, compile + CUDA graph, the fastest measured): the conv
   weight channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
+- the 2x2 conv alone (the step's largest kernels in float32): cuDNN's convolution as today vs the
+  same conv as one matrix product over the four shifted copies of the regions (cuBLAS);
 - the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
 """
 from __future__ import annotations
@@ -119,6 +121,55 @@ def training_step(device: str, quick: bool) -> None:
     set_tf32(False)
 
 
+def conv_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The model's 2x2 conv (TF SAME padding: one zero row/column at the end) as one matrix
+    product: the four shifted copies of the (B,14,14,512) regions side by side (B*196, 2048)
+    times the weight as (2048, 512). Returns (B,196,512)."""
+    B = x.shape[0]
+    padded = torch.nn.functional.pad(x.reshape(B, 14, 14, 512), (0, 0, 0, 1, 0, 1))  # (B,15,15,512)
+    taps = torch.cat([padded[:, :14, :14], padded[:, :14, 1:], padded[:, 1:, :14], padded[:, 1:, 1:]], dim=3)
+    w = weight.permute(2, 3, 1, 0).reshape(4 * 512, 512)  # (dy, dx, in) x out
+    return (taps.reshape(B * 196, 4 * 512) @ w).reshape(B, 196, 512)
+
+
+def conv_alone(device: str, quick: bool) -> None:
+    """The 2x2 conv's forward (+ weight gradient for the training batch) as cuDNN runs it today
+    (NCHW view of the channels-last regions) and as one GEMM (``conv_as_gemm``)."""
+    from lesa.features.vgg import precision_context
+
+    g = torch.Generator(device=device).manual_seed(0)
+    weight = (torch.randn(512, 512, 2, 2, device=device, generator=g) * 0.03).requires_grad_()
+
+    def today(x):
+        B = x.shape[0]
+        nchw = x.reshape(B, 14, 14, 512).permute(0, 3, 1, 2)
+        y = torch.nn.functional.conv2d(torch.nn.functional.pad(nchw, (0, 1, 0, 1)), weight)
+        return y.permute(0, 2, 3, 1).reshape(B, 196, 512)
+
+    print("the 2x2 conv alone: ms per call (output vs fp32 today)")
+    for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):
+        if device != "cuda":
+            batch = min(batch, 64)
+        x = torch.relu(torch.randn(batch, 196, 512, device=device, generator=g))
+        reference = today(x).detach()
+        for precision in precisions:
+            if precision == "tf32" and device != "cuda":
+                continue
+            for name, fn in (("cuDNN conv (today)", today), ("one GEMM", lambda x: conv_as_gemm(x, weight))):
+                def call():
+                    if train:
+                        y = fn(x)
+                        torch.autograd.grad(y, weight, torch.ones_like(y))
+                        return y
+                    with torch.no_grad():
+                        return fn(x)
+                with precision_context(precision, device):
+                    seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
+                    err = rel(call().detach(), reference)
+                what = "forward + weight gradient" if train else "forward"
+                print(f"  batch {batch:5} {what:26} {precision:5} {name:20} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
+
+
 def vgg_forward(device: str, batch: int, quick: bool) -> None:
     from lesa.features.vgg import VGG19Conv54, precision_context
 
@@ -142,8 +193,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", nargs="+", choices=["inference", "step", "vgg"],
-                        default=["inference", "step", "vgg"])
+    parser.add_argument("--only", nargs="+", choices=["inference", "step", "conv", "vgg"],
+                        default=["inference", "step", "conv", "vgg"])
     args = parser.parse_args()
     gpu = args.device == "cuda"
     print(torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: GPU figures need a GPU)", torch.__version__)
@@ -151,6 +202,8 @@ def main() -> None:
         inference(args.device, 4096 if gpu else 64, args.quick or not gpu)
     if "step" in args.only:
         training_step(args.device, args.quick)
+    if "conv" in args.only:
+        conv_alone(args.device, args.quick)
     if "vgg" in args.only:
         vgg_forward(args.device, 256 if gpu else 4, args.quick or not gpu)
 
