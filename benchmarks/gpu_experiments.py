@@ -9,8 +9,9 @@ Candidates:
   channels-last (the (B,14,14,512) regions are already channels-last, so cuDNN could skip the
   layout copies around the conv), and ``torch.compile`` of the forward pass (fuses the casts,
   batch-norm, ReLU, padding and tanh passes over the (B,196,512) activations);
-- the training step (train.precision = tf32, compile + CUDA graph, the fastest measured): the conv
-  weight channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
+- the training step: with and without deterministic algorithms (lesa train's default: does it
+  explain why its eager loop ran 13.5 ms/it against a 7.4 ms eager step?), the conv weight
+  channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
 - the 2x2 conv alone (the step's largest kernels in float32): cuDNN's convolution as today vs the
   same conv as one matrix product over the four shifted copies of the regions (cuBLAS);
 - the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
@@ -80,6 +81,7 @@ def inference(device: str, batch: int, quick: bool) -> None:
 
 
 def training_step(device: str, quick: bool) -> None:
+    from lesa import TFRMSprop
     from lesa.bench import BATCH, nus_model, resident_nus_data
     from lesa.fast_step import make_train_step, max_positives_of
     from lesa.train import set_tf32
@@ -90,34 +92,42 @@ def training_step(device: str, quick: bool) -> None:
     features, labels = resident_nus_data(4096)
     most = max_positives_of(labels)
     rows = torch.arange(BATCH, device=device)
-    print("training step incl. data step, train.precision = tf32: ms per step")
+    print("training step incl. data step: ms per step")
+    # (name, train.step mode, TF32, conv weight channels-last, cudnn.benchmark, deterministic algorithms)
+    candidates = [
+        ("eager, fp32", "eager", False, False, False, False),
+        ("eager, fp32, deterministic (lesa train's default)", "eager", False, False, False, True),
+        ("cuda_graph, fp32", "cuda_graph", False, False, False, False),
+        ("cuda_graph, fp32, deterministic (lesa train's default)", "cuda_graph", False, False, False, True),
+        ("cuda_graph, fp32, conv weight channels-last", "cuda_graph", False, True, False, False),
+        ("compile+cuda_graph, tf32", "compile+cuda_graph", True, False, False, False),
+        ("compile+cuda_graph, tf32, conv weight channels-last", "compile+cuda_graph", True, True, False, False),
+        ("compile+cuda_graph, tf32, cudnn.benchmark", "compile+cuda_graph", True, False, True, False),
+        ("cuda_graph, tf32, conv weight channels-last", "cuda_graph", True, True, False, False),
+    ]
     base = None
-    for name, mode, channels_last, benchmark in (
-            ("cuda_graph, today", "cuda_graph", False, False),
-            ("compile+cuda_graph, today", "compile+cuda_graph", False, False),
-            ("compile+cuda_graph, conv weight channels-last", "compile+cuda_graph", True, False),
-            ("compile+cuda_graph, cudnn.benchmark", "compile+cuda_graph", False, True),
-            ("cuda_graph, conv weight channels-last", "cuda_graph", True, False)):
-        set_tf32(True)
+    for name, mode, tf32, channels_last, benchmark, deterministic in candidates:
+        set_tf32(tf32)
         torch.backends.cudnn.benchmark = benchmark
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         model, opt = nus_model(device=device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-            from lesa import TFRMSprop
             opt = TFRMSprop(model.parameters(), lr=1e-3)
         try:
             step = make_train_step(model, opt, max_positives=most, mode=mode)
             batch = lambda: step(features[rows].float(), labels[rows].float())  # noqa: E731
             for _ in range(5):
                 batch()
-            seconds = timed(batch, 100 if quick else 1000, device)
+            seconds = timed(batch, (20 if quick else 200) if mode == "eager" else (100 if quick else 1000), device)
         except Exception as exc:
-            print(f"  {name:48} failed: {type(exc).__name__}: {str(exc)[:120]}")
+            print(f"  {name:56} failed: {type(exc).__name__}: {str(exc)[:120]}")
             continue
         finally:
             torch.backends.cudnn.benchmark = False
+            torch.use_deterministic_algorithms(False)
         base = base or seconds
-        print(f"  {name:48} {seconds * 1e3:7.3f} ms  ({base / seconds:4.2f}x the first row)")
+        print(f"  {name:56} {seconds * 1e3:7.3f} ms  ({base / seconds:5.2f}x the first row)")
     set_tf32(False)
 
 
