@@ -108,10 +108,12 @@ def test_nan_features_stop_with_the_last_good_checkpoint(tiny_nus, tmp_path):
     assert not (tmp_path / "nan" / "model.pt").exists()
 
 
-def test_nan_is_caught_before_any_save_when_the_loss_stays_on_the_device(tiny_nus, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_nan_is_caught_before_any_save_when_the_loss_stays_on_the_device(tiny_nus, tmp_path, device):
     """The GPU loop keeps the losses on the device (no host sync per step) and checks them before
     each save: a checkpoint after the bad step must not overwrite last.pt with NaN weights.
-    (train.step = "cuda_graph" runs the plain step on the CPU, through the same deferred path.)"""
+    (On the CPU train.step = "cuda_graph" runs the plain step through the same deferred path.)"""
     import shutil
 
     bad = dict(tiny_nus)
@@ -119,7 +121,8 @@ def test_nan_is_caught_before_any_save_when_the_loss_stays_on_the_device(tiny_nu
     shutil.copy(tiny_nus["train"], bad["train"])
     with h5py.File(bad["train"], "r+") as f:
         f["features"][70] = np.nan  # iteration 1, as above
-    cfg = tiny_config(bad, tmp_path / "nan", step="cuda_graph", checkpoint_every=1, eval_interval=4)
+    cfg = tiny_config(bad, tmp_path / "nan", step="cuda_graph", checkpoint_every=1, eval_interval=4,
+                      device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "needs a model on a CUDA device"
         with pytest.raises(TrainingError, match=r"at iteration 1 \(found at iteration 1;.*last.pt \(iteration 1\)"):
