@@ -4,24 +4,42 @@
 #   inference, the end-to-end schedule), the step's kernel profile, the feature-extraction throughput
 #   and the candidate speed-ups of benchmarks/gpu_experiments.py.
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
-# Each part has its own time limit so that one stuck part cannot take the others' figures with it.
+#        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
+#        extract schedule experiments profile). All parts at their default limits take up to ~15 min:
+#        where one call is limited to 10 minutes, run them in two calls.
+# Each part has its own time limit (BENCH_S, TESTS_S, ...) so that one stuck part cannot take the
+# others' figures with it.
 set -u
 out=${1:-gpu_results}
+parts=" ${PARTS:-bench tests extract schedule experiments profile} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
+want() { [[ "$parts" == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
-echo "== lesa bench: training step, inference"
-timeout "${BENCH_S:-170}" $py -m lesa bench --only step inference --out "$out/bench_step.md" 2>&1 | tee "$out/bench_step.log"
-echo "== CUDA golden tests"
-timeout "${TESTS_S:-170}" $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | grep -E "\[cuda\]|passed|failed|skipped|Error|error"
-echo "== feature extraction"
-timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 16384 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
-echo "== lesa bench: schedule"
-timeout "${SCHEDULE_S:-120}" $py -m lesa bench --only schedule --out "$out/bench_schedule.md" 2>&1 | tee "$out/bench_schedule.log"
-echo "== candidate speed-ups, side by side with today's path"
-timeout "${EXPERIMENTS_S:-120}" $py benchmarks/gpu_experiments.py 2>&1 | tee "$out/experiments.log" | grep -v Warning
-echo "== where a training step's GPU time goes"
-timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
+if want bench; then
+  echo "== lesa bench: training step, inference"
+  timeout "${BENCH_S:-170}" $py -m lesa bench --only step inference --out "$out/bench_step.md" 2>&1 | tee "$out/bench_step.log"
+fi
+if want tests; then
+  echo "== CUDA golden tests"
+  timeout "${TESTS_S:-170}" $py -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | grep -E "\[cuda\]|passed|failed|skipped|Error|error"
+fi
+if want extract; then
+  echo "== feature extraction"
+  timeout "${EXTRACT_S:-100}" $py benchmarks/bench_extract.py --device cuda --images 16384 --batch-size 256 --workers "$(nproc)" 2>&1 | tee "$out/extract.log"
+fi
+if want schedule; then
+  echo "== lesa bench: schedule"
+  timeout "${SCHEDULE_S:-120}" $py -m lesa bench --only schedule --out "$out/bench_schedule.md" 2>&1 | tee "$out/bench_schedule.log"
+fi
+if want experiments; then
+  echo "== candidate speed-ups, side by side with today's path"
+  timeout "${EXPERIMENTS_S:-240}" $py benchmarks/gpu_experiments.py 2>&1 | tee "$out/experiments.log" | grep -v Warning
+fi
+if want profile; then
+  echo "== where a training step's GPU time goes"
+  timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
+fi
 echo "== done"
