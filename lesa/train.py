@@ -366,18 +366,19 @@ class LossWatch:
     evaluation, so last.pt and model_ES.pt only ever hold states reached by finite steps. Every
     rank asks at the same iterations (under torchrun the losses are the global batch's)."""
 
+    NONE = 2**62  # "no bad iteration yet"
+
     def __init__(self):
-        self.first_bad = None  # 0-dim int64 tensor: the iteration, or -1 while all were finite
+        self.first_bad = None  # 0-dim int64 tensor: the first bad iteration, or NONE
 
     def record(self, total: torch.Tensor, iteration: int) -> None:
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.int64, device=total.device)
-        is_first = ~torch.isfinite(total) & (self.first_bad < 0)
-        self.first_bad = torch.where(is_first, iteration, self.first_bad)
+        # three small kernels, no sync: min(first bad so far, this iteration if it is bad)
+        this = torch.where(torch.isfinite(total), self.NONE, iteration)
+        self.first_bad = this if self.first_bad is None else torch.minimum(self.first_bad, this)
 
     def raise_if_bad(self, run: "Training") -> None:
-        bad = -1 if self.first_bad is None else int(self.first_bad)  # the host sync, now and then
-        if bad >= 0:
+        bad = self.NONE if self.first_bad is None else int(self.first_bad)  # the host sync, now and then
+        if bad != self.NONE:
             raise TrainingError(
                 f"non-finite loss at iteration {bad} (found at iteration {run.state.iteration - 1}; "
                 "on a GPU the loss is checked before each save and evaluation); the last good state is "
