@@ -334,11 +334,12 @@ def global_batch_losses(model, out, labels: torch.Tensor, ctx: DistContext,
     dist_sum = terms["att_dist"] * b if b else zero  # sum over images of mean_t load^2
     glob = terms["att_global"]  # already a sum over images
     span_sq = terms["att_span"] ** 2  # s_r: this rank's sum of squared off-diagonal similarities
-    pieces = torch.stack([rank_sum.new_tensor(float(b)), rank_sum, dist_sum, glob, span_sq]).detach()
+    # (the image count is filled on the device: a copy of a Python number to the GPU would wait for
+    # the queued work, a host sync per step; train_step never passes an empty global batch)
+    count = torch.full((), float(b), dtype=rank_sum.dtype, device=rank_sum.device)
+    pieces = torch.stack([count, rank_sum, dist_sum, glob, span_sq]).detach()
     dist.all_reduce(pieces)
     B, rank_total, dist_total, glob_total, span_total = pieces.unbind()
-    if float(B) == 0:
-        raise ValueError("the global batch is empty")
     # sqrt(S) with the gradient of this rank's s_r only (S = sum of s_r); the same zero guard as
     # lesa.losses.attention_span_loss
     s = span_sq + (span_total - span_sq).detach()
