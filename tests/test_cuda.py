@@ -79,9 +79,10 @@ def test_predict_on_the_gpu_equals_the_cpu(golden):  # noqa: F811
 
 
 @pytest.mark.parametrize("step", ["cuda_graph"])
-def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step):
-    """The training loop (features preloaded on the GPU) with the captured step gives the eager
-    loop's weights and log."""
+@pytest.mark.parametrize("preload", ["gpu", "none"])
+def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step, preload):
+    """The training loop (features preloaded on the GPU, or streamed from the file through
+    page-locked windows) with the captured step gives the eager loop's weights and log."""
     import csv
 
     from lesa.checkpoint import load_checkpoint
@@ -94,7 +95,8 @@ def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step):
     for name in ("eager", step):
         cfg = config_for(files, "nus_wide_zero_shot", tmp_path / name.replace("+", "_"), "gpu", n_iters=30,
                          eval_interval=10, device="cuda", step=name)
-        cfg.data.n_validation, cfg.data.eval_batch_size, cfg.data.preload = 32, 32, "gpu"
+        cfg.data.n_validation, cfg.data.eval_batch_size, cfg.data.preload = 32, 32, preload
+        cfg.data.chunk_mb = 1  # streamed: several windows
         cfg.model.n_attention = 3
         train(cfg, progress=False, final_eval=False, log=lambda *a: None)
         runs[name] = cfg.out_dir

@@ -255,6 +255,12 @@ def _stop_prefetchers() -> None:
         thread.join(timeout=5)
 
 
+def _pinned(array: np.ndarray) -> torch.Tensor:
+    """A page-locked copy: its batches then go to the GPU without blocking (a copy from pageable
+    memory may wait for the GPU to finish its queued work: a host sync per batch)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
+
+
 def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | Iterator) -> Iterator[Batch]:
     """Yield the batches of each window; the next window is read by a thread meanwhile.
 
@@ -279,6 +285,8 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
                     return
                 rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
                 feats, labels = reader.read(rows)
+                if reader.device.type == "cuda":  # page-locked here, off the training loop's thread
+                    feats, labels = _pinned(feats), {k: _pinned(v) for k, v in labels.items()}
                 item = (window, feats, labels)
                 while not stop.is_set():
                     try:
