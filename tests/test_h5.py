@@ -219,3 +219,43 @@ def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype
         np.testing.assert_array_equal(b["features"][:], feats)
     with open_features(files[1]) as split:
         np.testing.assert_array_equal(split.read(np.arange(12))[0], feats.astype(np.float32))
+
+
+KILLED_DURING_CREATION = """
+import os, signal, sys
+from lesa.datasets.h5 import FeatureWriter
+real = FeatureWriter._create
+def half_then_killed(self, attrs, label_names):
+    self._file.create_dataset("features", shape=(0, 196, 512), maxshape=(None, 196, 512), dtype="f4")
+    self._file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before the other arrays exist
+FeatureWriter._create = half_then_killed
+FeatureWriter(sys.argv[1], "x", "Train", {"labels": 7}, resume=True)
+"""
+
+
+def test_kill_during_file_creation_leaves_nothing_that_blocks_resume(tmp_path):
+    """A writer killed while it creates the empty file (before any record) must not leave a
+    partial file that --resume refuses ("no image-id arrays"): the next run starts afresh."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.h5"
+    proc = subprocess.run([sys.executable, "-c", KILLED_DURING_CREATION, str(path)], capture_output=True)
+    assert proc.returncode == -9
+    assert not partial_path(path).exists()
+    assert list(tmp_path.glob("c.h5.partial.tmp-*"))  # the half-built file, under a temporary name
+    with FeatureWriter(path, "x", "Train", {"labels": 7}, resume=True) as w:
+        assert w.n_written == 0
+        w.append(["a"], np.zeros((1, 196, 512), np.float32), {"labels": np.zeros((1, 7), np.int8)})
+        w.finish()
+    assert not list(tmp_path.glob("c.h5.partial.tmp-*"))  # cleaned up by the next run
+    with open_features(path) as split:
+        assert split.img_ids == ["a"]
+
+
+def test_a_failed_creation_leaves_no_file(tmp_path):
+    path = tmp_path / "d.h5"
+    with pytest.raises(DataError, match="label_names"):
+        FeatureWriter(path, "x", "Train", {"labels": 2}, label_names={"labels": ["only one"]})
+    assert list(tmp_path.iterdir()) == []

@@ -178,11 +178,29 @@ class FeatureWriter:
                 ) from exc
             self._check_resumable(wanted_attrs)
         else:
-            self.partial.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.partial, "w")
-            self._create(wanted_attrs, label_names)
+            self._file = self._create_partial(wanted_attrs, label_names)
 
     # -- creation / resume -------------------------------------------------------------------
+    def _create_partial(self, attrs: Mapping, label_names):
+        """The empty file is built under a temporary name and renamed to ``*.partial`` once every
+        array exists: a kill during creation never leaves a partial file that --resume cannot
+        continue (the next run finds no partial file and starts afresh)."""
+        h5py = _h5py()
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.partial.parent.glob(self.partial.name + ".tmp-*"):  # of a killed creation
+            stale.unlink(missing_ok=True)
+        tmp = self.partial.with_name(f"{self.partial.name}.tmp-{os.getpid()}")
+        self._file = h5py.File(tmp, "w")
+        try:
+            try:
+                self._create(attrs, label_names)
+            finally:
+                self._file.close()
+            os.replace(tmp, self.partial)
+        finally:
+            tmp.unlink(missing_ok=True)  # still there only when the creation failed
+        return h5py.File(self.partial, "r+")
+
     def _create(self, attrs: Mapping, label_names) -> None:
         h5py = _h5py()
         f = self._file
