@@ -188,6 +188,11 @@ def _grad_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
             torch.save({"losses": {k: v.detach() for k, v in losses.items()},
                         "grads": {n: p.grad for n, p in model.named_parameters()},
                         "buffers": {n: b for n, b in model.named_buffers()}}, out_file)
+        # both ranks leave together, and the DDP wrapper goes before its group: a rank tearing gloo
+        # down while the other still held the group once aborted ("terminate called without an
+        # active exception")
+        dist.barrier()
+        del ctx.ddp
     finally:
         dist.destroy_process_group()
 
