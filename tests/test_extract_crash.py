@@ -49,3 +49,57 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "TagList1k.txt not found" in capsys.readouterr().err
     assert main(["merge-shards", str(tmp_path / "none*.h5"), "--out", str(tmp_path / "m.h5")]) == 1
     assert "no feature files match" in capsys.readouterr().err
+
+
+def _source_with_failures(folder):
+    """Five small JPEGs; images 1 and 4 are cut short (they fail to decode)."""
+    import numpy as np
+    import simplejpeg
+
+    from lesa.features.extract import ExtractionSource
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        data = simplejpeg.encode_jpeg(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), quality=90)
+        path = folder / f"{i}.jpg"
+        path.write_bytes(data[: len(data) // 3] if i in (1, 4) else data)
+        paths.append(path)
+    return ExtractionSource("test", "Train", [p.name for p in paths], paths, {}, lambda pos: {})
+
+
+def test_a_crash_while_resuming_keeps_the_failed_image_log(tmp_path, monkeypatch):
+    """--resume rewrites the failed-image log (the lines before the resume point); a crash at that
+    moment must not lose the failures found by the earlier run."""
+    from lesa.features import extract as extract_module
+    from lesa.features.extract import build_model, extract_features
+
+    source = _source_with_failures(tmp_path)
+    model = build_model("random", None)
+    out = tmp_path / "out.h5"
+    log_path = tmp_path / "out.h5.failed.tsv"
+    options = dict(batch_size=1, workers=0, progress=False)
+    skipped = []
+
+    def interrupt_at_the_second_failure(message):
+        skipped.append(message)
+        if len(skipped) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # images 0 and 2 written, 1 and 4 failed, 3 in flight
+        extract_features(source, out, model, log=interrupt_at_the_second_failure, **options)
+    assert "\t1.jpg\t" in log_path.read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash while the log is rewritten")
+
+    monkeypatch.setattr(extract_module, "atomic_write_text", crash)
+    with pytest.raises(OSError, match="simulated"):
+        extract_features(source, out, model, resume=True, **options)
+    assert "\t1.jpg\t" in log_path.read_text()  # the earlier failure survived the crash
+    monkeypatch.undo()
+
+    summary = extract_features(source, out, model, resume=True, **options)
+    assert (summary.written, summary.resumed_from, summary.failed) == (3, 2, {"truncated": 2})
+    lines = log_path.read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in lines) == ["1.jpg", "4.jpg"]

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from lesa.checkpoint import atomic_write_text
 from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
@@ -285,10 +286,9 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         old_failures = _read_failed_log(failed_path, positions[begin] if begin < len(positions) else stop) \
             if resume else []
         failed = Counter(line.split("\t")[2] for line in old_failures)
-        with open(failed_path, "w", encoding="utf-8") as flog:
-            for line in old_failures:
-                flog.write(line + "\n")
-            flog.flush()
+        # the kept lines replace the log in one rename: a kill here never loses the earlier failures
+        atomic_write_text(failed_path, "".join(line + "\n" for line in old_failures))
+        with open(failed_path, "a", encoding="utf-8") as flog:
             todo = positions[begin:]
             reader = _ImageReader(source.paths, todo, decode=decoder == "exact", max_pixels=max_pixels)
             loader = torch.utils.data.DataLoader(
