@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
 if want bench; then
   echo "== lesa bench: training step, inference"
-  timeout "${BENCH_S:-170}" $py -m lesa bench --only step inference --out "$out/bench_step.md" 2>&1 | tee "$out/bench_step.log"
+  timeout "${BENCH_S:-240}" $py -m lesa bench --only step inference --out "$out/bench_step.md" 2>&1 | tee "$out/bench_step.log"
 fi
 if want tests; then
   echo "== CUDA golden tests"

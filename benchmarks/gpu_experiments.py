@@ -147,39 +147,12 @@ def conv_as_gemm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (taps.reshape(B * 196, 4 * 512) @ w).reshape(B, 196, 512)
 
 
-def split_tf32(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """t = hi + lo, hi with the 13 low mantissa bits cleared (exact in TF32's 10-bit mantissa)."""
-    hi = (t.contiguous().view(torch.int32) & -8192).view(torch.float32)  # -8192 = 0xFFFFE000
-    return hi, t - hi
-
-
-class Conv3xTF32(torch.autograd.Function):
-    """conv(x, w) as conv(x_hi, w_hi) + conv(x_hi, w_lo) + conv(x_lo, w_hi) on TF32 units: about
-    float32's accuracy at three TF32 convolutions' cost (the weight gradient likewise)."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        xh, xl = split_tf32(x)
-        wh, wl = split_tf32(w)
-        ctx.save_for_backward(xh, xl)
-        ctx.weight_shape = w.shape
-        conv = torch.nn.functional.conv2d
-        return conv(xh, wh) + conv(xh, wl) + conv(xl, wh)
-
-    @staticmethod
-    def backward(ctx, grad):
-        xh, xl = ctx.saved_tensors
-        gh, gl = split_tf32(grad)
-        dw = torch.nn.grad.conv2d_weight
-        shape = ctx.weight_shape
-        return None, dw(xh, shape, gh) + dw(xh, shape, gl) + dw(xl, shape, gh)
-
-
 def conv_alone(device: str, quick: bool) -> None:
     """The 2x2 conv's forward (+ weight gradient for the training batch) as cuDNN runs it today
     (NCHW view of the channels-last regions), as one GEMM (``conv_as_gemm``) and as three TF32
-    convolutions of split operands (``Conv3xTF32``, meant to keep float32 accuracy)."""
+    convolutions of split operands (``lesa.split_tf32``, train.precision = "tf32x3")."""
     from lesa.features.vgg import precision_context
+    from lesa.split_tf32 import conv2d_3xtf32
 
     g = torch.Generator(device=device).manual_seed(0)
     weight = (torch.randn(512, 512, 2, 2, device=device, generator=g) * 0.03).requires_grad_()
@@ -191,7 +164,7 @@ def conv_alone(device: str, quick: bool) -> None:
         return y.permute(0, 2, 3, 1).reshape(B, 196, 512)
 
     candidates = {"cuDNN conv (today)": today, "one GEMM": lambda x: conv_as_gemm(x, weight),
-                  "3xTF32 split": lambda x: today(x, Conv3xTF32.apply)}
+                  "3xTF32 split": lambda x: today(x, conv2d_3xtf32)}
 
     print("the 2x2 conv alone: ms per call (output vs fp32 today)")
     for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):

@@ -18,11 +18,11 @@ def profile(precision: str, mode: str, steps: int = 10, top: int = 12) -> None:
 
     from lesa.bench import nus_model, resident_nus_data, BATCH
     from lesa.fast_step import make_train_step, max_positives_of
-    from lesa.train import set_tf32
+    from lesa.train import set_precision
 
-    set_tf32(precision == "tf32")
     features, labels = resident_nus_data(1024)
     model, opt = nus_model(device="cuda")
+    set_precision(precision, model)
     step = make_train_step(model, opt, max_positives=max_positives_of(labels), mode=mode)
     rows = torch.arange(BATCH, device="cuda")
     for _ in range(5):
@@ -43,7 +43,7 @@ def profile(precision: str, mode: str, steps: int = 10, top: int = 12) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precision", nargs="+", default=["fp32", "tf32"], choices=["fp32", "tf32"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "tf32", "tf32x3"], choices=["fp32", "tf32", "tf32x3"])
     parser.add_argument("--mode", default="eager", help="a lesa.fast_step mode (default eager)")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(0))

@@ -163,7 +163,7 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
     """The training step on the GPU, each iteration including its data step: 32 random rows of a
     resident float16 training set gathered and converted to float32 on the GPU."""
     from lesa.fast_step import make_train_step, max_positives_of
-    from lesa.train import set_tf32
+    from lesa.train import set_precision, set_tf32
 
     set_tf32(False)  # as lesa train on a GPU
     name = torch.cuda.get_device_name(0)
@@ -177,12 +177,11 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
 
     data_only = _cuda_block_seconds(next_batch, 200 if quick else 2000)
     times: dict[str, float | Exception] = {}
-    for mode in ("eager", "cuda_graph", "compile+cuda_graph", "cuda_graph tf32", "compile+cuda_graph tf32"):
+    for key in ("eager", "cuda_graph", "compile+cuda_graph", "cuda_graph tf32", "compile+cuda_graph tf32",
+                "cuda_graph tf32x3", "compile+cuda_graph tf32x3"):
+        mode, _, precision = key.partition(" ")  # precision: train.precision ("" = fp32)
         model, opt = nus_model(device="cuda")
-        tf32 = mode.endswith(" tf32")  # train.precision = "tf32": TF32 matrix units
-        set_tf32(tf32)
-        mode = mode.removesuffix(" tf32")
-        key = f"{mode}{' tf32' if tf32 else ''}"
+        set_precision(precision or "fp32", model)
         try:
             step = make_train_step(model, opt, max_positives=most, mode=mode)
             for _ in range(5):  # warm-up: capture, compilation, cuDNN/cuBLAS handles
@@ -200,8 +199,10 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
             rows.append(Row(f"training step, GPU {mode}", f"failed: {type(t).__name__}: {t}"[:160], "", "-"))
             continue
         ok = not isinstance(base, Exception)
-        precision = "TF32 (train.precision = tf32)" if mode.endswith("tf32") else "full float32"
-        rows.append(Row(f"training step incl. data step, GPU {mode.removesuffix(' tf32')}, {precision} ({name})",
+        step_mode, _, precision = mode.partition(" ")
+        precision = {"tf32": "TF32 (train.precision = tf32)", "tf32x3": "conv as 3xTF32, float32 accuracy "
+                     "(train.precision = tf32x3)"}.get(precision, "full float32")
+        rows.append(Row(f"training step incl. data step, GPU {step_mode}, {precision} ({name})",
                         f"{t * 1e3:.3f} ms",
                         f"{base * 1e3:.2f} ms: GPU eager (this run)" if ok else "-", _ratio(base, t) if ok else "-",
                         f"goal <= 0.6 ms; 200,000 steps: {200_000 * t / 60:.1f} min"))

@@ -136,6 +136,9 @@ class LESA(nn.Module):
         else:
             self.conv = None
             self.bn = None
+        # train.precision = "tf32x3": the conv as three TF32 products (lesa.split_tf32); a run-time
+        # setting, not part of the model (not saved)
+        self.conv_3xtf32 = False
 
         # Attention MLP on regions with the constant 1 appended: W1 (D+1, D) shared by the heads,
         # or one per head (T, D+1, D); W2 (D+1, T) gives one logit per head.
@@ -204,7 +207,13 @@ class LESA(nn.Module):
             B = x.shape[0]
             x = x.reshape(B, GRID, GRID, FEATURE_DIM).permute(0, 3, 1, 2)  # NHWC -> NCHW
             # TF1 SAME padding for an even kernel puts the extra row/column at the end.
-            x = self.conv(F.pad(x, (0, 1, 0, 1)))
+            x = F.pad(x, (0, 1, 0, 1))
+            if self.conv_3xtf32:
+                from lesa.split_tf32 import conv2d_3xtf32
+
+                x = conv2d_3xtf32(x, self.conv.weight, self.conv.bias)
+            else:
+                x = self.conv(x)
             if self.bn is not None:
                 x = self.bn(x)
             x = F.relu(x)

@@ -63,6 +63,22 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
 
 
+PRECISIONS = ("fp32", "tf32", "tf32x3")
+
+
+def set_precision(precision: str, model: LESA | None = None) -> None:
+    """``train.precision``: "fp32" full float32; "tf32" TF32 units for every conv and matrix
+    product (GPU; scores move by ~5e-4); "tf32x3" the 2x2 conv as three TF32 products of split
+    operands (``lesa.split_tf32``: float32's accuracy) and every other product in float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
+    set_tf32(precision == "tf32")
+    if precision == "tf32x3":
+        torch.backends.cudnn.allow_tf32 = True  # only the split conv reaches cuDNN
+    if model is not None:
+        model.conv_3xtf32 = precision == "tf32x3"
+
+
 def log_columns(task: TaskData) -> list[str]:
     """The original's log.csv columns (NUS-WIDE zero-shot adds the unseen F1 ``mF1_u``)."""
     cols = ["index"] + [c for c, _ in LOSS_COLUMNS] + ["mF1"]
@@ -188,8 +204,6 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
         for stale in out_dir.glob("*.tmp-*"):
             stale.unlink(missing_ok=True)  # several ranks may clean at once
     device = pick_device(t.device)
-    if device.type == "cuda":
-        set_tf32(t.precision == "tf32")
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
 
@@ -220,6 +234,7 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
 
     torch.manual_seed(t.seed)
     model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model).to(device)
+    set_precision(t.precision, model)
     optimizer = TFRMSprop(model.parameters(), lr=t.lr, decay=t.rmsprop_decay, momentum=t.rmsprop_momentum,
                           eps=t.rmsprop_eps)
     schedule = AdaptiveLR(optimizer, signal_strength=t.signal_strength, patience=t.patience,
@@ -548,6 +563,7 @@ def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
             if not (out / name).exists():
                 continue
             model = load_model_for_task(out / name, run.task, cfg.model, run.device)
+            set_precision(cfg.train.precision, model)  # the test scores as the run validated
             summary = evaluate_model(model, cfg, run.task, reader, out, tag, checkpoint=str(out / name),
                                      progress=progress)
             log(format_summary(summary))

@@ -15,7 +15,7 @@ import test_golden_model
 from conftest import rel_err
 from lesa import TFRMSprop
 from lesa.fast_step import make_train_step, predict
-from lesa.train import set_tf32
+from lesa.train import set_precision, set_tf32
 from test_fast_step import golden_max_positives
 from test_golden_model import OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
 
@@ -40,10 +40,12 @@ def test_golden_outputs_losses_and_gradients_on_the_gpu(golden):  # noqa: F811
     test_golden_model.check_training_mode(golden, model.train(), *(t.cuda() for t in golden.batch(0)))
 
 
-def run_four_steps_on_the_gpu(golden, mode: str, **optimizer_options):
-    """test_golden_model.run_four_steps on the GPU through make_train_step(mode); the model comes
-    back on the CPU for the comparison with the original's checkpoint."""
+def run_four_steps_on_the_gpu(golden, mode: str, precision: str = "fp32", **optimizer_options):
+    """test_golden_model.run_four_steps on the GPU through make_train_step(mode) at
+    ``train.precision``; the model comes back on the CPU for the comparison with the original's
+    checkpoint."""
     model = golden.model().cuda().train()
+    set_precision(precision, model)
     optimizer = TFRMSprop(model.parameters(), lr=float(golden.expected["lr_per_step"][0]), **optimizer_options)
     step = make_train_step(model, optimizer, max_positives=golden_max_positives(golden), mode=mode)
     losses_per_step = []
@@ -61,6 +63,20 @@ def test_golden_four_steps_on_the_gpu(golden, mode, monkeypatch):  # noqa: F811
         pytest.skip("compilation is slow: the paper's setting is enough")
     monkeypatch.setattr(test_golden_model, "run_four_steps",
                         lambda g, **options: run_four_steps_on_the_gpu(g, mode, **options))
+    test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
+
+
+@pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile+cuda_graph"])
+def test_golden_four_steps_with_the_split_tf32_conv(golden, mode, monkeypatch):  # noqa: F811
+    """train.precision = "tf32x3": the conv on the TF32 units as three split products keeps the
+    goldens' tolerances (plain TF32 does not)."""
+    if mode.startswith("compile") and golden.cfg["T"] != 10:
+        pytest.skip("compilation is slow: the paper's setting is enough")
+    model = golden.model().cuda().train()
+    set_precision("tf32x3", model)
+    test_golden_model.check_training_mode(golden, model, *(t.cuda() for t in golden.batch(0)))
+    monkeypatch.setattr(test_golden_model, "run_four_steps",
+                        lambda g, **options: run_four_steps_on_the_gpu(g, mode, "tf32x3", **options))
     test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
 
 
