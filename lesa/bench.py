@@ -28,7 +28,6 @@ NUS_TEST_IMAGES = 107_859
 OPENIMAGES_LABELS = 7_186
 TF_STEP_MS = 613.0  # the original TF1 graph, batch-32 step on this 2-core CPU (recorded by the issue)
 NOT_MEASURED = "not measured (no GPU in this session)"
-GPU_MAX_POSITIVES = 64  # static padding of the graph step (>= the synthetic labels' most positives)
 
 
 @dataclass
@@ -291,7 +290,7 @@ def bench_schedule(quick: bool, device: str = "cuda", iters: int | None = None, 
         if isinstance(r, Exception):
             rows.append(Row(f"training schedule, train.step={step}", f"failed: {type(r).__name__}: {r}"[:160], "", "-"))
             continue
-        step, m, short, long, per_it, setup, full = r
+        _, m, short, long, per_it, setup, full = r
         if per_it <= 0:
             rows.append(Row(f"training schedule, train.step={step}", f"not resolved: {3 * m} its took {long:.1f} s, "
                             f"{m} its {short:.1f} s (a noisy machine)", "", "-"))

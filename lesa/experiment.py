@@ -28,6 +28,7 @@ from lesa.model import LESAConfig
 
 TASKS = ("nus_wide_zero_shot", "nus_wide_multilabel", "openimages")
 PRELOAD = ("none", "ram", "gpu", "auto")
+TRAIN_PRECISIONS = ("fp32", "tf32", "tf32x3")  # train.precision (see lesa.train.set_precision)
 
 
 @dataclass
@@ -264,8 +265,8 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
         raise ConfigError(f"{src}: experiment.task = {e.task!r}; choose one of {', '.join(TASKS)}")
     if d.preload not in PRELOAD:
         raise ConfigError(f"{src}: data.preload = {d.preload!r}; choose one of {', '.join(PRELOAD)}")
-    if t.precision not in ("fp32", "tf32", "tf32x3"):
-        raise ConfigError(f"{src}: train.precision = {t.precision!r}; choose fp32, tf32 or tf32x3")
+    if t.precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"{src}: train.precision = {t.precision!r}; choose one of {', '.join(TRAIN_PRECISIONS)}")
     if t.monitor not in ("mF1", "mAP"):
         raise ConfigError(f"{src}: train.monitor = {t.monitor!r}; choose mF1 or mAP")
     if t.val_batchnorm not in ("inference", "batch"):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesa.errors import ConfigError, ShapeError
+from lesa.split_tf32 import conv2d_3xtf32
 
 N_REGIONS = 196  # 14 x 14 cells of VGG-19 conv5_4, row-major
 FEATURE_DIM = 512
@@ -209,8 +210,6 @@ class LESA(nn.Module):
             # TF1 SAME padding for an even kernel puts the extra row/column at the end.
             x = F.pad(x, (0, 1, 0, 1))
             if self.conv_3xtf32:
-                from lesa.split_tf32 import conv2d_3xtf32
-
                 x = conv2d_3xtf32(x, self.conv.weight, self.conv.bias)
             else:
                 x = self.conv(x)

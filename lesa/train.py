@@ -35,7 +35,7 @@ from lesa.checkpoint import (atomic_write_text, load_checkpoint, load_model_stat
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
 from lesa.errors import ConfigError, TrainingError
 from lesa.evaluate import evaluate_model, format_summary, predict, validation_metrics
-from lesa.experiment import Config, check_config, dumps_config
+from lesa.experiment import TRAIN_PRECISIONS, Config, check_config, dumps_config
 from lesa.model import LESA
 from lesa.optim import AdaptiveLR, TFRMSprop
 from lesa.tasks import TaskData, load_task
@@ -63,15 +63,12 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
 
 
-PRECISIONS = ("fp32", "tf32", "tf32x3")
-
-
 def set_precision(precision: str, model: LESA | None = None) -> None:
     """``train.precision``: "fp32" full float32; "tf32" TF32 units for every conv and matrix
     product (GPU; scores move by ~5e-4); "tf32x3" the 2x2 conv as three TF32 products of split
     operands (``lesa.split_tf32``: float32's accuracy) and every other product in float32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
     set_tf32(precision == "tf32")
     if precision == "tf32x3":
         torch.backends.cudnn.allow_tf32 = True  # only the split conv reaches cuDNN
