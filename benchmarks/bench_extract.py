@@ -6,7 +6,8 @@
 Writes --images synthetic photos (scikit-image samples resized to typical Flickr sizes, JPEG
 quality 90) to a temporary folder, then runs the full pipeline (read + decode in worker processes,
 preprocess, VGG-19 conv5_4, HDF5 write) with random VGG weights (same cost as the real ones).
-Also reports the decoder alone (one process) and the VGG forward alone. Each row prints the figure
+Also reports the decoder alone (one process), the reading side alone (the worker processes with
+no model: the most the pipeline can reach with them) and the VGG forward alone. Each row prints the figure
 (images over the whole call), the baseline of the same run (exact decoder, fp32), the ratio, the
 steady rate after the first batch was written (worker start-up excluded: what a long extraction
 runs at) and how long the main loop waited for decoded images, the model and the writer (the
@@ -67,6 +68,23 @@ def bench_decode(paths, repeat: int = 1) -> float:
     return len(blobs) * repeat / (time.perf_counter() - t0)
 
 
+def bench_loader(paths, device, decoder, batch_size, workers) -> tuple[float, float]:
+    """Images/s of the reading side alone (read + decode + pack in the workers, handed to this
+    process, page-locked for a GPU) with no model: the most the pipeline can reach with these
+    workers. Returns (rate over the whole run, rate after the first batch)."""
+    from lesa.features.extract import image_loader
+
+    loader = image_loader(paths, range(len(paths)), decoder, batch_size, workers, torch.device(device))
+    t0 = time.perf_counter()
+    batches = iter(loader)
+    first = next(batches)
+    t1, n_first, n = time.perf_counter(), len(first["positions"]), 0
+    for batch in batches:
+        n += len(batch["positions"])
+    end = time.perf_counter()
+    return (n_first + n) / (end - t0), n / (end - t1) if n else 0.0
+
+
 def bench_forward(device, precision, batch_size, channels_last, iters) -> float:
     from lesa.features.vgg import VGG19Conv54, precision_context
 
@@ -110,6 +128,10 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_images(tmp, n)
         print(f"decoder alone (exact, 1 process): {bench_decode(paths):.0f} img/s")
+        for decoder in ("exact", "gpu") if gpu else ("exact",):
+            rate, steady = bench_loader(paths, args.device, decoder, batch, workers)
+            print(f"reading side alone ({decoder} decoder: read{' + decode + pack' if decoder == 'exact' else ''} "
+                  f"in {workers} workers, no model): {rate:.0f} img/s, steady {steady:.0f} img/s")
         baseline = None
         print(f"{'pipeline (JPEG files -> HDF5)':<46} {'img/s':>9} {'baseline':>9} {'ratio':>6} "
               f"{'steady':>8}  main loop waited for")

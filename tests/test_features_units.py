@@ -8,7 +8,7 @@ import torch
 
 from lesa.errors import CheckpointError, ConfigError, ImageError
 from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
-from lesa.features.preprocess import crop_plan, resized_size
+from lesa.features.preprocess import crop_plan, pack_crops, resized_size, vgg_preprocess_packed
 from lesa.features.vgg import conv_names, precision_context
 
 RNG = np.random.default_rng(0)
@@ -100,6 +100,23 @@ def test_preprocess_shapes_and_batch_equals_single():
     np.testing.assert_allclose(out, image[16:240, 16:240].astype(np.float32) - [123.68, 116.78, 103.94], atol=1e-4)
     with pytest.raises(ImageError):
         vgg_preprocess(np.zeros((10, 10), np.uint8))
+
+
+def test_packing_only_the_cropped_window_gives_the_same_numbers():
+    """What the extraction workers send: the rows and columns the resize + crop reads."""
+    sizes = [(375, 500), (500, 375), (333, 500), (224, 224), (256, 256), (37, 300), (1, 700), (900, 2),
+             (1, 1), (3, 1000)] + [tuple(RNG.integers(1, 900, 2)) for _ in range(20)]
+    images = [RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    flat, stored, plan = pack_crops(images)
+    assert flat.numel() == sum(h * w * 3 for h, w in stored)
+    assert all(h <= hh and w <= ww for (h, w), (hh, ww) in zip(stored, sizes))
+    assert stored[0] == (329, 329)  # 500 x 375 photo: 58% of its pixels
+    torch.testing.assert_close(vgg_preprocess_packed(flat, stored, plan=plan), vgg_preprocess_batch(images),
+                               rtol=0, atol=0)
+    empty, no_sizes, _ = pack_crops([])
+    assert empty.numel() == 0 and no_sizes == []
+    with pytest.raises(ImageError):
+        pack_crops([np.zeros((10, 10), np.uint8)])
 
 
 def test_vgg_layout_and_tf_weight_mapping():

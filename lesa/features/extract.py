@@ -31,7 +31,7 @@ from lesa.checkpoint import atomic_write_text
 from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
-from lesa.features.preprocess import batch_plan, pack_images, vgg_preprocess_batch, vgg_preprocess_packed
+from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54, precision_context
 
 DECODERS = ("exact", "gpu")
@@ -148,24 +148,42 @@ class _ImageReader(torch.utils.data.Dataset):
             image = decode_jpeg(data, str(path), self.max_pixels)
         except ImageError as exc:
             return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
-        return pos, torch.from_numpy(image), "", ""
+        return pos, image, "", ""
+
+
+def _shared_uint8(n: int) -> torch.Tensor:
+    """A uint8 tensor in shared memory when called in a DataLoader worker (as torch's own collate
+    does): the batch then reaches the main process without the copy the queue would make."""
+    if torch.utils.data.get_worker_info() is not None and hasattr(torch.UntypedStorage, "_new_shared"):
+        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
+    return torch.empty(n, dtype=torch.uint8)
 
 
 def _collate(items) -> dict:
-    """Runs in the worker: one batch -> {"positions", "flat" (packed uint8 pixels), "sizes",
-    "blobs" (decoder=gpu: undecoded bytes), "failures" [(position, reason, message)]}."""
+    """Runs in the worker: one batch -> {"positions", "flat" (packed uint8 pixels of the windows
+    the crop reads), "sizes" (of those windows), "plan" (their sampling plan), "blobs" (decoder=gpu:
+    undecoded bytes), "failures" [(position, reason, message)]}."""
+    failures = [(pos, reason, message) for pos, image, reason, message in items if image is None]
     good = [(pos, image) for pos, image, _, _ in items if image is not None]
-    batch = {"failures": [(pos, reason, message) for pos, image, reason, message in items if image is None],
-             "positions": [pos for pos, _ in good], "flat": None, "sizes": [], "blobs": [], "plan": None}
+    batch = {"failures": failures, "positions": [], "flat": None, "sizes": [], "blobs": [], "plan": None}
     if good and isinstance(good[0][1], bytes):
-        batch["blobs"] = [data for _, data in good]
-    elif good:
-        batch["flat"], batch["sizes"] = pack_images([image for _, image in good])
-        try:
-            batch["plan"] = batch_plan(batch["sizes"])
-        except ImageError:  # reported by the main process with the image's name
-            batch["plan"] = None
+        batch["positions"], batch["blobs"] = [pos for pos, _ in good], [data for _, data in good]
+        return batch
+    if good:  # (every decoded image fits the crop: its short side is resized to 256)
+        batch["positions"] = [pos for pos, _ in good]
+        batch["flat"], batch["sizes"], batch["plan"] = pack_crops([im for _, im in good], _shared_uint8)
     return batch
+
+
+def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, batch_size: int, workers: int,
+                 device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
+    """Batches of ``_collate`` dicts for ``paths[positions]``, read (and with decoder="exact"
+    decoded and packed) in ``workers`` processes; page-locked for a CUDA ``device``."""
+    reader = _ImageReader(paths, positions, decode=decoder == "exact", max_pixels=max_pixels)
+    return torch.utils.data.DataLoader(
+        reader, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        pin_memory=torch.device(device).type == "cuda", prefetch_factor=4 if workers else None,
+    )
 
 
 def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
@@ -290,11 +308,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         atomic_write_text(failed_path, "".join(line + "\n" for line in old_failures))
         with open(failed_path, "a", encoding="utf-8") as flog:
             todo = positions[begin:]
-            reader = _ImageReader(source.paths, todo, decode=decoder == "exact", max_pixels=max_pixels)
-            loader = torch.utils.data.DataLoader(
-                reader, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
-                pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-            )
+            loader = image_loader(source.paths, todo, decoder, batch_size, workers, device, max_pixels)
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
             batches = iter(loader)  # the worker processes start (fork) before this process's threads

@@ -66,14 +66,56 @@ def crop_plan(height: int, width: int, resize_side: int = RESIZE_SIDE, crop: int
 
 def batch_plan(sizes: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """``crop_plan`` of every image, stacked: y_lo, y_hi, x_lo, x_hi (B, 224) int64, dy, dx (B, 224)
-    float32. The extraction workers compute it with the batch so the main process only gathers."""
-    plans = [crop_plan(h, w) for h, w in sizes]
+    float32."""
+    return _stack_plans([crop_plan(h, w) for h, w in sizes])
+
+
+def _stack_plans(plans) -> dict[str, torch.Tensor]:
+    if not plans:
+        return {k: torch.empty((0, CROP_SIZE), dtype=torch.float32 if k in ("dy", "dx") else torch.int64)
+                for k in ("y_lo", "y_hi", "dy", "x_lo", "x_hi", "dx")}
     out = {}
     for axis, (lo, hi, lerp) in (("y", ("y_lo", "y_hi", "dy")), ("x", ("x_lo", "x_hi", "dx"))):
         which = 0 if axis == "y" else 1
         for part, key in enumerate((lo, hi, lerp)):
             out[key] = torch.from_numpy(np.stack([p[which][part] for p in plans]))
     return out
+
+
+def _window(axis_plan) -> tuple[int, int, tuple]:
+    """(first, stop, plan shifted to start at ``first``) of the source rows (or columns) that one
+    axis of the resize+crop reads."""
+    lower, upper, lerp = axis_plan
+    first, stop = int(lower.min()), int(upper.max()) + 1
+    return first, stop, (lower - first, upper - first, lerp)
+
+
+def pack_crops(images: Sequence[np.ndarray], alloc=None):
+    """Pack only the pixels the resize + central crop reads: for each uint8 (H, W, 3) image the
+    window of rows and columns its bilinear samples touch (about 60% of a 500 x 375 photo).
+
+    Returns ``(flat (sum h*w*3,) uint8, [(h, w) of each stored window], plan)`` where ``plan`` is
+    ``batch_plan``'s dict with indices relative to the stored windows, for ``vgg_preprocess_packed``:
+    the same numbers as preprocessing the whole images. ``alloc(n)`` makes the uint8 output (the
+    extraction workers allocate it in shared memory, so the batch crosses to the main process
+    without another copy). Raises ``ImageError`` for an image the crop cannot take."""
+    alloc = alloc or (lambda n: torch.empty(n, dtype=torch.uint8))
+    windows, plans = [], []
+    for image in images:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ImageError(f"expected a uint8 (H, W, 3) image, got {image.shape} {image.dtype}")
+        rows, cols = crop_plan(image.shape[0], image.shape[1])
+        r0, r1, rows = _window(rows)
+        c0, c1, cols = _window(cols)
+        windows.append((r0, r1, c0, c1))
+        plans.append((rows, cols))
+    sizes = [(r1 - r0, c1 - c0) for r0, r1, c0, c1 in windows]
+    flat = alloc(sum(h * w * 3 for h, w in sizes))
+    out, offset = flat.numpy(), 0
+    for image, (r0, r1, c0, c1), (h, w) in zip(images, windows, sizes):
+        out[offset:offset + h * w * 3].reshape(h, w, 3)[:] = image[r0:r1, c0:c1]
+        offset += h * w * 3
+    return flat, sizes, _stack_plans(plans)
 
 
 def _as_uint8_tensor(image, device) -> torch.Tensor:
