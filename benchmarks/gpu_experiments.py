@@ -14,6 +14,8 @@ Candidates:
   channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
 - the 2x2 conv alone (the step's largest kernels in float32): cuDNN's convolution as today vs the
   same conv as one matrix product over the four shifted copies of the regions (cuBLAS);
+- the attention MLP's first product: today's inner dimension 513 (the appended constant 1) vs 512
+  with the last row of W1 as a bias (aligned for tensor-core kernels; same numbers to rounding);
 - the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
 """
 from __future__ import annotations
@@ -197,6 +199,48 @@ def conv_alone(device: str, quick: bool) -> None:
                 print(f"  batch {batch:5} {what:26} {precision:5} {name:20} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
 
 
+def attention_product(device: str, quick: bool) -> None:
+    """The attention MLP's first product ``tanh(append_one(regions) @ W1)`` as the model computes it
+    today (inner dimension 513: the appended constant 1 is the bias trick, and 513 is not a
+    multiple of 8, which tensor-core kernels prefer) vs the same numbers as ``addmm(W1[512],
+    regions, W1[:512])`` (inner dimension 512, the last row as a bias)."""
+    from lesa.features.vgg import precision_context
+    from lesa.model import append_one
+
+    g = torch.Generator(device=device).manual_seed(0)
+    w1 = (torch.randn(513, 512, device=device, generator=g) * 0.06).requires_grad_()
+    candidates = {"append_one @ W1 (today)": lambda x: torch.tanh(append_one(x) @ w1),
+                  "addmm, last row as bias": lambda x: torch.tanh(torch.addmm(w1[512], x.reshape(-1, 512),
+                                                                              w1[:512]).reshape(x.shape))}
+    print("the attention's first product (+ tanh): ms per call (output vs fp32 today)")
+    for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):
+        if device != "cuda":
+            batch = min(batch, 64)
+        x = torch.relu(torch.randn(batch, 196, 512, device=device, generator=g)).requires_grad_(train)
+        reference = candidates["append_one @ W1 (today)"](x).detach()
+        for precision in precisions:
+            if precision == "tf32" and device != "cuda":
+                continue
+            for name, fn in candidates.items():
+                def call():
+                    if train:  # the regions depend on the conv: both gradients are needed
+                        y = fn(x)
+                        torch.autograd.grad(y, (x, w1), torch.ones_like(y))
+                        return y
+                    with torch.no_grad():
+                        return fn(x)
+                what = "forward + both gradients" if train else "forward"
+                try:
+                    with precision_context(precision, device):
+                        seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
+                        err = rel(call().detach(), reference)
+                except Exception as exc:
+                    print(f"  batch {batch:5} {what:25} {precision:5} {name:24} failed: {type(exc).__name__}: "
+                          f"{str(exc)[:100]}")
+                    continue
+                print(f"  batch {batch:5} {what:25} {precision:5} {name:24} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
+
+
 def vgg_forward(device: str, batch: int, quick: bool) -> None:
     from lesa.features.vgg import VGG19Conv54, precision_context
 
@@ -220,8 +264,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--only", nargs="+", choices=["inference", "step", "conv", "vgg"],
-                        default=["inference", "step", "conv", "vgg"])
+    parser.add_argument("--only", nargs="+", choices=["inference", "step", "conv", "attention", "vgg"],
+                        default=["inference", "step", "conv", "attention", "vgg"])
     args = parser.parse_args()
     gpu = args.device == "cuda"
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as lesa train's deterministic runs
@@ -232,6 +276,8 @@ def main() -> None:
         training_step(args.device, args.quick)
     if "conv" in args.only:
         conv_alone(args.device, args.quick)
+    if "attention" in args.only:
+        attention_product(args.device, args.quick)
     if "inference" in args.only:
         inference(args.device, 4096 if gpu else 64, args.quick or not gpu)
     if "vgg" in args.only:
