@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one go, for a machine with a CUDA GPU:
 #   the CUDA golden tests (tests/test_cuda.py), the GPU rows of `lesa bench` (training step,
-#   inference, the end-to-end schedule), the step's kernel profile, the feature-extraction throughput
+#   inference, the end-to-end schedule), the kernel profiles of the step and of inference, the feature-extraction throughput
 #   and the candidate speed-ups of benchmarks/gpu_experiments.py.
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
 #        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
@@ -41,5 +41,7 @@ fi
 if want profile; then
   echo "== where a training step's GPU time goes"
   timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
+  echo "== where inference's GPU time goes (batch 4,096)"
+  timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py --inference 2>&1 | tee "$out/profile_inference.log" | grep -v Warning
 fi
 echo "== done"
