@@ -153,7 +153,6 @@ def conv_alone(device: str, quick: bool) -> None:
     """The 2x2 conv's forward (+ weight gradient for the training batch) as cuDNN runs it today
     (NCHW view of the channels-last regions), as one GEMM (``conv_as_gemm``) and as three TF32
     convolutions of split operands (``lesa.split_tf32``, train.precision = "tf32x3")."""
-    from lesa.features.vgg import precision_context
     from lesa.split_tf32 import conv2d_3xtf32
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -170,33 +169,44 @@ def conv_alone(device: str, quick: bool) -> None:
 
     print("the 2x2 conv alone: ms per call (output vs fp32 today)")
     for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):
-        if device != "cuda":
-            batch = min(batch, 64)
-        x = torch.relu(torch.randn(batch, 196, 512, device=device, generator=g))
-        reference = today(x).detach()
+        x = torch.relu(torch.randn(batch if device == "cuda" else min(batch, 64), 196, 512, device=device,
+                                   generator=g))
         for precision in precisions:
-            if precision == "tf32" and device != "cuda":
-                continue
-            for name, fn in candidates.items():
-                if name == "3xTF32 split" and precision != ("tf32" if device == "cuda" else "fp32"):
-                    continue  # meant for TF32 units (the CPU smoke run checks its arithmetic in fp32)
-                def call():
-                    if train:
-                        y = fn(x)
-                        torch.autograd.grad(y, weight, torch.ones_like(y))
-                        return y
-                    with torch.no_grad():
-                        return fn(x)
-                what = "forward + weight gradient" if train else "forward"
-                try:
-                    with precision_context(precision, device):
-                        seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
-                        err = rel(call().detach(), reference)
-                except Exception as exc:  # one failing candidate must not lose the others' rows
-                    print(f"  batch {batch:5} {what:26} {precision:5} {name:20} failed: {type(exc).__name__}: "
-                          f"{str(exc)[:100]}")
-                    continue
-                print(f"  batch {batch:5} {what:26} {precision:5} {name:20} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
+            # 3xTF32 is meant for TF32 units (the CPU smoke run checks its arithmetic in fp32)
+            split_here = precision == ("tf32" if device == "cuda" else "fp32")
+            side_by_side({k: f for k, f in candidates.items() if k != "3xTF32 split" or split_here}, x,
+                         (weight,) if train else None, precision, device, quick,
+                         "forward + weight gradient" if train else "forward")
+
+
+def side_by_side(candidates: dict, x: torch.Tensor, grads_of, precision: str, device: str, quick: bool,
+                 what: str) -> None:
+    """Time each candidate ``fn(x)`` (with the gradients of ``grads_of`` when given) at one
+    precision and print ms per call and the output's difference from the first candidate in fp32."""
+    from lesa.features.vgg import precision_context
+
+    if precision == "tf32" and device != "cuda":
+        return
+    first = next(iter(candidates.values()))
+    with torch.no_grad():
+        reference = first(x)
+    for name, fn in candidates.items():
+        def call():
+            if grads_of is None:
+                with torch.no_grad():
+                    return fn(x)
+            y = fn(x)
+            torch.autograd.grad(y, grads_of, torch.ones_like(y))
+            return y.detach()
+        try:
+            with precision_context(precision, device):
+                seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
+                err = rel(call(), reference)
+        except Exception as exc:  # one failing candidate must not lose the others' rows
+            print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:24} failed: {type(exc).__name__}: "
+                  f"{str(exc)[:100]}")
+            continue
+        print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:24} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
 
 
 def attention_product(device: str, quick: bool) -> None:
@@ -204,7 +214,6 @@ def attention_product(device: str, quick: bool) -> None:
     today (inner dimension 513: the appended constant 1 is the bias trick, and 513 is not a
     multiple of 8, which tensor-core kernels prefer) vs the same numbers as ``addmm(W1[512],
     regions, W1[:512])`` (inner dimension 512, the last row as a bias)."""
-    from lesa.features.vgg import precision_context
     from lesa.model import append_one
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -214,31 +223,11 @@ def attention_product(device: str, quick: bool) -> None:
                                                                               w1[:512]).reshape(x.shape))}
     print("the attention's first product (+ tanh): ms per call (output vs fp32 today)")
     for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):
-        if device != "cuda":
-            batch = min(batch, 64)
-        x = torch.relu(torch.randn(batch, 196, 512, device=device, generator=g)).requires_grad_(train)
-        reference = candidates["append_one @ W1 (today)"](x).detach()
-        for precision in precisions:
-            if precision == "tf32" and device != "cuda":
-                continue
-            for name, fn in candidates.items():
-                def call():
-                    if train:  # the regions depend on the conv: both gradients are needed
-                        y = fn(x)
-                        torch.autograd.grad(y, (x, w1), torch.ones_like(y))
-                        return y
-                    with torch.no_grad():
-                        return fn(x)
-                what = "forward + both gradients" if train else "forward"
-                try:
-                    with precision_context(precision, device):
-                        seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
-                        err = rel(call().detach(), reference)
-                except Exception as exc:
-                    print(f"  batch {batch:5} {what:25} {precision:5} {name:24} failed: {type(exc).__name__}: "
-                          f"{str(exc)[:100]}")
-                    continue
-                print(f"  batch {batch:5} {what:25} {precision:5} {name:24} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
+        x = torch.relu(torch.randn(batch if device == "cuda" else min(batch, 64), 196, 512, device=device,
+                                   generator=g)).requires_grad_(train)
+        for precision in precisions:  # in training the regions depend on the conv: both gradients
+            side_by_side(candidates, x, (x, w1) if train else None, precision, device, quick,
+                         "forward + both gradients" if train else "forward")
 
 
 def vgg_forward(device: str, batch: int, quick: bool) -> None:

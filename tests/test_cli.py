@@ -2,8 +2,6 @@
 import subprocess
 import sys
 
-from lesa.cli import build_parser
-
 
 def test_every_command_module_registers_and_help_needs_no_torch():
     code = ("import sys, lesa.cli; p = lesa.cli.build_parser(); "
