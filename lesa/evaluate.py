@@ -54,9 +54,8 @@ def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str =
     labels: dict[str, list] = {}
     try:
         for batch in reader.iter_batches(batch_size, progress=progress, desc=desc):
-            out = model(batch.features)
-            for h in heads:
-                scores[h].append(getattr(out, h).float().cpu().numpy())
+            for h, values in model.scores(batch.features, heads).items():
+                scores[h].append(values.float().cpu().numpy())
             for k, v in batch.labels.items():
                 labels.setdefault(k, []).append(v.cpu().numpy().astype(np.int8))
     finally:

@@ -219,7 +219,6 @@ def predict(model: LESA, features, batch_size: int = 4096, precision: str = "fp3
     with precision_context(precision, device):
         for batch in batches:
             batch = torch.as_tensor(batch).to(device, non_blocking=True).to(torch.float32)
-            result = model(batch)
-            for h in heads:
-                out[h].append(getattr(result, h).float())
+            for h, scores in model.scores(batch, heads).items():
+                out[h].append(scores.float())
     return {h: torch.cat(v).cpu() if v else torch.empty(0) for h, v in out.items()}

@@ -29,6 +29,9 @@ from lesa.split_tf32 import conv2d_3xtf32
 N_REGIONS = 196  # 14 x 14 cells of VGG-19 conv5_4, row-major
 FEATURE_DIM = 512
 GRID = 14
+# Inference on the CPU runs the forward pass over slices of this many images: the (n,196,512)
+# activations then stay in the CPU's caches (1.19x the images/s of slices of 1,000 on a 2-core EPYC).
+CPU_INFERENCE_SLICE = 16
 
 
 @dataclass
@@ -265,6 +268,16 @@ class LESA(nn.Module):
             f_global=f_global,
             classifiers=classifiers,
         )
+
+    def scores(self, features: torch.Tensor, heads=("logits", "zs_logits", "gzs_logits")) -> dict[str, torch.Tensor]:
+        """``{head: scores}`` of the forward pass, for inference. In eval mode on the CPU the
+        batch goes through in slices of ``CPU_INFERENCE_SLICE`` images (each image's scores do
+        not depend on the others' then); on a GPU, or in training mode (batch statistics), whole."""
+        if self.training or features.device.type != "cpu" or features.shape[0] <= CPU_INFERENCE_SLICE:
+            out = self(features)
+            return {h: getattr(out, h) for h in heads}
+        parts = [self(features[i:i + CPU_INFERENCE_SLICE]) for i in range(0, features.shape[0], CPU_INFERENCE_SLICE)]
+        return {h: torch.cat([getattr(out, h) for out in parts]) for h in heads}
 
     def loss(self, out: LESAOutput, labels: torch.Tensor,
              max_positives: int | None = None) -> dict[str, torch.Tensor]:

@@ -53,6 +53,22 @@ def test_generalised_scores_are_unseen_then_seen():
     torch.testing.assert_close(out.gzs_logits, torch.cat([out.zs_logits, out.logits], 1))
 
 
+def test_scores_in_slices_on_the_cpu_equal_the_whole_batch():
+    from lesa.model import CPU_INFERENCE_SLICE
+
+    model = LESA(SEEN, UNSEEN, LESAConfig(n_attention=3))
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(0, 1)  # moving statistics that differ from any batch's
+        features = batch(B=2 * CPU_INFERENCE_SLICE + 5)[0]
+        model.eval()
+        whole, sliced = model(features), model.scores(features)
+        for head in ("logits", "zs_logits", "gzs_logits"):
+            torch.testing.assert_close(sliced[head], getattr(whole, head), rtol=1e-6, atol=1e-6)
+        model.train()  # batch statistics: the batch is never sliced
+        torch.testing.assert_close(model.scores(features, ("logits",))["logits"], model(features).logits,
+                                   rtol=0, atol=0)
+
+
 def test_vectors_are_normalised_inside():
     model = LESA(SEEN * 7.0, UNSEEN * 0.1)
     torch.testing.assert_close(model.init_vecs.norm(dim=1), torch.ones(6))
