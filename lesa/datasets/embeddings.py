@@ -202,7 +202,8 @@ def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim
             if word not in wanted or word in found:
                 continue
             try:
-                vec = np.array(rest.split(), dtype=np.float32)
+                with np.errstate(over="ignore"):  # beyond float32 -> inf, reported just below
+                    vec = np.array(rest.split(), dtype=np.float32)
             except ValueError as exc:
                 raise DataError(f"{glove_path}: line {lineno} ({word!r}) is not 'word v1 v2 ...' ({exc})") from exc
             if dim is None:
