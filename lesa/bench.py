@@ -200,8 +200,8 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
             continue
         ok = not isinstance(base, Exception)
         step_mode, _, precision = mode.partition(" ")
-        precision = {"tf32": "TF32 (train.precision = tf32)", "tf32x3": "conv as 3xTF32, float32 accuracy "
-                     "(train.precision = tf32x3)"}.get(precision, "full float32")
+        precision = {"tf32": "TF32 (train.precision = tf32)", "tf32x3": "conv + attention product as 3xTF32, "
+                     "float32 accuracy (train.precision = tf32x3)"}.get(precision, "full float32")
         rows.append(Row(f"training step incl. data step, GPU {step_mode}, {precision} ({name})",
                         f"{t * 1e3:.3f} ms",
                         f"{base * 1e3:.2f} ms: GPU eager (this run)" if ok else "-", _ratio(base, t) if ok else "-",

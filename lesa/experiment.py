@@ -87,8 +87,9 @@ class TrainSection:
     # (CPU, torchrun, data.skip_no_positive) | eager | compile | cuda_graph | compile+cuda_graph
     step: str = "auto"
     # fp32: full float32 (the goldens' tolerances) | tf32: TF32 matrix units on the GPU (faster;
-    # scores move by ~5e-4 relative, outside the goldens' 1e-5) | tf32x3: the 2x2 conv as three
-    # TF32 products of split operands (float32's accuracy, faster on a GPU; slower on the CPU)
+    # scores move by ~5e-4 relative, outside the goldens' 1e-5) | tf32x3: the 2x2 conv and the
+    # attention's first product as three TF32 products of split operands each (float32's
+    # accuracy, faster on a GPU; slower on the CPU)
     precision: str = "fp32"
 
 

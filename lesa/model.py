@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesa.errors import ConfigError, ShapeError
-from lesa.split_tf32 import conv2d_3xtf32
+from lesa.split_tf32 import conv2d_3xtf32, linear_3xtf32
 
 N_REGIONS = 196  # 14 x 14 cells of VGG-19 conv5_4, row-major
 FEATURE_DIM = 512
@@ -140,9 +140,9 @@ class LESA(nn.Module):
         else:
             self.conv = None
             self.bn = None
-        # train.precision = "tf32x3": the conv as three TF32 products (lesa.split_tf32); a run-time
-        # setting, not part of the model (not saved)
-        self.conv_3xtf32 = False
+        # train.precision = "tf32x3": the conv and the attention's first product as three TF32
+        # products each (lesa.split_tf32); a run-time setting, not part of the model (not saved)
+        self.tf32x3 = False
 
         # Attention MLP on regions with the constant 1 appended: W1 (D+1, D) shared by the heads,
         # or one per head (T, D+1, D); W2 (D+1, T) gives one logit per head.
@@ -212,7 +212,7 @@ class LESA(nn.Module):
             x = x.reshape(B, GRID, GRID, FEATURE_DIM).permute(0, 3, 1, 2)  # NHWC -> NCHW
             # TF1 SAME padding for an even kernel puts the extra row/column at the end.
             x = F.pad(x, (0, 1, 0, 1))
-            if self.conv_3xtf32:
+            if self.tf32x3:
                 x = conv2d_3xtf32(x, self.conv.weight, self.conv.bias)
             else:
                 x = self.conv(x)
@@ -227,7 +227,10 @@ class LESA(nn.Module):
         if self.config.separate_w1:
             hidden = torch.tanh(torch.einsum("brf,tfh->btrh", regions, self.w_att_1))  # (B,T,196,512)
             return torch.einsum("btrh,ht->btr", append_one(hidden), self.w_att_2)
-        hidden = torch.tanh(regions @ self.w_att_1)  # (B,196,512)
+        if self.tf32x3:  # the appended 1 times W1's last row is W1's last row: added as a bias
+            hidden = torch.tanh(linear_3xtf32(regions[..., :-1], self.w_att_1[:-1], self.w_att_1[-1]))
+        else:
+            hidden = torch.tanh(regions @ self.w_att_1)  # (B,196,512)
         return (append_one(hidden) @ self.w_att_2).transpose(1, 2)  # (B,T,196)
 
     def classifiers(self, vecs: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The 2x2 convolution on TF32 tensor cores with float32's accuracy ("3xTF32").
+"""LESA's two large products on TF32 tensor cores with float32's accuracy ("3xTF32"): the 2x2
+convolution and the attention MLP's first layer.
 
 TF32 keeps 10 of float32's 23 mantissa bits, so a plain TF32 convolution moves LESA's scores by
 ~4e-4 (outside the goldens' 1e-5). Splitting each operand into a TF32-exact high part and the
@@ -8,9 +9,13 @@ remainder, ``x = x_hi + x_lo``, and summing the three significant products
 
 recovers float32's accuracy (the dropped ``x_lo * w_lo`` is ~2^-22 of the result) at three TF32
 convolutions' cost, which on a GPU is far below one float32 convolution on the SIMT units.
-``train.precision = "tf32x3"`` uses it for the conv's forward pass and gradients; every other
-product stays in full float32. On the CPU (no TF32) the three products are plain float32:
-slower, and equal to the plain conv within float32 rounding.
+``train.precision = "tf32x3"`` uses it for the conv and for the attention's ``regions @ W1``
+(forward pass and gradients: together ~99% of the step's multiply-adds); every other product
+stays in full float32. The attention product runs as a 1x1 convolution (``linear_3xtf32``), so
+that cuDNN's TF32 switch, which tf32x3 turns on, applies to it while cuBLAS's matrix products stay
+float32. On the CPU (no TF32) the three products are plain float32: slower, and equal to the
+plain products within float32 rounding. tests/tf32_emulation.py emulates TF32 on the CPU to
+check that the goldens hold through it.
 """
 from __future__ import annotations
 
@@ -57,3 +62,11 @@ def conv2d_3xtf32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """``F.conv2d(x, weight, bias)`` (stride 1, no padding) as three TF32-friendly products."""
     out = _Conv2d3xTF32.apply(x, weight)
     return out if bias is None else out + bias[:, None, None]
+
+
+def linear_3xtf32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight + bias`` for ``x (B, N, K)``, ``weight (K, M)``, ``bias (M,)`` as a split 1x1
+    convolution (cuDNN: TF32 under tf32x3, while cuBLAS matrix products stay float32)."""
+    columns = x.transpose(1, 2).unsqueeze(-1)  # (B, K, N, 1): N positions of K channels
+    out = conv2d_3xtf32(columns, weight.t()[:, :, None, None], bias)  # (B, M, N, 1)
+    return out.squeeze(-1).transpose(1, 2)  # (B, N, M)

@@ -65,15 +65,16 @@ def set_tf32(enabled: bool) -> None:
 
 def set_precision(precision: str, model: LESA | None = None) -> None:
     """``train.precision``: "fp32" full float32; "tf32" TF32 units for every conv and matrix
-    product (GPU; scores move by ~5e-4); "tf32x3" the 2x2 conv as three TF32 products of split
-    operands (``lesa.split_tf32``: float32's accuracy) and every other product in float32."""
+    product (GPU; scores move by ~5e-4); "tf32x3" the 2x2 conv and the attention's first product
+    as three TF32 products of split operands each (``lesa.split_tf32``: float32's accuracy) and
+    every other product in float32."""
     if precision not in TRAIN_PRECISIONS:
         raise ConfigError(f"train.precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
     set_tf32(precision == "tf32")
     if precision == "tf32x3":
-        torch.backends.cudnn.allow_tf32 = True  # only the split conv reaches cuDNN
+        torch.backends.cudnn.allow_tf32 = True  # only the split products reach cuDNN
     if model is not None:
-        model.conv_3xtf32 = precision == "tf32x3"
+        model.tf32x3 = precision == "tf32x3"
 
 
 def log_columns(task: TaskData) -> list[str]:

@@ -67,9 +67,9 @@ def test_golden_four_steps_on_the_gpu(golden, mode, monkeypatch):  # noqa: F811
 
 
 @pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile+cuda_graph"])
-def test_golden_four_steps_with_the_split_tf32_conv(golden, mode, monkeypatch):  # noqa: F811
-    """train.precision = "tf32x3": the conv on the TF32 units as three split products keeps the
-    goldens' tolerances (plain TF32 does not)."""
+def test_golden_four_steps_with_tf32x3(golden, mode, monkeypatch):  # noqa: F811
+    """train.precision = "tf32x3": the conv and the attention product on the TF32 units as three
+    split products each keep the goldens' tolerances (plain TF32 does not)."""
     if mode.startswith("compile") and golden.cfg["T"] != 10:
         pytest.skip("compilation is slow: the paper's setting is enough")
     batch = [t.cuda() for t in golden.batch(0)]

@@ -1,13 +1,14 @@
-"""train.precision = "tf32x3": the 2x2 conv as three products of TF32-exact split operands. On the
-CPU the products are plain float32, so these tests check the arithmetic and that the goldens'
-tolerances hold through it; tests/test_cuda.py checks it on the TF32 units."""
+"""train.precision = "tf32x3": the 2x2 conv and the attention product as three products of TF32-exact
+split operands each. On the CPU the products are plain float32, so these tests check the arithmetic and
+that the goldens' tolerances hold through it; tests/test_tf32_emulation.py emulates the TF32 units
+and tests/test_cuda.py checks it on them."""
 import numpy as np
 import pytest
 import torch
 
 import test_golden_model
 from conftest import rel_err
-from lesa.split_tf32 import conv2d_3xtf32, split_tf32
+from lesa.split_tf32 import conv2d_3xtf32, linear_3xtf32, split_tf32
 from test_golden_model import Golden, golden  # noqa: F401  (the parametrised golden fixture)
 
 
@@ -36,17 +37,30 @@ def test_conv_and_its_gradients_equal_the_plain_conv():
         assert rel_err(a, c) <= 1e-6
 
 
+def test_linear_and_its_gradients_equal_the_plain_product():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 7, 16, generator=g, requires_grad=True)
+    w = torch.randn(16, 5, generator=g, requires_grad=True)
+    b = torch.randn(5, generator=g, requires_grad=True)
+    grad = torch.randn(3, 7, 5, generator=g)
+    plain = x @ w + b
+    split = linear_3xtf32(x, w, b)
+    assert split.shape == plain.shape and rel_err(split.detach(), plain.detach()) <= 1e-6
+    for a, c in zip(torch.autograd.grad(split, (x, w, b), grad), torch.autograd.grad(plain, (x, w, b), grad)):
+        assert rel_err(a, c) <= 1e-6
+
+
 def _split_conv_model(make):
     def model(self, **switches):
         m = make(self, **switches)
-        m.conv_3xtf32 = True
+        m.tf32x3 = True
         return m
     return model
 
 
 def test_golden_training_mode_with_the_split_conv(golden):  # noqa: F811
     model = golden.model().train()
-    model.conv_3xtf32 = True
+    model.tf32x3 = True
     test_golden_model.check_training_mode(golden, model, *golden.batch(0))
 
 
@@ -64,9 +78,9 @@ def test_train_precision_switches_the_model_and_the_units(tmp_path):
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:
         set_precision("tf32x3", model)
-        assert model.conv_3xtf32 and torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert model.tf32x3 and torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
         set_precision("fp32", model)
-        assert not model.conv_3xtf32 and not torch.backends.cudnn.allow_tf32
+        assert not model.tf32x3 and not torch.backends.cudnn.allow_tf32
         with pytest.raises(Exception, match="tf32x3"):
             set_precision("fp16", model)
     finally:
@@ -84,7 +98,7 @@ def test_lesa_train_takes_the_setting(tmp_path):
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     run = build_training(cfg, progress=False)
     try:
-        assert run.model.conv_3xtf32
+        assert run.model.tf32x3
     finally:
         run.close()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -2,7 +2,7 @@
 sees every product of LESA's training step (forward and backward), and with it
 
 - plain TF32 (every conv and matmul on TF32 units) moves the goldens by more than their 1e-5;
-- tf32x3 (``model.conv_3xtf32`` + TF32 convolutions only, what ``set_precision("tf32x3")`` does on
+- tf32x3 (``model.tf32x3`` + TF32 convolutions only, what ``set_precision("tf32x3")`` does on
   a GPU) passes the golden checks at their tolerances,
   and its gradients stay within 1e-5 of float32's (the goldens' 1e-3 on gradients would not
   notice a split conv whose backward ran in plain TF32);
@@ -139,7 +139,7 @@ def test_every_product_of_a_training_step_is_intercepted(split):
                          l2_regularizer=True, global_pool="max", lamb_w2v_diff=0.1)
     for config in (LESAConfig(n_attention=4), variant):
         model = LESA(rng.normal(size=(16, 300)), rng.normal(size=(6, 300)), config).train()
-        model.conv_3xtf32 = split
+        model.tf32x3 = split
         optimizer = TFRMSprop(model.parameters(), lr=1e-3)
         features = torch.relu(randn(2, 196, 512))
         labels = torch.where(randn(2, 16, seed=1) > 0, 1.0, -1.0)
@@ -154,10 +154,23 @@ def test_every_product_of_a_training_step_is_intercepted(split):
         assert all(all(d == torch.float32 for d in dtypes) for op in products for dtypes in log.ops[op])
 
 
+def test_tf32x3_puts_the_conv_and_the_attention_product_on_the_tf32_units():
+    # the 2x2 conv (weight gradient only: the features need none) and regions @ W1 (both
+    # gradients), three split products each; everything else stays a float32 mm/bmm
+    rng = np.random.default_rng(0)
+    model = LESA(rng.normal(size=(6, 300)), rng.normal(size=(4, 300)), LESAConfig(n_attention=3)).train()
+    model.tf32x3 = True
+    features = torch.relu(randn(2, 196, 512))
+    labels = torch.tensor([[1.0, -1, 0, 1, -1, -1], [-1, 1, -1, 0, 0, 1]])
+    with EmulatedTF32(convolutions=True, matmuls=False) as mode:
+        model.loss(model(features), labels)["total"].backward()
+    assert mode.seen == {"aten.convolution.default": 6, "aten.convolution_backward.default": 3 + 6}
+
+
 # -- the goldens --------------------------------------------------------------------------------
 def step0_output_errors(golden, split, **emulation):  # noqa: F811
     model = golden.model().train()
-    model.conv_3xtf32 = split
+    model.tf32x3 = split
     with torch.no_grad(), EmulatedTF32(**emulation):
         out = model(golden.batch(0)[0])
     return {name: rel_err(getattr(out, name), golden.expected[f"step0_train/{name}"])
@@ -189,7 +202,7 @@ def fp32_gradients(golden):  # noqa: F811
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 def test_tf32x3_passes_the_golden_training_mode_checks(golden, rounding):  # noqa: F811
     model = golden.model().train()
-    model.conv_3xtf32 = True
+    model.tf32x3 = True
     with EmulatedTF32(convolutions=True, matmuls=False, rounding=rounding) as mode:
         test_golden_model.check_training_mode(golden, model, *golden.batch(0))
     assert {"aten.convolution.default", "aten.convolution_backward.default"} == set(mode.seen)  # it bit

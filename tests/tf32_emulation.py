@@ -13,7 +13,7 @@ float32. A dispatch mode sits below autograd, so it sees the backward pass's ops
 convolution's ``convolution_backward``, the ``mm``/``bmm`` of every matmul's gradient).
 
 Ops intercepted (found by logging one LESA training step, forward + ``model.loss`` + backward, with
-and without ``model.conv_3xtf32``, for the paper's setting and the every-switch variant; see
+and without ``model.tf32x3``, for the paper's setting and the every-switch variant; see
 ``OpLog`` and tests/test_tf32_emulation.py):
 
 - ``convolutions``: ``aten.convolution`` (what ``F.conv2d``/``nn.Conv2d`` lower to) and
@@ -92,7 +92,7 @@ class EmulatedTF32(TorchDispatchMode):
     ``torch.backends.cudnn.allow_tf32`` / ``torch.backends.cuda.matmul.allow_tf32`` would.
 
     ``set_precision("tf32")`` on a GPU = ``EmulatedTF32(True, True)`` with the plain conv;
-    ``set_precision("tf32x3")`` = ``EmulatedTF32(True, False)`` with ``model.conv_3xtf32``.
+    ``set_precision("tf32x3")`` = ``EmulatedTF32(True, False)`` with ``model.tf32x3``.
     ``seen`` counts the ops whose operands were rounded (to check the mode actually bit).
     """
 
