@@ -164,11 +164,13 @@ def test_vgg_features_on_the_gpu(vgg_golden):
 
 def test_nvjpeg_decoder_against_the_exact_one(vgg_golden):
     from lesa.features import decode_jpeg, vgg_preprocess_batch
-    from lesa.features.extract import _decode_on_gpu
+    from lesa.features.extract import _collate, _decode_on_gpu
 
     root, expected, names, model = vgg_golden
     blobs = [(root / "images" / n).read_bytes() for n in names]
-    positions, images, failures = _decode_on_gpu(list(range(len(blobs))), blobs, torch.device("cuda"), 10**9)
+    batch = _collate([(i, data, "", "") for i, data in enumerate(blobs)])
+    positions, images, failures = _decode_on_gpu(batch["positions"], batch["flat"], batch["sizes"], batch["nvjpeg"],
+                                                 torch.device("cuda"), 10**9)
     assert positions == list(range(len(blobs))) and not failures
     diffs = []
     for blob, name, image in zip(blobs, names, images):
@@ -183,6 +185,23 @@ def test_nvjpeg_decoder_against_the_exact_one(vgg_golden):
     print(f"\n[cuda] nvjpeg vs TF-exact decode: mean |diff| {mean_abs:.3f} levels, max {worst}; "
           f"conv5_4 features from nvjpeg pixels vs the original's: {err:.2e} relative (worst image)")
     assert mean_abs <= 2.0 and err <= 5e-2
+
+
+def test_extract_features_with_the_nvjpeg_decoder(vgg_golden, tmp_path):
+    from lesa.datasets.h5 import open_features
+    from lesa.features.extract import ExtractionSource, extract_features
+
+    root, expected, names, model = vgg_golden
+    paths = [root / "images" / n for n in names]
+    source = ExtractionSource("bench", "bench", list(names), paths, {}, lambda pos: {})
+    summary = extract_features(source, tmp_path / "f.h5", model, device="cuda", batch_size=4, workers=2,
+                               decoder="gpu", progress=False)
+    assert summary.written == len(names)
+    with open_features(tmp_path / "f.h5") as split:
+        feats, _ = split.read(np.arange(len(names)))
+    err = max(rel_err(feats[i], expected[f"features/{n}"]) for i, n in enumerate(names))
+    print(f"\n[cuda] lesa extract --decoder gpu vs the original's features: {err:.2e} relative (worst image)")
+    assert err <= 5e-2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

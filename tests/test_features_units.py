@@ -178,16 +178,55 @@ def test_torchvision_weights_offline_error_or_file(tmp_path):
 def test_gpu_decoder_fallbacks_run_on_cpu():
     """The decoder=gpu routing (nvjpeg for complete RGB JPEGs, the exact decoder for the rest)
     exercised with torchvision's CPU decoder."""
-    from lesa.features.extract import _decode_on_gpu
+    from lesa.features.extract import _collate, _decode_on_gpu
 
     image = smooth_image(60, 70)
     good = simplejpeg.encode_jpeg(image, quality=90)
     cmyk = simplejpeg.encode_jpeg(RNG.integers(0, 255, (16, 16, 4), dtype=np.uint8), colorspace="CMYK")
     blobs = [good, good[: len(good) // 2], png_bytes(image), cmyk, b"junk"]
-    positions, images, failures = _decode_on_gpu([10, 11, 12, 13, 14], blobs, torch.device("cpu"), 10**8)
+    # the worker packs the files and marks which nvjpeg may take; the main process decodes
+    batch = _collate([(10 + i, data, "", "") for i, data in enumerate(blobs)] + [(15, None, "unreadable", "gone")])
+    assert batch["nvjpeg"] == [True, False, False, False, False] and batch["failures"] == [(15, "unreadable", "gone")]
+    assert batch["flat"].numpy().tobytes() == b"".join(blobs)
+    positions, images, failures = _decode_on_gpu(batch["positions"], batch["flat"], batch["sizes"], batch["nvjpeg"],
+                                                 torch.device("cpu"), 10**8)
     assert positions == [10, 12]
     assert images[0].shape == (60, 70, 3) and images[1].shape == (60, 70, 3)
     np.testing.assert_array_equal(images[1].numpy(), image)
     assert sorted((p, r) for p, r, _ in failures) == [(11, "truncated"), (13, "cmyk"), (14, "not_image")]
     # integer-accurate libjpeg vs TF's fast DCT: close, not identical
     assert np.abs(images[0].numpy().astype(int) - decode_jpeg(good).astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("decoder", ["exact", "gpu"])
+def test_worker_processes_hand_over_packed_batches(tmp_path, decoder):
+    """image_loader with real worker processes: batches cross in shared memory as packed uint8
+    (decoded crop windows, or the files' bytes for nvjpeg) with every image accounted for."""
+    from lesa.features.extract import image_loader
+    from lesa.features.preprocess import vgg_preprocess_packed
+
+    images = [smooth_image(h, w) for h, w in [(60, 70), (300, 200), (90, 400), (240, 240), (50, 50)]]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(simplejpeg.encode_jpeg(image, quality=90))
+    paths += [tmp_path / "missing.jpg", tmp_path / "junk.jpg"]
+    paths[-1].write_bytes(b"junk")
+    seen, failed = [], {}
+    for batch in image_loader(paths, range(len(paths)), decoder, 3, 2, torch.device("cpu")):
+        seen += batch["positions"]
+        failed.update({pos: reason for pos, reason, _ in batch["failures"]})
+        if not batch["positions"]:
+            continue
+        if decoder == "exact":
+            got = vgg_preprocess_packed(batch["flat"], batch["sizes"], plan=batch["plan"])
+            want = vgg_preprocess_batch([decode_jpeg(paths[p].read_bytes()) for p in batch["positions"]])
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        else:
+            files = batch["flat"].split(batch["sizes"])
+            assert [f.numpy().tobytes() for f in files] == [paths[p].read_bytes() for p in batch["positions"]]
+            assert batch["nvjpeg"] == [pos != 6 for pos in batch["positions"]]  # junk: the exact decoder's
+    if decoder == "exact":  # decoded (or rejected) in the workers
+        assert seen == [0, 1, 2, 3, 4] and failed == {5: "unreadable", 6: "not_image"}
+    else:  # only read there: the main process decodes (and rejects) them
+        assert seen == [0, 1, 2, 3, 4, 6] and failed == {5: "unreadable"}

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 import warnings
@@ -159,15 +160,20 @@ def _shared_uint8(n: int) -> torch.Tensor:
     return torch.empty(n, dtype=torch.uint8)
 
 
-def _collate(items) -> dict:
-    """Runs in the worker: one batch -> {"positions", "flat" (packed uint8 pixels of the windows
-    the crop reads), "sizes" (of those windows), "plan" (their sampling plan), "blobs" (decoder=gpu:
-    undecoded bytes), "failures" [(position, reason, message)]}."""
+def _collate(items, max_pixels: int = MAX_PIXELS) -> dict:
+    """Runs in the worker: one batch -> {"positions", "failures" [(position, reason, message)], and
+    decoder=exact: "flat" (packed uint8 pixels of the windows the crop reads), "sizes" (of those
+    windows), "plan" (their sampling plan); decoder=gpu: "flat" (the files' bytes one after the
+    other), "sizes" (their lengths), "nvjpeg" (which of them nvjpeg may take)}."""
     failures = [(pos, reason, message) for pos, image, reason, message in items if image is None]
     good = [(pos, image) for pos, image, _, _ in items if image is not None]
-    batch = {"failures": failures, "positions": [], "flat": None, "sizes": [], "blobs": [], "plan": None}
-    if good and isinstance(good[0][1], bytes):
-        batch["positions"], batch["blobs"] = [pos for pos, _ in good], [data for _, data in good]
+    batch = {"failures": failures, "positions": [], "flat": None, "sizes": [], "plan": None, "nvjpeg": None}
+    if good and isinstance(good[0][1], bytes):  # decoder=gpu: the main process only slices
+        blobs = [data for _, data in good]
+        batch["positions"], batch["sizes"] = [pos for pos, _ in good], [len(data) for data in blobs]
+        batch["flat"] = _shared_uint8(sum(batch["sizes"]))
+        batch["flat"].numpy()[:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        batch["nvjpeg"] = [_gpu_decodable(data, max_pixels) for data in blobs]
         return batch
     if good:  # (every decoded image fits the crop: its short side is resized to 256)
         batch["positions"] = [pos for pos, _ in good]
@@ -181,7 +187,8 @@ def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, 
     decoded and packed) in ``workers`` processes; page-locked for a CUDA ``device``."""
     reader = _ImageReader(paths, positions, decode=decoder == "exact", max_pixels=max_pixels)
     return torch.utils.data.DataLoader(
-        reader, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate,
+        reader, batch_size=batch_size, shuffle=False, num_workers=workers,
+        collate_fn=functools.partial(_collate, max_pixels=max_pixels),
         pin_memory=torch.device(device).type == "cuda", prefetch_factor=4 if workers else None,
     )
 
@@ -200,30 +207,32 @@ def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
     return colorspace not in ("CMYK", "YCCK") and 0 < height * width <= max_pixels
 
 
-def _decode_on_gpu(positions, blobs, device, max_pixels):
-    """decoder=gpu: nvjpeg through torchvision; bytes it should not take, or that it fails on, fall
-    back to the exact CPU decoder (so nothing is lost). Returns (positions, images, failures)."""
+def _decode_on_gpu(positions, flat: torch.Tensor, sizes, nvjpeg, device, max_pixels):
+    """decoder=gpu: the batch's files (``flat``, cut at ``sizes``) decoded by nvjpeg through
+    torchvision where ``nvjpeg`` allows; the rest, and any it fails on, through the exact CPU
+    decoder (so nothing is lost). Returns (positions, images, failures)."""
     from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
 
-    on_gpu = [i for i, data in enumerate(blobs) if _gpu_decodable(data, max_pixels)]
+    files = flat.split(list(sizes))  # 1-D views, no copies
+    on_gpu = [i for i, ok in enumerate(nvjpeg) if ok]
     decoded = {}
     if on_gpu:
-        tensors = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
         try:
             with warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)
-                images = tv_decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+                images = tv_decode_jpeg([files[i] for i in on_gpu], mode=ImageReadMode.RGB, device=device)
             decoded = {i: im.permute(1, 2, 0) for i, im in zip(on_gpu, images)}  # (H, W, 3)
         except RuntimeError:
             decoded = {}
     keep_pos, keep_images, failures = [], [], []
-    for i, (pos, data) in enumerate(zip(positions, blobs)):
+    for i, pos in enumerate(positions):
         if i in decoded:
             keep_pos.append(pos)
             keep_images.append(decoded[i])
             continue
         try:
-            keep_images.append(torch.from_numpy(decode_jpeg(data, str(pos), max_pixels)).to(device))
+            image = decode_jpeg(files[i].numpy().tobytes(), str(pos), max_pixels)
+            keep_images.append(torch.from_numpy(image).to(device))
             keep_pos.append(pos)
         except ImageError as exc:
             failures.append((pos, getattr(exc, "reason", "corrupt"), str(exc)))
@@ -339,8 +348,9 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                             break
                         failures = list(batch["failures"])
                         good_pos = list(batch["positions"])
-                        if batch["blobs"]:
-                            good_pos, images, gpu_failures = _decode_on_gpu(good_pos, batch["blobs"], device,
+                        if batch["nvjpeg"] is not None:
+                            good_pos, images, gpu_failures = _decode_on_gpu(good_pos, batch["flat"], batch["sizes"],
+                                                                            batch["nvjpeg"], device,
                                                                             max_pixels)
                             failures += gpu_failures
                             x = vgg_preprocess_batch(images, device=device) if images else None
