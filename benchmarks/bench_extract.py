@@ -6,8 +6,9 @@
 Writes --images synthetic photos (scikit-image samples resized to typical Flickr sizes, JPEG
 quality 90) to a temporary folder, then runs the full pipeline (read + decode in worker processes,
 preprocess, VGG-19 conv5_4, HDF5 write) with random VGG weights (same cost as the real ones).
-Also reports the decoder alone (one process), the reading side alone (the worker processes with
-no model: the most the pipeline can reach with them) and the VGG forward alone. Each row prints the figure
+Also reports the decoder alone (one process), the HDF5 writer alone, the reading side alone (the
+worker processes with no model: the most the pipeline can reach with them) and the VGG forward
+alone. Each row prints the figure
 (images over the whole call), the baseline of the same run (exact decoder, fp32), the ratio, the
 steady rate after the first batch was written (worker start-up excluded: what a long extraction
 runs at) and how long the main loop waited for decoded images, the model and the writer (the
@@ -85,6 +86,28 @@ def bench_loader(paths, device, decoder, batch_size, workers) -> tuple[float, fl
     return (n_first + n) / (end - t0), n / (end - t1) if n else 0.0
 
 
+def bench_writer(folder: Path, dtype: str, chunks_ready: bool, batch: int = 256, batches: int = 8) -> float:
+    """Images/s of the HDF5 writer alone into ``folder``: records handed over as the file's chunks
+    (what the GPU pipeline builds on the card) or as features + checksums (one more host copy)."""
+    from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, record_chunks
+
+    feats = torch.rand(batch, 196, 512).to(getattr(torch, dtype))
+    sums = fletcher32_of_records(feats)
+    chunks = record_chunks(feats, sums).numpy()
+    with FeatureWriter(folder / "writer.h5", "bench", "bench", {}, dtype=dtype, overwrite=True) as writer:
+        t0 = time.perf_counter()
+        for k in range(batches):
+            ids = [f"{k}_{i}" for i in range(batch)]
+            if chunks_ready:
+                writer.append_chunks(ids, chunks, {})
+            else:
+                writer.append(ids, feats.numpy(), {}, sums)
+        seconds = time.perf_counter() - t0
+    for leftover in folder.glob("writer.h5*"):
+        leftover.unlink()
+    return batch * batches / seconds
+
+
 def bench_forward(device, precision, batch_size, channels_last, iters) -> float:
     from lesa.features.vgg import VGG19Conv54, precision_context
 
@@ -128,6 +151,10 @@ def main() -> None:
         tmp = Path(tmp)
         paths = make_images(tmp, n)
         print(f"decoder alone (exact, 1 process): {bench_decode(paths):.0f} img/s")
+        for dtype in ("float32", "float16"):
+            ready, copied = bench_writer(tmp, dtype, True), bench_writer(tmp, dtype, False)
+            print(f"writer alone, {dtype} file: {ready:.0f} img/s from chunks built on the device "
+                  f"(the GPU pipeline), {copied:.0f} img/s from features + checksums ({ready / copied:.2f}x)")
         for decoder in ("exact", "gpu") if gpu else ("exact",):
             rate, steady = bench_loader(paths, args.device, decoder, batch, workers)
             print(f"reading side alone ({decoder} decoder: read{' + decode + pack' if decoder == 'exact' else ''} "

@@ -191,12 +191,13 @@ def test_kill9_during_appends_then_resume(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype):
-    """FeatureWriter.append(checksums=fletcher32_of_records(...)) stores byte for byte what HDF5's
-    fletcher32 filter stores (so reading verifies them), including all-zero and all-0xFF records."""
+    """FeatureWriter.append(checksums=fletcher32_of_records(...)) and append_chunks(record_chunks(...))
+    (what the GPU extraction builds) store byte for byte what HDF5's fletcher32 filter stores (so
+    reading verifies them), including all-zero and all-0xFF records."""
     import h5py
     import torch
 
-    from lesa.datasets.h5 import fletcher32_of_records
+    from lesa.datasets.h5 import fletcher32_of_records, record_chunks
 
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((12, 196, 512)).astype(dtype)
@@ -204,21 +205,29 @@ def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype
     feats[4].view(np.uint8)[:] = 0xFF  # 16-bit words 0xFFFF: sums congruent to 0 mod 65535
     labels = rng.integers(-1, 2, (12, 5)).astype(np.int8)
     files = []
-    for direct in (False, True):
-        path = tmp_path / f"{direct}.h5"
+    for how in ("filter", "checksums", "chunks"):
+        path = tmp_path / f"{how}.h5"
         with FeatureWriter(path, "nus_wide", "Test", {"labels_81": 5}, dtype=dtype) as writer:
             for i in (0, 7):
                 part = feats[i:i + 7][: 12 - i]
-                writer.append([str(i + j) for j in range(len(part))], part, {"labels_81": labels[i:i + len(part)]},
-                              checksums=fletcher32_of_records(torch.from_numpy(part)) if direct else None)
+                ids, part_labels = [str(i + j) for j in range(len(part))], {"labels_81": labels[i:i + len(part)]}
+                sums = fletcher32_of_records(torch.from_numpy(part))
+                if how == "chunks":
+                    writer.append_chunks(ids, record_chunks(torch.from_numpy(part), sums), part_labels)
+                else:
+                    writer.append(ids, part, part_labels, checksums=sums if how == "checksums" else None)
+            with pytest.raises(ShapeError, match="uint8"):  # chunks of another dtype's records
+                writer.append_chunks(["x"], np.zeros((1, 196 * 512 * 3 + 4), np.uint8), {"labels_81": labels[:1]})
             writer.finish()
         files.append(path)
-    with h5py.File(files[0]) as a, h5py.File(files[1]) as b:
+    with h5py.File(files[0]) as a, h5py.File(files[1]) as b, h5py.File(files[2]) as c:
         for i in range(12):
-            assert a["features"].id.read_direct_chunk((i, 0, 0)) == b["features"].id.read_direct_chunk((i, 0, 0)), i
-        np.testing.assert_array_equal(b["features"][:], feats)
-    with open_features(files[1]) as split:
-        np.testing.assert_array_equal(split.read(np.arange(12))[0], feats.astype(np.float32))
+            chunk = a["features"].id.read_direct_chunk((i, 0, 0))
+            assert chunk == b["features"].id.read_direct_chunk((i, 0, 0)) == c["features"].id.read_direct_chunk((i, 0, 0))
+        np.testing.assert_array_equal(c["features"][:], feats)
+    for path in files[1:]:
+        with open_features(path) as split:
+            np.testing.assert_array_equal(split.read(np.arange(12))[0], feats.astype(np.float32))
 
 
 KILLED_DURING_CREATION = """

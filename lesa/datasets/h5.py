@@ -301,16 +301,52 @@ class FeatureWriter:
         file's dtype, e.g. computed on the GPU): the chunks are then written as they are, past
         HDF5's filter, whose single-threaded checksum is otherwise the slowest part of a write.
         """
-        if self._finished:
-            raise DataError(f"{self.path}: append after finish()")
         if hasattr(features, "detach"):
             features = features.detach().cpu().numpy()
         features = np.asarray(features)
-        ids = [str(i) for i in img_ids]
-        b = len(ids)
+        b = len(img_ids)
         if features.shape != (b, *FEATURE_SHAPE):
             raise ShapeError(f"{self.path}: features of shape {features.shape} for {b} image ids; "
                              f"expected ({b}, 196, 512)")
+        features = features.astype(self.dtype, copy=False)
+        if checksums is None:
+            self._append(img_ids, labels, lambda f, n: _write_rows(f["features"], n, features))
+            return
+        if hasattr(checksums, "detach"):
+            checksums = checksums.detach().cpu().numpy()
+        if np.shape(checksums) != (b,):
+            raise ShapeError(f"{self.path}: {np.shape(checksums)} checksums for {b} records")
+        import torch
+
+        chunks = record_chunks(torch.from_numpy(np.ascontiguousarray(features)), torch.as_tensor(checksums))
+        self.append_chunks(img_ids, chunks.numpy(), labels)
+
+    def append_chunks(self, img_ids: Sequence[str], chunks, labels: Mapping[str, np.ndarray] | None = None) -> None:
+        """``append`` for records already laid out as the file's chunks (:func:`record_chunks`: each
+        record's bytes in the file's dtype, then its Fletcher-32), e.g. built on the GPU: they are
+        written as they are, without another copy."""
+        if hasattr(chunks, "detach"):
+            chunks = chunks.detach().cpu().numpy()
+        b = len(img_ids)
+        width = int(np.prod(FEATURE_SHAPE)) * self.dtype.itemsize + 4
+        if chunks.dtype != np.uint8 or chunks.shape != (b, width):
+            raise ShapeError(f"{self.path}: chunks of shape {chunks.shape} ({chunks.dtype}) for {b} image ids; "
+                             f"expected ({b}, {width}) uint8: {self.dtype} records and their checksums")
+
+        def write(f, n):
+            ds = f["features"]
+            ds.resize(n + b, axis=0)
+            for i in range(b):
+                ds.id.write_direct_chunk((n + i, 0, 0), chunks[i])
+        self._append(img_ids, labels, write)
+
+    def _append(self, img_ids: Sequence[str], labels, write_features) -> None:
+        """The rest of an append: checks the labels, calls ``write_features(file, n_written)``,
+        writes ids and labels, then the counter that makes the batch count."""
+        if self._finished:
+            raise DataError(f"{self.path}: append after finish()")
+        ids = [str(i) for i in img_ids]
+        b = len(ids)
         labels = dict(labels or {})
         if set(labels) != set(self.label_dims):
             raise DataError(f"{self.path}: labels given for {sorted(labels)} but the file has "
@@ -333,35 +369,12 @@ class FeatureWriter:
         id_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         f[ID_BYTES].resize(start + id_bytes.size, axis=0)
         f[ID_BYTES][start:] = id_bytes
-        features = features.astype(self.dtype, copy=False)
-        if checksums is None:
-            arrays = [("features", features)]
-        else:
-            self._write_chunks(n, features, checksums)
-            arrays = []
-        for name, arr in [*arrays, (ID_ENDS, ends), ("img_ids", np.array(ids, dtype=object)), *checked.items()]:
-            f[name].resize(n + b, axis=0)
-            f[name][n:n + b] = arr
+        write_features(f, n)
+        for name, arr in [(ID_ENDS, ends), ("img_ids", np.array(ids, dtype=object)), *checked.items()]:
+            _write_rows(f[name], n, arr)
         f.flush()  # data first, then the counter that makes it count
         f.attrs[ATTR_N_WRITTEN] = n + b
         f.flush()
-
-    def _write_chunks(self, n: int, features: np.ndarray, checksums) -> None:
-        """Records ``n, n+1, ...`` as raw chunks: the record's bytes then its Fletcher-32 (little
-        endian), exactly what HDF5's fletcher32 filter would store (tests compare the bytes)."""
-        ds = self._file["features"]
-        if hasattr(checksums, "detach"):
-            checksums = checksums.detach().cpu().numpy()
-        checksums = np.asarray(checksums).astype("<u4")
-        if checksums.shape != (features.shape[0],):
-            raise ShapeError(f"{self.path}: {checksums.shape} checksums for {features.shape[0]} records")
-        record_bytes = features[0].nbytes if features.shape[0] else 0
-        chunks = np.empty((features.shape[0], record_bytes + 4), np.uint8)  # one copy per batch
-        chunks[:, :record_bytes] = np.ascontiguousarray(features).reshape(features.shape[0], -1).view(np.uint8)
-        chunks[:, record_bytes:] = checksums.view(np.uint8).reshape(-1, 4)
-        ds.resize(n + features.shape[0], axis=0)
-        for i in range(features.shape[0]):
-            ds.id.write_direct_chunk((n + i, 0, 0), chunks[i])
 
     def finish(self) -> Path:
         """Mark the file complete and move it to its final name; returns that path."""
@@ -669,6 +682,25 @@ def read_split_files(paths, allow_incomplete: bool = False) -> FeatureSplit:
 def open_features(paths, allow_incomplete: bool = False) -> FeatureSplit:
     """Alias of ``read_split_files``: the one entry point for reading features."""
     return read_split_files(paths, allow_incomplete=allow_incomplete)
+
+
+def _write_rows(ds, n: int, rows) -> None:
+    ds.resize(n + len(rows), axis=0)
+    ds[n:n + len(rows)] = rows
+
+
+def record_chunks(features, checksums):
+    """The file's chunks for B records: (B, record bytes + 4) uint8 tensor on ``features``'s device,
+    each record's bytes (``features`` (B, 196, 512) in the file's dtype) followed by its
+    Fletcher-32 (``checksums`` (B,), :func:`fletcher32_of_records`) in little-endian byte order —
+    exactly what HDF5's fletcher32 filter stores (tests compare the bytes)."""
+    import torch
+
+    b = features.shape[0]
+    raw = features.contiguous().view(torch.uint8).reshape(b, -1)
+    c = checksums.to(device=raw.device, dtype=torch.int64)
+    tail = torch.stack([(c >> shift) & 255 for shift in (0, 8, 16, 24)], dim=1).to(torch.uint8)
+    return torch.cat([raw, tail], dim=1)
 
 
 def fletcher32_of_records(features) -> np.ndarray:

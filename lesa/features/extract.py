@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lesa.checkpoint import atomic_write_text
-from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files
+from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files, record_chunks
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
@@ -321,7 +321,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
             bar = _progress(len(positions), begin, out_path.name, progress)
             done_now = 0
             batches = iter(loader)  # the worker processes start (fork) before this process's threads
-            appender = _BackgroundAppender(writer)
+            appender = _BackgroundAppender()
             waits = {"decoded images": 0.0, "the model": 0.0, "the writer": 0.0}
             in_flight = None  # the previous batch: copied to the host while this one is computed
 
@@ -332,10 +332,10 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                 if not steady:
                     steady.update(t=time.perf_counter(), done=done_now)
                 tic = time.perf_counter()
-                feats, checksums = result.get()
+                out = result.get()
                 waits["the model"] += time.perf_counter() - tic
                 tic = time.perf_counter()
-                appender.append(ids, feats, labels, checksums)
+                appender.append(writer.append_chunks if result.chunks else writer.append, ids, out, labels)
                 waits["the writer"] += time.perf_counter() - tic
 
             try:
@@ -397,15 +397,14 @@ def _steady_rate(steady: dict, done: int, end: float) -> float:
 
 
 class _BackgroundAppender:
-    """Writes batches to the FeatureWriter in a thread (in order) while the next batch is computed.
+    """Runs the FeatureWriter's appends in a thread (in order) while the next batch is computed.
 
     At most two batches wait; an error in the thread is raised by the next ``append``/``close``."""
 
-    def __init__(self, writer: FeatureWriter):
+    def __init__(self):
         import queue
         import threading
 
-        self.writer = writer
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lesa-h5-writer", daemon=True)
@@ -417,15 +416,17 @@ class _BackgroundAppender:
             if item is None:
                 return
             if self.error is None:
+                method, args = item
                 try:
-                    self.writer.append(*item)
+                    method(*args)
                 except BaseException as exc:  # handed to the main thread
                     self.error = exc
 
-    def append(self, img_ids, features, labels, checksums=None) -> None:
+    def append(self, method, *args) -> None:
+        """Queue ``method(*args)`` (the writer's ``append`` or ``append_chunks``)."""
         if self.error is not None:
             raise self.error
-        self.queue.put((img_ids, features, labels, checksums))
+        self.queue.put((method, args))
 
     def close(self, raise_errors: bool = True) -> None:
         if self.thread.is_alive():
@@ -446,9 +447,10 @@ def _summary_of_complete(path: Path) -> ExtractionSummary:
 class _ForwardResult:
     """VGG-19 conv5_4 of one preprocessed batch, started on the device; ``get()`` waits for it.
 
-    On a GPU the features are cast to the file's dtype there, their HDF5 Fletcher-32 checksums
-    computed there (the writer then stores the chunks as they are), and both copied into pinned
-    host memory without blocking, so the host can prepare the next batch meanwhile."""
+    On a GPU the features are cast to the file's dtype there and laid out there as the file's
+    chunks (each record's bytes and its HDF5 Fletcher-32: ``record_chunks``), then copied into
+    pinned host memory without blocking, so the host prepares the next batch meanwhile and the
+    writer stores the chunks as they are. On the CPU, HDF5's filter computes the checksums."""
 
     def __init__(self, model, x: torch.Tensor, channels_last: bool, dtype: np.dtype):
         if channels_last:
@@ -456,20 +458,23 @@ class _ForwardResult:
         feats = model(x).to(getattr(torch, np.dtype(dtype).name))  # (B, 196, 512)
         self.event = None
         if feats.is_cuda:
-            checksums = fletcher32_of_records(feats)
-            self.feats = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
-            self.checksums = torch.empty(checksums.shape, dtype=checksums.dtype, pin_memory=True)
-            self.feats.copy_(feats, non_blocking=True)
-            self.checksums.copy_(checksums, non_blocking=True)
+            chunks = record_chunks(feats, fletcher32_of_records(feats))
+            self.out = torch.empty(chunks.shape, dtype=chunks.dtype, pin_memory=True)
+            self.out.copy_(chunks, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
-        else:  # on the CPU HDF5's filter computes the checksums
-            self.feats, self.checksums = feats, None
+        else:
+            self.out = feats
 
-    def get(self) -> tuple[np.ndarray, np.ndarray | None]:
+    @property
+    def chunks(self) -> bool:
+        """Whether ``get()`` returns the file's chunks (else features)."""
+        return self.event is not None
+
+    def get(self) -> np.ndarray:
         if self.event is not None:
             self.event.synchronize()
-        return self.feats.numpy(), None if self.checksums is None else self.checksums.numpy()
+        return self.out.numpy()
 
 
 def _progress(total: int, initial: int, name: str, enabled: bool):
