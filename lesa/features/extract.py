@@ -128,7 +128,7 @@ def failed_log_path(output: str | Path) -> Path:
 
 # -- reading images in worker processes --------------------------------------------------------
 class _ImageReader(torch.utils.data.Dataset):
-    """Item k -> (k, uint8 image (H, W, 3) tensor or raw bytes or None, reason, message)."""
+    """Item k -> (position, uint8 image (H, W, 3) array or the raw bytes or None, reason, message)."""
 
     def __init__(self, paths: Sequence[Path], positions: Sequence[int], decode: bool, max_pixels: int):
         self.paths, self.positions, self.decode, self.max_pixels = paths, positions, decode, max_pixels
