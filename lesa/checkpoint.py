@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} not found")
     _check_zip_crcs(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on odd pickle protocols: damaged bytes, reported below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"{path}: not a readable lesa checkpoint ({type(exc).__name__}: {str(exc)[:200]}); the file "

@@ -184,12 +184,14 @@ def _collate(items, max_pixels: int = MAX_PIXELS) -> dict:
 def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, batch_size: int, workers: int,
                  device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
     """Batches of ``_collate`` dicts for ``paths[positions]``, read (and with decoder="exact"
-    decoded and packed) in ``workers`` processes; page-locked for a CUDA ``device``."""
+    decoded and packed) in ``workers`` processes; page-locked for a CUDA ``device``. Each worker
+    keeps two batches in flight (shared, then page-locked memory: ~95 MB per batch of 256 photos),
+    enough to keep every worker busy while the model runs."""
     reader = _ImageReader(paths, positions, decode=decoder == "exact", max_pixels=max_pixels)
     return torch.utils.data.DataLoader(
         reader, batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=functools.partial(_collate, max_pixels=max_pixels),
-        pin_memory=torch.device(device).type == "cuda", prefetch_factor=4 if workers else None,
+        pin_memory=torch.device(device).type == "cuda", prefetch_factor=2 if workers else None,
     )
 
 
