@@ -6,7 +6,7 @@ import pytest
 import simplejpeg
 import torch
 
-from lesa.errors import CheckpointError, ConfigError, ImageError
+from lesa.errors import CheckpointError, ConfigError, DataError, ImageError
 from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
 from lesa.features.preprocess import crop_plan, pack_crops, resized_size, vgg_preprocess_packed
 from lesa.features.vgg import conv_names, precision_context
@@ -230,3 +230,21 @@ def test_worker_processes_hand_over_packed_batches(tmp_path, decoder):
         assert seen == [0, 1, 2, 3, 4] and failed == {5: "unreadable", 6: "not_image"}
     else:  # only read there: the main process decodes (and rejects) them
         assert seen == [0, 1, 2, 3, 4, 6] and failed == {5: "unreadable"}
+
+
+def test_running_out_of_shared_memory_is_a_clear_error_and_resumable(tmp_path, monkeypatch):
+    import lesa.features.extract as extract
+    from lesa.datasets.h5 import partial_path
+
+    def full(n):  # what torch raises in a worker when /dev/shm is full
+        raise RuntimeError("unable to write to file </torch_7_1234_0>: No space left on device (28)")
+
+    monkeypatch.setattr(extract, "_shared_uint8", full)  # the forked worker inherits it
+    paths = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for path in paths:
+        path.write_bytes(simplejpeg.encode_jpeg(smooth_image(40, 50), quality=90))
+    source = extract.ExtractionSource("bench", "bench", [p.name for p in paths], paths, {}, lambda pos: {})
+    with pytest.raises(DataError, match=r"shared memory \(/dev/shm\).*No space left.*--resume"):
+        extract.extract_features(source, tmp_path / "f.h5", extract.build_model("random", None), batch_size=2,
+                                 workers=1, progress=False)
+    assert partial_path(tmp_path / "f.h5").exists() and not (tmp_path / "f.h5").exists()

@@ -344,7 +344,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                 with torch.no_grad(), precision_context(precision, device):
                     while True:
                         tic = time.perf_counter()
-                        batch = next(batches, None)
+                        batch = _next_batch(batches, out_path)
                         waits["decoded images"] += time.perf_counter() - tic
                         if batch is None:
                             break
@@ -389,6 +389,21 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
         writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
         writer.finish()
     return summary
+
+
+def _next_batch(batches, out_path: Path):
+    """The loader's next batch (None at the end); running out of shared memory (the workers hand
+    batches over in /dev/shm, which containers keep small) becomes an error that says what to do."""
+    try:
+        return next(batches, None)
+    except RuntimeError as exc:
+        text = str(exc)
+        if "No space left on device" in text or "Bus error" in text:
+            detail = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+            raise DataError(f"{out_path}: the image-reading workers ran out of shared memory (/dev/shm) "
+                            f"({detail[:160]}); give the machine more (docker run --shm-size=8g) or lower "
+                            "--batch-size / --workers, then rerun with --resume") from exc
+        raise
 
 
 def _steady_rate(steady: dict, done: int, end: float) -> float:
