@@ -216,6 +216,8 @@ def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype
                     writer.append_chunks(ids, record_chunks(torch.from_numpy(part), sums), part_labels)
                 else:
                     writer.append(ids, part, part_labels, checksums=sums if how == "checksums" else None)
+            writer.append([], np.zeros((0, 196, 512), dtype), {"labels_81": labels[:0]},
+                          checksums=fletcher32_of_records(torch.zeros(0, 196, 512)))  # an empty batch: nothing
             with pytest.raises(ShapeError, match="uint8"):  # chunks of another dtype's records
                 writer.append_chunks(["x"], np.zeros((1, 196 * 512 * 3 + 4), np.uint8), {"labels_81": labels[:1]})
             writer.finish()

@@ -697,7 +697,10 @@ def record_chunks(features, checksums):
     import torch
 
     b = features.shape[0]
-    raw = features.contiguous().view(torch.uint8).reshape(b, -1)
+    record_bytes = int(np.prod(features.shape[1:])) * features.element_size()
+    if b == 0:  # (an empty array's strides may not allow the byte view)
+        return torch.empty((0, record_bytes + 4), dtype=torch.uint8, device=features.device)
+    raw = features.contiguous().view(torch.uint8).reshape(b, record_bytes)
     c = checksums.to(device=raw.device, dtype=torch.int64)
     tail = torch.stack([(c >> shift) & 255 for shift in (0, 8, 16, 24)], dim=1).to(torch.uint8)
     return torch.cat([raw, tail], dim=1)
@@ -715,7 +718,8 @@ def fletcher32_of_records(features) -> np.ndarray:
 
     out = []
     for part in torch.as_tensor(features).split(64):  # bounded temporaries
-        raw = part.contiguous().view(torch.uint8).reshape(part.shape[0], -1, 2).to(torch.int64)
+        record_bytes = int(np.prod(part.shape[1:])) * part.element_size()
+        raw = part.contiguous().view(torch.uint8).reshape(part.shape[0], record_bytes // 2, 2).to(torch.int64)
         words = raw[..., 0] * 256 + raw[..., 1]
         n = words.shape[1]
         weights = torch.arange(n, 0, -1, dtype=torch.int64, device=words.device)
