@@ -23,25 +23,19 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import time
 
 import torch
 
 
 def timed(fn, n: int, device: str) -> float:
-    """Seconds per call: median of 3 blocks of ``n`` calls (after one warm-up call)."""
+    """Seconds per call: median of 3 blocks of ``n`` back-to-back calls (after one warm-up call),
+    timed as ``lesa bench`` times the GPU step."""
+    from lesa.bench import cuda_block_seconds, median_seconds
+
     fn()
-    times = []
-    for _ in range(3):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / n)
-    return sorted(times)[1]
+    if device == "cuda":
+        return cuda_block_seconds(fn, n)
+    return median_seconds(lambda: [fn() for _ in range(n)], repeat=3, warmup=0) / n
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

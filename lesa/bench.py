@@ -40,7 +40,7 @@ class Row:
     note: str = ""
 
 
-def _timeit(fn, repeat: int, warmup: int = 1, sync=None) -> float:
+def median_seconds(fn, repeat: int, warmup: int = 1, sync=None) -> float:
     """Median seconds of ``repeat`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
@@ -108,10 +108,10 @@ def bench_training_step(quick: bool) -> list[Row]:
     features, labels = nus_batch()
     step = make_train_step(model, opt, mode="eager")  # the CPU path: P = the batch's most positives
     cpu0 = time.process_time()
-    ours = _timeit(lambda: step(features, labels), repeat, warmup=2)
+    ours = median_seconds(lambda: step(features, labels), repeat, warmup=2)
     cpu_per_step = (time.process_time() - cpu0) / (repeat + 2)
     model2, opt2 = nus_model()
-    dense = _timeit(lambda: dense_step(model2, opt2, features, labels), repeat, warmup=2)
+    dense = median_seconds(lambda: dense_step(model2, opt2, features, labels), repeat, warmup=2)
     rows = [
         Row("training step, CPU eager (B=32, 925 seen/81 unseen, T=10, all losses, TF RMSProp, BN)",
             f"{ours * 1e3:.0f} ms", f"{TF_STEP_MS:.0f} ms: original TF1 graph (recorded figure, not this run)",
@@ -131,7 +131,7 @@ def bench_training_step(quick: bool) -> list[Row]:
     return rows
 
 
-def _cuda_block_seconds(fn, n: int, blocks: int = 3) -> float:
+def cuda_block_seconds(fn, n: int, blocks: int = 3) -> float:
     """Median over ``blocks`` of (GPU time of ``n`` back-to-back calls) / n, timed with CUDA events
     around the block (no sync between calls, as in the training loop)."""
     per_call = []
@@ -175,7 +175,7 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
         rows = torch.randint(features.shape[0], (BATCH,), device="cuda", generator=g)
         return features[rows].float(), labels[rows].float()
 
-    data_only = _cuda_block_seconds(next_batch, 200 if quick else 2000)
+    data_only = cuda_block_seconds(next_batch, 200 if quick else 2000)
     times: dict[str, float | Exception] = {}
     for key in ("eager", "cuda_graph", "compile+cuda_graph", "cuda_graph tf32", "compile+cuda_graph tf32",
                 "cuda_graph tf32x3", "compile+cuda_graph tf32x3"):
@@ -187,7 +187,7 @@ def bench_training_step_gpu(quick: bool) -> list[Row]:
             for _ in range(5):  # warm-up: capture, compilation, cuDNN/cuBLAS handles
                 step(*next_batch())
             n = (20 if quick else 200) if mode == "eager" else (200 if quick else 2000)
-            times[key] = _cuda_block_seconds(lambda: step(*next_batch()), n)
+            times[key] = cuda_block_seconds(lambda: step(*next_batch()), n)
         except Exception as exc:  # e.g. no triton for compile: report, do not stop the table
             times[key] = exc
     set_tf32(False)
@@ -409,8 +409,8 @@ def bench_evaluation(quick: bool) -> list[Row]:
     zsl = synthetic_scores(N, N_UNSEEN, 2.5, seed=1)
     gzsl = synthetic_scores(N, N_UNSEEN + N_SEEN, 7.0, seed=2)
     repeat = 1 if quick else 3  # median of 3 after a warm-up: one run swings by +-20% on a shared VM
-    ours = _timeit(lambda: evaluate_protocol(zsl, gzsl), repeat)
-    ours_ap = _timeit(lambda: [metrics.average_precision(*zsl), metrics.average_precision(*gzsl)], repeat)
+    ours = median_seconds(lambda: evaluate_protocol(zsl, gzsl), repeat)
+    ours_ap = median_seconds(lambda: [metrics.average_precision(*zsl), metrics.average_precision(*gzsl)], repeat)
     ap_ours = [metrics.average_precision(*zsl), metrics.average_precision(*gzsl)]
 
     # baseline: a per-class scikit-learn loop, timed on a subset of classes, scaled per class
@@ -455,7 +455,7 @@ def bench_inference(quick: bool) -> list[Row]:
     model, _ = nus_model()
     n = 1024 if quick else 2048
     features = torch.relu(torch.randn(n, 196, 512))
-    ours = _timeit(lambda: predict(model, features, batch_size=512), 1 if quick else 2)
+    ours = median_seconds(lambda: predict(model, features, batch_size=512), 1 if quick else 2)
 
     def whole_batches():
         with torch.no_grad():
@@ -463,7 +463,7 @@ def bench_inference(quick: bool) -> list[Row]:
             for i in range(0, n, 512):
                 model(features[i:i + 512])
 
-    base = _timeit(whole_batches, 1 if quick else 2)
+    base = median_seconds(whole_batches, 1 if quick else 2)
     rows = [Row(f"inference, CPU, batches of 512 (zs + gzs scores; forward in slices of {CPU_INFERENCE_SLICE})",
                 f"{n / ours:,.0f} images/s", f"{n / base:,.0f} images/s: one forward per batch of 512 (this run)",
                 _ratio(base, ours))]
@@ -476,7 +476,7 @@ def bench_inference(quick: bool) -> list[Row]:
         name = torch.cuda.get_device_name(0)
         rates = {}
         for precision in ("fp32", "tf32", "bf16"):
-            t = _timeit(lambda: predict(model, feats, batch_size=4096, precision=precision), 3,
+            t = median_seconds(lambda: predict(model, feats, batch_size=4096, precision=precision), 3,
                         sync=torch.cuda.synchronize)
             rates[precision] = feats.shape[0] / t
         ref = predict(model, feats[:4096], batch_size=4096)["gzs_logits"]

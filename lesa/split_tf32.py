@@ -22,13 +22,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_HIGH_BITS = -8192  # 0xFFFFE000 as int32: sign, exponent and the top 10 mantissa bits
+TF32_HIGH_BITS = -8192  # 0xFFFFE000 as int32: sign, exponent and the top 10 mantissa bits
 
 
 def split_tf32(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``t = hi + lo`` exactly, with ``hi`` exactly representable in TF32 (low 13 mantissa bits
     cleared) and ``lo`` the remainder (float32)."""
-    hi = (t.contiguous().view(torch.int32) & _HIGH_BITS).view(torch.float32)
+    hi = (t.contiguous().view(torch.int32) & TF32_HIGH_BITS).view(torch.float32)
     return hi, t - hi
 
 

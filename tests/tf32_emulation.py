@@ -45,9 +45,9 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-aten = torch.ops.aten
+from lesa.split_tf32 import TF32_HIGH_BITS  # sign, exponent and the top 10 mantissa bits
 
-_HIGH_BITS = -8192  # 0xFFFFE000 as int32: sign, exponent and the top 10 mantissa bits
+aten = torch.ops.aten
 
 CONV_OPS = (aten.convolution.default, aten.convolution_backward.default)
 # op -> positions of the matrix operands to round (the others, e.g. addmm's C, stay float32)
@@ -74,13 +74,13 @@ def round_tf32(t: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
     bits = t.contiguous().view(torch.int32)
     nan = torch.isnan(t)
     if rounding == "truncate":
-        rounded = bits & _HIGH_BITS
+        rounded = bits & TF32_HIGH_BITS
     elif rounding == "nearest":
         # add half a TF32 step minus one ulp, plus the kept lowest bit (ties go to even), then
         # truncate; a carry runs into the exponent exactly as rounding up should. Adding to
         # the int32 bit pattern is magnitude arithmetic for either sign (sign-magnitude floats).
         bias = 0x0FFF + ((bits >> 13) & 1)
-        rounded = (torch.where(nan, 0, bits) + bias) & _HIGH_BITS  # (NaN patterns could wrap)
+        rounded = (torch.where(nan, 0, bits) + bias) & TF32_HIGH_BITS  # (NaN patterns could wrap)
     else:
         raise ValueError(f"rounding must be 'truncate' or 'nearest', got {rounding!r}")
     return torch.where(nan, t, rounded.view(torch.float32)).view(t.shape)

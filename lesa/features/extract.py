@@ -337,7 +337,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                 out = result.get()
                 waits["the model"] += time.perf_counter() - tic
                 tic = time.perf_counter()
-                appender.append(writer.append_chunks if result.chunks else writer.append, ids, out, labels)
+                appender.append(writer.append_chunks if result.gives_chunks else writer.append, ids, out, labels)
                 waits["the writer"] += time.perf_counter() - tic
 
             try:
@@ -484,7 +484,7 @@ class _ForwardResult:
             self.out = feats
 
     @property
-    def chunks(self) -> bool:
+    def gives_chunks(self) -> bool:
         """Whether ``get()`` returns the file's chunks (else features)."""
         return self.event is not None
 
