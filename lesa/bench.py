@@ -493,9 +493,81 @@ def bench_inference(quick: bool) -> list[Row]:
     return rows
 
 
+# -- reading feature files -------------------------------------------------------------------------
+def _feature_file(path, n: int, dtype: str) -> None:
+    from lesa.datasets.h5 import FeatureWriter
+
+    rng = np.random.default_rng(0)
+    with FeatureWriter(path, "nus_wide", "Train", {"labels_81": 81}, dtype=dtype) as writer:
+        for a in range(0, n, 128):
+            b = min(n, a + 128)
+            feats = np.maximum(rng.standard_normal((b - a, 196, 512), dtype=np.float32), 0)
+            writer.append([str(i) for i in range(a, b)], feats, {"labels_81": np.ones((b - a, 81), np.int8)})
+        writer.finish()
+
+
+def _windows_per_second(reader, workers: int, windows) -> float:
+    """Records/s of ``read_windows`` (windows for a preload: no page-locking) with ``workers``."""
+    reader.read_workers, reader.auto_workers = workers, False
+    start = time.perf_counter()
+    for _ in reader.read_windows(lambda: iter(windows), len(windows[0][0]), batches=False):
+        pass
+    return sum(len(w[0]) for w in windows) / (time.perf_counter() - start)
+
+
+def bench_reading(quick: bool) -> list[Row]:
+    """Streamed reads of a feature file (in the page cache) in windows of ``chunk_mb`` = 64 MB, as
+    training and evaluation read them: copy-free reads vs the former gather-then-copy, and reader
+    processes vs the reading thread."""
+    import tempfile
+
+    from lesa.datasets import read_workers as rw
+    from lesa.datasets.h5 import open_features
+    from lesa.datasets.stream import RangeReader
+
+    n = 512 if quick else 2048
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("float32", "float16"):
+            path = f"{tmp}/{dtype}.h5"
+            _feature_file(path, n, dtype)
+            split = open_features(path)
+            reader = RangeReader(split, {"y": ("labels_81", None)})
+            per = reader.chunk_records
+            windows = [[np.arange(a, min(n, a + per))] for a in range(0, n, per)]
+
+            def gather_then_copy():  # the former read path: rows gathered by h5py, then copied in
+                for (w,) in windows:
+                    out = np.empty((w.size, 196, 512), reader.dtype)
+                    out[:] = split.read_features(w, dtype=None)
+
+            def copy_free():
+                for (w,) in windows:
+                    reader.read(w)
+
+            gather_then_copy()  # the file into the page cache
+            old = n / median_seconds(gather_then_copy, 3)
+            new = n / median_seconds(copy_free, 3)
+            rows.append(Row(f"reading a {dtype} feature file in windows of 64 MB, one thread, file in the page "
+                            f"cache ({n:,} records)", f"{new:,.0f} records/s",
+                            f"{old:,.0f} records/s: rows gathered by h5py, then copied into the window "
+                            "(the former path; this run)", _ratio(1 / old, 1 / new)))
+            if rw.can_fork():
+                thread = np.median([_windows_per_second(reader, 0, windows) for _ in range(3)])
+                for workers in sorted({1, 2, max(2, min(4, cores - 1))}):
+                    rate = np.median([_windows_per_second(reader, workers, windows) for _ in range(3)])
+                    rows.append(Row(f"same, {workers} reader process{'es' if workers > 1 else ''} "
+                                    f"(data.read_workers = {workers}; {cores} cores)", f"{rate:,.0f} records/s",
+                                    f"{thread:,.0f} records/s: the reading thread (read_workers = 0; this run)",
+                                    _ratio(1 / thread, 1 / rate)))
+            split.close()
+    return rows
+
+
 # -- the table --------------------------------------------------------------------------------------
 SECTIONS = {"step": bench_training_step, "ranking": bench_ranking_loss, "evaluation": bench_evaluation,
-            "inference": bench_inference, "schedule": bench_schedule}
+            "inference": bench_inference, "reading": bench_reading, "schedule": bench_schedule}
 
 
 def run(quick: bool = False, only: list[str] | None = None, progress=None) -> str:

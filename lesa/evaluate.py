@@ -258,7 +258,7 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     results = []
     try:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
-                             chunk_mb=cfg.data.chunk_mb, name="test")
+                             chunk_mb=cfg.data.chunk_mb, read_workers=cfg.data.read_workers, name="test")
         for i, (tag, ckpt) in enumerate(checkpoints):
             model = load_model_for_task(ckpt, task, cfg.model, dev)
             scores_path = None

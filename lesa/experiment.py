@@ -57,6 +57,7 @@ class DataSection:
     shuffle_buffer: int = 20000  # records mixed together when shuffling (bounded memory)
     preload: str = "none"  # none | ram | gpu | auto (auto: gpu/ram when it fits, else stream)
     chunk_mb: int = 64  # contiguous read size when streaming
+    read_workers: int = 0  # reader processes for GPU batches and preloads: 0 one thread, -1 auto (>= 4 cores), N
     eval_batch_size: int = 1000
 
 
@@ -279,6 +280,9 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{src}: {key} = {value}; it must be at least 1")
+    if d.read_workers < -1:
+        raise ConfigError(f"{src}: data.read_workers = {d.read_workers}; use -1 (auto), 0 (one reading "
+                          "thread) or the number of reader processes")
     for key, value in {"train.lr": t.lr, "train.rmsprop_eps": t.rmsprop_eps}.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{src}: {key} = {value}; it must be a positive number")

@@ -223,10 +223,11 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     check_label_widths(val_split, task.val_labels, task, "validation")
     check_test_split(cfg, task)  # read only after training: check it now (metadata only)
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
-                               chunk_mb=d.chunk_mb, progress=progress, name="train")
+                               chunk_mb=d.chunk_mb, read_workers=d.read_workers, progress=progress, name="train")
     val_reader = RangeReader(val_split, task.val_labels, *val_range, device=device,
                              preload=d.preload if shard[0] == 0 else "none",  # only rank 0 validates
-                             chunk_mb=d.chunk_mb, progress=progress, name="validation")
+                             chunk_mb=d.chunk_mb, read_workers=d.read_workers, progress=progress,
+                             name="validation")
     plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
                      block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
 
@@ -423,7 +424,7 @@ def _zs_quarter_test(run: Training, i: int, log) -> None:
     split = open_split(run.cfg.data.test, "test")
     try:
         reader = RangeReader(split, run.task.test_labels, preload="none", device=run.device,
-                             chunk_mb=run.cfg.data.chunk_mb, name="test")
+                             chunk_mb=run.cfg.data.chunk_mb, read_workers=run.cfg.data.read_workers, name="test")
         scores, labels = predict(run.model, reader, run.cfg.data.eval_batch_size, heads=("zs_logits", "gzs_logits"))
     finally:
         split.close()
@@ -556,7 +557,8 @@ def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
     summaries = {}
     try:
         reader = RangeReader(split, run.task.test_labels, preload=cfg.data.preload, device=run.device,
-                             chunk_mb=cfg.data.chunk_mb, progress=progress, name="test")
+                             chunk_mb=cfg.data.chunk_mb, read_workers=cfg.data.read_workers, progress=progress,
+                             name="test")
         for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt")):
             if not (out / name).exists():
                 continue

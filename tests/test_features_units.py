@@ -239,7 +239,7 @@ def test_running_out_of_shared_memory_is_a_clear_error_and_resumable(tmp_path, m
     def full(n):  # what torch raises in a worker when /dev/shm is full
         raise RuntimeError("unable to write to file </torch_7_1234_0>: No space left on device (28)")
 
-    monkeypatch.setattr(extract, "_shared_uint8", full)  # the forked worker inherits it
+    monkeypatch.setattr(extract, "shared_bytes", full)  # the forked worker inherits it
     paths = [tmp_path / f"{i}.jpg" for i in range(3)]
     for path in paths:
         path.write_bytes(simplejpeg.encode_jpeg(smooth_image(40, 50), quality=90))

@@ -5,12 +5,12 @@ import argparse
 import sys
 
 
-SECTIONS = ["step", "ranking", "evaluation", "inference", "schedule"]  # lesa.bench.SECTIONS (kept light: no torch import)
+SECTIONS = ["step", "ranking", "evaluation", "inference", "reading", "schedule"]  # lesa.bench.SECTIONS (kept light: no torch import)
 
 
 def _add_bench(subparsers) -> None:
     parser = subparsers.add_parser(
-        "bench", help="measure training step, ranking loss, evaluation and inference speed",
+        "bench", help="measure training step, ranking loss, evaluation, inference and feature-file reading speed",
         description=(
             "Print one markdown table: each figure, the baseline it is compared with (measured in the "
             "same run, or a recorded figure where that cannot run here, marked as such) and the ratio. "

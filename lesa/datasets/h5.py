@@ -602,6 +602,26 @@ class FeatureSplit:
         dtype = self.feature_dtype if dtype is None else np.dtype(dtype)
         return self._gather(indices, lambda f: f.features, FEATURE_SHAPE, dtype)
 
+    def read_features_into(self, start: int, out: np.ndarray) -> None:
+        """Features of the rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous,
+        the stored dtype): no temporary copy (the fast path of streaming)."""
+        stop = start + len(out)
+        if start < 0 or stop > len(self):
+            raise IndexError(f"rows {start}..{stop - 1} out of range for {len(self)} rows")
+        if out.dtype != self.feature_dtype or not out.flags.c_contiguous:
+            raise ValueError(f"read_features_into needs a C-contiguous {self.feature_dtype} array")
+        for k, f in enumerate(self.files):
+            a, b = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
+            if a >= b:
+                continue
+            local = int(a - self.offsets[k])
+            try:
+                f.features.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
+            except _H5_READ_ERRORS as exc:
+                raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
+                                f"({type(exc).__name__}: {exc}); the file is damaged — re-create it "
+                                "with `lesa extract`") from exc
+
     def read_labels(self, name: str, indices) -> np.ndarray:
         """Labels (B, D) int8 of array ``name`` for the given rows."""
         if name not in self.label_dims:

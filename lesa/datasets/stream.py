@@ -8,10 +8,12 @@ Reading behaviour
 - ``shuffle=True``: each epoch the range is cut into blocks of contiguous records, the blocks are
   permuted, and records are mixed within windows of ``shuffle_buffer`` records; the order is a pure
   function of (seed, epoch), so a resumed run replays it exactly.
-- Streaming (``preload="none"``) reads contiguous runs of records, about ``chunk_mb`` MB at a time,
-  in a background thread that stays at most one window ahead: memory is bounded by a few windows
-  whatever the file size; the file is never read whole. float16 files are read as float16 and
-  converted to float32 per batch.
+- Streaming (``preload="none"``) reads contiguous runs of records, about ``chunk_mb`` MB at a time
+  (a window), ahead of the consumer: memory is bounded by a few windows whatever the file size; the
+  file is never read whole. float16 files are read as float16 and converted to float32 per batch.
+  One background thread of this process reads, one window ahead; with ``read_workers`` > 0, batches
+  for a GPU and preloads are read by that many processes instead (``lesa.datasets.read_workers``:
+  HDF5 reads hold h5py's lock, so threads cannot read in parallel). Both give the same batches.
 - ``preload="ram"`` reads the range once into memory (in chunks, with a progress bar); ``"gpu"`` puts
   it in GPU memory; ``"auto"`` picks the GPU, then RAM, when the data fits (GPU: 80 % of free
   memory; RAM: 50 % of available memory), else streams. An explicit preload that cannot fit is a
@@ -24,7 +26,9 @@ resumes on exactly the batch it would have read next.
 from __future__ import annotations
 
 import atexit
+import copy
 import os
+import pickle
 import queue
 import threading
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from lesa.datasets import read_workers as rw
 from lesa.datasets.h5 import FEATURE_SHAPE, FeatureSplit, open_features
 from lesa.errors import ConfigError, DataError
 
@@ -102,11 +107,13 @@ class RangeReader:
 
     With ``preload`` the records ``[start, stop)`` live in memory (RAM numpy arrays or GPU tensors)
     and reads are slices of them; otherwise every read goes to the file in contiguous runs.
+    ``read_workers``: processes that read the file for a GPU's batches and for loading a preload
+    (0: a thread of this process; -1: auto; see ``lesa.datasets.read_workers``).
     """
 
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec, start: int = 0, stop: int | None = None,
                  preload: str = "none", device: str | torch.device = "cpu", chunk_mb: int = 64,
-                 progress: bool = True, name: str = "data"):
+                 progress: bool = True, name: str = "data", read_workers: int = 0):
         self.split = split
         self.label_spec = dict(label_spec)
         self.start = int(start)
@@ -129,6 +136,8 @@ class RangeReader:
         self.chunk_records = max(1, int(chunk_mb * 2**20) // self.record_bytes)
         n_bytes = (self.stop - self.start) * self.record_bytes
         self.preload = resolve_preload(preload, n_bytes, self.device, where)
+        self.auto_workers = int(read_workers) == -1
+        self.read_workers = rw.check_read_workers(read_workers, where)
         self._features = None
         self._labels: dict[str, np.ndarray | torch.Tensor] = {}
         if self.preload != "none":
@@ -137,16 +146,29 @@ class RangeReader:
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def _read_file(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Rows (absolute, sorted, unique) straight from the file, contiguous runs as slices."""
-        feats = np.empty((rows.size, *FEATURE_SHAPE), dtype=self.dtype)
+    def reopened(self) -> "RangeReader":
+        """This reader on fresh handles of its files (``FeatureSplit`` pickles by path): for a reader
+        process, which must not use the handles it inherited."""
+        other = copy.copy(self)
+        other.split = pickle.loads(pickle.dumps(self.split))
+        return other
+
+    def workers_for(self, window_records: int) -> int:
+        """Reader processes for windows of ``window_records`` records (0: the reading thread)."""
+        return rw.workers_for(self.read_workers, self.auto_workers, window_records * self.record_bytes,
+                              str(self.split.paths[0]))
+
+    def _read_file(self, rows: np.ndarray, alloc=np.empty) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows (absolute, sorted, unique) straight from the file, contiguous runs as slices; the
+        features go to ``alloc(shape, dtype)`` (e.g. shared memory)."""
+        feats = alloc((rows.size, *FEATURE_SHAPE), self.dtype)
         raw = {array: np.empty((rows.size, self.split.label_dims[array]), np.int8)
                for array in {a for a, _ in self.label_spec.values()}}
         pos = 0
         for a, b in contiguous_runs(rows):
             idx = np.arange(a, b)
             try:
-                feats[pos:pos + b - a] = self.split.read_features(idx, dtype=None)
+                self.split.read_features_into(a, feats[pos:pos + b - a])
                 for array in raw:
                     raw[array][pos:pos + b - a] = self.split.read_labels(array, idx)
             except (OSError, RuntimeError, KeyError) as exc:  # h5py: damaged chunk, truncated file
@@ -167,10 +189,20 @@ class RangeReader:
         labels = None
         bar = tqdm(total=n, desc=f"loading {self.name} into {self.preload.upper()}", unit="img",
                    disable=not progress, leave=False)
-        for a in range(0, n, self.chunk_records):
-            b = min(n, a + self.chunk_records)
-            f, lab = self._read_file(np.arange(self.start + a, self.start + b))
-            feats[a:b] = f
+        windows = [[np.arange(self.start + a, self.start + min(n, a + self.chunk_records))]
+                   for a in range(0, n, self.chunk_records)]
+        if self.workers_for(self.chunk_records):  # read in parallel, copied from shared memory
+            chunks, in_place = self.read_windows(lambda: iter(windows), self.chunk_records, batches=False), False
+        else:  # read here, straight into place
+            chunks = ((w, *self._read_file(w[0], alloc=lambda *_, w=w: feats[w[0][0] - self.start:
+                                                                             w[0][-1] + 1 - self.start]))
+                      for w in windows)
+            in_place = True
+        for window, f, lab in chunks:
+            a = int(window[0][0]) - self.start
+            b = a + len(window[0])
+            if not in_place:
+                feats[a:b] = f
             if labels is None:
                 labels = {k: np.empty((n, v.shape[1]), np.int8) for k, v in lab.items()}
             for k, v in lab.items():
@@ -185,8 +217,9 @@ class RangeReader:
             self._features = feats
             self._labels = labels
 
-    def read(self, rows: np.ndarray):
-        """Records ``rows`` (absolute indices, any order) -> (features, {key: labels}) as stored."""
+    def read(self, rows: np.ndarray, alloc=np.empty):
+        """Records ``rows`` (absolute indices, any order) -> (features, {key: labels}) as stored
+        (read from the file into ``alloc(shape, dtype)`` unless preloaded)."""
         rows = np.asarray(rows, dtype=np.int64)
         if self._features is not None:
             local = rows - self.start
@@ -200,7 +233,7 @@ class RangeReader:
                 return self._features[sl], {k: v[sl] for k, v in self._labels.items()}
             return self._features[local], {k: v[local] for k, v in self._labels.items()}
         uniq, inverse = np.unique(rows, return_inverse=True)
-        feats, labels = self._read_file(uniq)
+        feats, labels = self._read_file(uniq, alloc)
         if uniq.size == rows.size and np.all(uniq == rows):
             return feats, labels
         return feats[inverse], {k: v[inverse] for k, v in labels.items()}
@@ -217,6 +250,22 @@ class RangeReader:
             out[k] = v.to(self.device, non_blocking=True).to(torch.float32)
         return Batch(features=feats, labels=out, rows=np.asarray(rows))
 
+    def read_windows(self, make_windows, window_records: int, batches: bool = True
+                     ) -> Iterator[tuple[Sequence[np.ndarray], np.ndarray | torch.Tensor, dict]]:
+        """``(window, features as stored, {key: labels})`` for each window (a list of row arrays
+        read in one go) of ``make_windows()``, in order, read ahead by reader processes or a thread.
+        ``window_records``: the windows' largest size. ``batches``: they become batches (page-locked
+        for a CUDA reader); otherwise they are copied into a preload.
+
+        Reader processes serve batches for a GPU and preloads; a CPU run's batches come from the
+        thread (its step is far slower than reading, and batches made from reused shared buffers
+        would need one more copy each). With processes, the features are reused once the next
+        window is asked for: copy what you keep."""
+        workers = self.workers_for(window_records) if self.device.type == "cuda" or not batches else 0
+        if workers:
+            return rw.worker_windows(self, make_windows, workers, pin=batches)
+        return _thread_windows(self, make_windows(), pin=batches)
+
     def iter_batches(self, batch_size: int, progress: bool = False, desc: str = "") -> Iterator["Batch"]:
         """All records ``[start, stop)`` in order, in batches (evaluation); reads ahead one chunk."""
         n = len(self)
@@ -229,7 +278,7 @@ class RangeReader:
 
         bar = tqdm(total=n, desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
                    leave=False)
-        for batch in _prefetched(self, windows):
+        for batch in _prefetched(self, lambda: iter(windows), per_window):
             bar.update(len(batch.rows))
             yield batch
         bar.close()
@@ -261,19 +310,30 @@ def _pinned(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
 
 
-def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | Iterator) -> Iterator[Batch]:
-    """Yield the batches of each window; the next window is read by a thread meanwhile.
-
-    A window is a list of batches (arrays of row indices) whose union is read in one go.
-    Memory: the window being consumed + one read ahead.
-    """
+def _prefetched(reader: RangeReader, make_windows, window_records: int) -> Iterator[Batch]:
+    """Yield the batches of each window of ``make_windows()`` (a window is a list of batches: arrays
+    of row indices whose union is read in one go), read ahead (``RangeReader.read_windows``)."""
     if reader.preload != "none":
-        for window in windows:
+        for window in make_windows():
             for rows in window:
                 feats, labels = reader.read(rows)
                 yield reader.to_batch(feats, labels, rows)
         return
+    windows = reader.read_windows(make_windows, window_records)
+    try:
+        for window, feats, labels in windows:
+            pos = 0
+            for rows in window:
+                b = len(rows)
+                yield reader.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows)
+                pos += b
+    finally:
+        windows.close()  # stops the reading thread or processes
 
+
+def _thread_windows(reader: RangeReader, windows: Iterator, pin: bool = True):
+    """``RangeReader.read_windows`` in one background thread of this process, one window ahead.
+    Memory: the window being consumed + one read ahead."""
     q: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
     _END = object()
@@ -285,7 +345,7 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
                     return
                 rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
                 feats, labels = reader.read(rows)
-                if reader.device.type == "cuda":  # page-locked here, off the training loop's thread
+                if pin and reader.device.type == "cuda":  # page-locked here, off the training loop's thread
                     feats, labels = _pinned(feats), {k: _pinned(v) for k, v in labels.items()}
                 item = (window, feats, labels)
                 while not stop.is_set():
@@ -308,12 +368,7 @@ def _prefetched(reader: RangeReader, windows: Sequence[Sequence[np.ndarray]] | I
                 return
             if isinstance(item, BaseException):
                 raise item
-            window, feats, labels = item
-            pos = 0
-            for rows in window:
-                b = len(rows)
-                yield reader.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows)
-                pos += b
+            yield item
     finally:
         stop.set()
         while thread.is_alive():
@@ -403,7 +458,10 @@ class TrainStream:
 
     def __next__(self) -> Batch:
         if self._iter is None:
-            self._iter = _prefetched(self.reader, self._windows(self.epoch, self.batch))
+            epoch, batch = self.epoch, self.batch
+            per_window = max(1, self.reader.chunk_records // self.plan.batch_size)
+            self._iter = _prefetched(self.reader, lambda: self._windows(epoch, batch),
+                                     per_window * self.plan.batch_size)
         out = next(self._iter)
         self.batch += 1
         if self.batch >= self.plan.batches_per_epoch:

@@ -30,6 +30,7 @@ import torch
 
 from lesa.checkpoint import atomic_write_text
 from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files, record_chunks
+from lesa.datasets.read_workers import shared_bytes, shared_memory_error
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
@@ -152,14 +153,6 @@ class _ImageReader(torch.utils.data.Dataset):
         return pos, image, "", ""
 
 
-def _shared_uint8(n: int) -> torch.Tensor:
-    """A uint8 tensor in shared memory when called in a DataLoader worker (as torch's own collate
-    does): the batch then reaches the main process without the copy the queue would make."""
-    if torch.utils.data.get_worker_info() is not None and hasattr(torch.UntypedStorage, "_new_shared"):
-        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
-    return torch.empty(n, dtype=torch.uint8)
-
-
 def _collate(items, max_pixels: int = MAX_PIXELS) -> dict:
     """Runs in the worker: one batch -> {"positions", "failures" [(position, reason, message)], and
     decoder=exact: "flat" (packed uint8 pixels of the windows the crop reads), "sizes" (of those
@@ -171,13 +164,13 @@ def _collate(items, max_pixels: int = MAX_PIXELS) -> dict:
     if good and isinstance(good[0][1], bytes):  # decoder=gpu: the main process only slices
         blobs = [data for _, data in good]
         batch["positions"], batch["sizes"] = [pos for pos, _ in good], [len(data) for data in blobs]
-        batch["flat"] = _shared_uint8(sum(batch["sizes"]))
+        batch["flat"] = shared_bytes(sum(batch["sizes"]))
         batch["flat"].numpy()[:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         batch["nvjpeg"] = [_gpu_decodable(data, max_pixels) for data in blobs]
         return batch
     if good:  # (every decoded image fits the crop: its short side is resized to 256)
         batch["positions"] = [pos for pos, _ in good]
-        batch["flat"], batch["sizes"], batch["plan"] = pack_crops([im for _, im in good], _shared_uint8)
+        batch["flat"], batch["sizes"], batch["plan"] = pack_crops([im for _, im in good], shared_bytes)
     return batch
 
 
@@ -397,13 +390,10 @@ def _next_batch(batches, out_path: Path):
     try:
         return next(batches, None)
     except RuntimeError as exc:
-        text = str(exc)
-        if "No space left on device" in text or "Bus error" in text:
-            detail = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
-            raise DataError(f"{out_path}: the image-reading workers ran out of shared memory (/dev/shm) "
-                            f"({detail[:160]}); give the machine more (docker run --shm-size=8g) or lower "
-                            "--batch-size / --workers, then rerun with --resume") from exc
-        raise
+        err = shared_memory_error(exc, str(out_path), "lower --batch-size / --workers, then rerun with --resume")
+        if err is None:
+            raise
+        raise err from exc
 
 
 def _steady_rate(steady: dict, done: int, end: float) -> float:
