@@ -2,17 +2,19 @@
 # Every GPU check and benchmark in one go, for a machine with a CUDA GPU:
 #   the CUDA golden tests (tests/test_cuda.py), the GPU rows of `lesa bench` (training step,
 #   inference, the end-to-end schedule), the kernel profiles of the step and of inference, the feature-extraction throughput
-#   and the candidate speed-ups of benchmarks/gpu_experiments.py.
+#   the candidate speed-ups of benchmarks/gpu_experiments.py, and the feature-file reading rows of
+#   `lesa bench` (CPU-side: reader processes on the GPU machine's many cores).
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
 #        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
-#        extract schedule experiments profile). All parts at their default limits take up to ~18 min:
-#        where one call is limited to 10 minutes, run them in two calls:
-#        PARTS="tests schedule experiments" (<= 530 s), then PARTS="extract bench profile" (<= 540 s).
+#        extract schedule experiments profile reading). All parts at their default limits take up to
+#        ~19 min: where one call is limited to 10 minutes, run them in two calls:
+#        PARTS="tests schedule experiments" (<= 530 s), then PARTS="extract bench profile" (<= 540 s);
+#        PARTS="reading" (<= 60 s) fits either where time is left.
 # Each part has its own time limit (BENCH_S, TESTS_S, ...) so that one stuck part cannot take the
 # others' figures with it.
 set -u
 out=${1:-gpu_results}
-parts=" ${PARTS:-bench tests extract schedule experiments profile} "
+parts=" ${PARTS:-bench tests extract schedule experiments profile reading} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
@@ -44,5 +46,9 @@ if want profile; then
   timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
   echo "== where inference's GPU time goes (batch 4,096)"
   timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py --inference 2>&1 | tee "$out/profile_inference.log" | grep -v Warning
+fi
+if want reading; then
+  echo "== lesa bench: reading feature files (thread vs reader processes)"
+  timeout "${READING_S:-60}" $py -m lesa bench --only reading --out "$out/bench_reading.md" 2>&1 | tee "$out/bench_reading.log"
 fi
 echo "== done"

@@ -553,12 +553,14 @@ def bench_reading(quick: bool) -> list[Row]:
                             f"cache ({n:,} records)", f"{new:,.0f} records/s",
                             f"{old:,.0f} records/s: rows gathered by h5py, then copied into the window "
                             "(the former path; this run)", _ratio(1 / old, 1 / new)))
-            if rw.can_fork():
-                thread = np.median([_windows_per_second(reader, 0, windows) for _ in range(3)])
+            if rw.can_fork():  # (passes over the file: the processes' start-up counts, as in a run)
+                passes = windows * (2 if quick else 4)
+                thread = np.median([_windows_per_second(reader, 0, passes) for _ in range(3)])
                 for workers in sorted({1, 2, max(2, min(4, cores - 1))}):
-                    rate = np.median([_windows_per_second(reader, workers, windows) for _ in range(3)])
+                    rate = np.median([_windows_per_second(reader, workers, passes) for _ in range(3)])
                     rows.append(Row(f"same, {workers} reader process{'es' if workers > 1 else ''} "
-                                    f"(data.read_workers = {workers}; {cores} cores)", f"{rate:,.0f} records/s",
+                                    f"(data.read_workers = {workers}; {cores} cores; {len(passes) // len(windows)} "
+                                    "passes)", f"{rate:,.0f} records/s",
                                     f"{thread:,.0f} records/s: the reading thread (read_workers = 0; this run)",
                                     _ratio(1 / thread, 1 / rate)))
             split.close()

@@ -57,7 +57,7 @@ class DataSection:
     shuffle_buffer: int = 20000  # records mixed together when shuffling (bounded memory)
     preload: str = "none"  # none | ram | gpu | auto (auto: gpu/ram when it fits, else stream)
     chunk_mb: int = 64  # contiguous read size when streaming
-    read_workers: int = 0  # reader processes for GPU batches and preloads: 0 one thread, -1 auto (>= 4 cores), N
+    read_workers: int = -1  # reader processes for GPU batches and preloads: -1 auto (up to 4 with >= 4 cores), 0 one thread
     eval_batch_size: int = 1000
 
 

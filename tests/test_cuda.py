@@ -137,6 +137,27 @@ def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step, preload):
             assert float(x) == pytest.approx(float(y), rel=1e-3, abs=1e-5)
 
 
+def test_streamed_gpu_batches_from_reader_processes_equal_the_threads(tmp_path):
+    """A CUDA reader's batches (page-locked windows from reused shared buffers) equal the thread's,
+    while the consumer keeps several batches alive on the GPU."""
+    from lesa.datasets.h5 import open_features
+    from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
+    from test_stream import write_file
+
+    split = open_features(write_file(tmp_path / "f.h5", 230, dtype="float16"))
+    plan = BatchPlan(0, 230, 16, shuffle=True, seed=2, block=8, buffer=64)
+    got = {}
+    for workers in (0, 2):
+        stream = TrainStream(RangeReader(split, {"y": ("labels_81", None)}, chunk_mb=1, device="cuda",
+                                         read_workers=workers), plan)
+        got[workers] = [next(stream) for _ in range(40)]
+        stream.close()
+    for a, b in zip(got[0], got[2]):
+        assert a.rows.tolist() == b.rows.tolist() and a.features.is_cuda and b.features.is_cuda
+        assert torch.equal(a.features, b.features) and torch.equal(a.labels["y"], b.labels["y"])
+    split.close()
+
+
 # -- VGG-19 conv5_4 on the GPU ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vgg_golden(golden_root):

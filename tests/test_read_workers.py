@@ -136,21 +136,24 @@ def test_closing_early_stops_the_workers(split):
 def test_read_workers_values_and_the_shared_memory_budget(split, monkeypatch):
     with pytest.raises(ConfigError, match="read_workers = -2"):
         RangeReader(split, SPEC, read_workers=-2)
-    assert RangeReader(split, SPEC).read_workers == 0  # the default: the reading thread
+    monkeypatch.setattr(rw.os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert RangeReader(split, SPEC).read_workers == 0  # the default (auto) on 2 cores: the reading thread
     monkeypatch.setattr(rw.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert RangeReader(split, SPEC).read_workers == 4  # ... and on 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # 8 cores per process: 4 workers
     auto = RangeReader(split, SPEC, chunk_mb=1, read_workers=-1)
     assert auto.read_workers == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 2 cores per process: the thread
     assert RangeReader(split, SPEC, read_workers=-1).read_workers == 0
     window = 5 * auto.record_bytes
-    monkeypatch.setattr(rw, "shared_memory_free", lambda: 2 * rw.SLOTS_PER_WORKER * window)
-    assert auto.workers_for(5) == 2  # auto: as many as /dev/shm holds
-    monkeypatch.setattr(rw, "shared_memory_free", lambda: rw.SLOTS_PER_WORKER * window - 1)
+    monkeypatch.setattr(rw, "shared_memory_free", lambda: 4 * rw.SLOTS_PER_WORKER * window)
+    assert auto.workers_for(5) == 2  # auto: as many as half of /dev/shm holds
+    monkeypatch.setattr(rw, "shared_memory_free", lambda: 2 * rw.SLOTS_PER_WORKER * window - 1)
     assert auto.workers_for(5) == 0  # ... down to the reading thread
     loaded = RangeReader(split, SPEC, chunk_mb=1, preload="ram", progress=False, read_workers=-1)
     assert loaded._features.shape[0] == 230  # which still reads everything
     explicit = RangeReader(split, SPEC, chunk_mb=1, read_workers=2)
+    monkeypatch.setattr(rw, "shared_memory_free", lambda: 2 * rw.SLOTS_PER_WORKER * window - 1)
     with pytest.raises(ConfigError, match=r"2 reader processes need about .* MiB of shared memory.*shm-size"):
         explicit.workers_for(5)
     monkeypatch.setattr(rw, "can_fork", lambda: False)

@@ -66,7 +66,7 @@ def shared_memory_free() -> int:
 def auto_workers() -> int:
     """Reader processes for ``read_workers = -1``: up to 4, leaving a core to the training loop,
     where each process of a torchrun node has at least 4 cores; otherwise 0 (the reading thread:
-    on 2 cores, processes measured no faster than it)."""
+    on 2 cores the processes would take the training loop's core)."""
     per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores //= per_node
@@ -95,11 +95,12 @@ def check_read_workers(requested: int, where: str) -> int:
 def workers_for(requested: int, auto: bool, window_bytes: int, where: str) -> int:
     """How many of ``requested`` workers can run with windows of ``window_bytes``: each has
     SLOTS_PER_WORKER window buffers in shared memory. ``auto`` shrinks the count (to 0: the reading
-    thread) to what /dev/shm holds; an explicit count that does not fit is a ConfigError before any
-    worker starts."""
+    thread) to what half of the free /dev/shm holds; an explicit count that does not fit in it all is
+    a ConfigError before any worker starts."""
     if requested <= 0:
         return 0
-    fits = shared_memory_free() // max(1, window_bytes) // SLOTS_PER_WORKER
+    free = shared_memory_free() // (2 if auto else 1)
+    fits = free // max(1, window_bytes) // SLOTS_PER_WORKER
     if fits >= requested:
         return requested
     if auto:

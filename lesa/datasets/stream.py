@@ -108,12 +108,12 @@ class RangeReader:
     With ``preload`` the records ``[start, stop)`` live in memory (RAM numpy arrays or GPU tensors)
     and reads are slices of them; otherwise every read goes to the file in contiguous runs.
     ``read_workers``: processes that read the file for a GPU's batches and for loading a preload
-    (0: a thread of this process; -1: auto; see ``lesa.datasets.read_workers``).
+    (-1: auto, 0: a thread of this process; see ``lesa.datasets.read_workers``).
     """
 
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec, start: int = 0, stop: int | None = None,
                  preload: str = "none", device: str | torch.device = "cpu", chunk_mb: int = 64,
-                 progress: bool = True, name: str = "data", read_workers: int = 0):
+                 progress: bool = True, name: str = "data", read_workers: int = -1):
         self.split = split
         self.label_spec = dict(label_spec)
         self.start = int(start)
