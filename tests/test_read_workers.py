@@ -169,3 +169,43 @@ def test_workers_out_of_shared_memory_is_a_clear_error(split, monkeypatch):
     monkeypatch.setattr(rw, "shared_bytes", full)  # the forked workers inherit it
     with pytest.raises(DataError, match=r"train\.h5: the reading workers ran out of shared memory.*read_workers"):
         RangeReader(split, SPEC, chunk_mb=1, preload="ram", progress=False, read_workers=1)
+
+
+KILLED_PARENT = """
+import itertools, os, signal, sys, time
+import multiprocessing
+import numpy as np
+from lesa.datasets import read_workers as rw
+from lesa.datasets.h5 import open_features
+from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
+rw.SLOTS_PER_WORKER = int(sys.argv[2])  # 1: the workers wait for the consumer inside the dataset
+split = open_features(sys.argv[1])
+reader = RangeReader(split, {"y": ("labels_81", None)}, chunk_mb=1)
+stream = TrainStream(reader, BatchPlan(0, len(split), 4))
+windows = rw.worker_windows(reader, lambda: stream._windows(0, 0), 2, pin=False)
+next(windows)
+print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+time.sleep(0.5)  # the workers fill their buffers and wait for the consumer
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("slots", [1, rw.SLOTS_PER_WORKER])
+def test_reader_processes_exit_when_their_parent_is_killed(tmp_path, slots):
+    import os
+    import subprocess
+    import sys
+
+    path = write_file(tmp_path / "f.h5", 60)
+    out = subprocess.run([sys.executable, "-c", KILLED_PARENT, str(path), str(slots)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == -9, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.time() + 20
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and
+                 open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+    assert not alive, f"reader processes {alive} outlived their killed parent"
