@@ -1,14 +1,15 @@
 """Feature records read by worker processes, for a GPU's training/evaluation batches and for
-loading a preload (``data.read_workers``; the default is one reading thread).
+loading a preload (``data.read_workers``: -1 auto, 0 the reading thread, N processes).
 
 An HDF5 read, with the Fletcher-32 check of every chunk it decodes, runs under h5py's global lock:
-reading *threads* cannot read in parallel (one reads about 4,400 float32 / 8,400 float16 records/s
+reading *threads* cannot read in parallel (one reads about 4,000 float32 / 7,300 float16 records/s
 on this project's 2-core VM). Worker processes each open the feature files themselves and read
-whole windows (the batches read in one go) into shared buffers that they reuse; window ``i`` is
-read by worker ``i % workers`` and the windows come back in order, so the batches are exactly those
-of the reading thread (``lesa.datasets.stream._thread_windows``). On 2 cores they measured no faster
-than the thread (the processes compete with the consumer for the cores); they are meant for
-machines with many cores.
+whole windows (the batches read in one go) into shared buffers that they reuse (fresh shared memory
+would cost a page fault per 4 kB on both sides); window ``i`` is read by worker ``i % workers`` and
+the windows come back in order, so the batches are exactly those of the reading thread
+(``lesa.datasets.stream._thread_windows``). Two processes read 1.9-2.3x the thread's float32
+records/s on 2 cores; ``auto`` starts them only where each training process has 4 cores or more,
+since the training loop needs one.
 
 Workers are forked (Linux): they start at once and inherit the window plan. Where fork is not
 available, or shared memory (``/dev/shm``, small in containers) cannot hold their buffers,

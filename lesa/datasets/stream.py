@@ -191,13 +191,14 @@ class RangeReader:
                    disable=not progress, leave=False)
         windows = [[np.arange(self.start + a, self.start + min(n, a + self.chunk_records))]
                    for a in range(0, n, self.chunk_records)]
-        if self.workers_for(self.chunk_records):  # read in parallel, copied from shared memory
-            chunks, in_place = self.read_windows(lambda: iter(windows), self.chunk_records, batches=False), False
-        else:  # read here, straight into place
-            chunks = ((w, *self._read_file(w[0], alloc=lambda *_, w=w: feats[w[0][0] - self.start:
-                                                                             w[0][-1] + 1 - self.start]))
-                      for w in windows)
-            in_place = True
+        def into_place(rows):  # (an ``alloc`` for _read_file: the preload's own rows)
+            return lambda shape, dtype: feats[rows[0] - self.start:rows[-1] + 1 - self.start]
+
+        in_place = not self.workers_for(self.chunk_records)
+        if in_place:  # read here, straight into place
+            chunks = ((w, *self._read_file(w[0], alloc=into_place(w[0]))) for w in windows)
+        else:  # read by processes in parallel, copied from their shared buffers
+            chunks = self.read_windows(lambda: iter(windows), self.chunk_records, batches=False)
         for window, f, lab in chunks:
             a = int(window[0][0]) - self.start
             b = a + len(window[0])
@@ -444,8 +445,12 @@ class TrainStream:
             return rows
         return np.array_split(rows, self.world)[self.rank]
 
+    @property
+    def batches_per_window(self) -> int:
+        return max(1, self.reader.chunk_records // self.plan.batch_size)
+
     def _windows(self, epoch: int, batch: int):
-        per_window = max(1, self.reader.chunk_records // self.plan.batch_size)
+        per_window = self.batches_per_window
         while True:
             while batch < self.plan.batches_per_epoch:
                 stop = min(self.plan.batches_per_epoch, batch + per_window)
@@ -459,9 +464,8 @@ class TrainStream:
     def __next__(self) -> Batch:
         if self._iter is None:
             epoch, batch = self.epoch, self.batch
-            per_window = max(1, self.reader.chunk_records // self.plan.batch_size)
             self._iter = _prefetched(self.reader, lambda: self._windows(epoch, batch),
-                                     per_window * self.plan.batch_size)
+                                     self.batches_per_window * self.plan.batch_size)
         out = next(self._iter)
         self.batch += 1
         if self.batch >= self.plan.batches_per_epoch:
