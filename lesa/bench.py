@@ -464,9 +464,15 @@ def bench_inference(quick: bool) -> list[Row]:
                 model(features[i:i + 512])
 
     base = median_seconds(whole_batches, 1 if quick else 2)
+    bf16 = median_seconds(lambda: predict(model, features, batch_size=512, precision="bf16"), 1 if quick else 2)
+    ref = predict(model, features[:64])["gzs_logits"]
+    got = predict(model, features[:64], precision="bf16")["gzs_logits"]
     rows = [Row(f"inference, CPU, batches of 512 (zs + gzs scores; forward in slices of {CPU_INFERENCE_SLICE})",
                 f"{n / ours:,.0f} images/s", f"{n / base:,.0f} images/s: one forward per batch of 512 (this run)",
-                _ratio(base, ours))]
+                _ratio(base, ours)),
+            Row("same, bf16 autocast (`lesa evaluate --precision bf16`)", f"{n / bf16:,.0f} images/s",
+                f"{n / ours:,.0f} images/s: fp32, the row above", _ratio(ours, bf16),
+                f"scores vs fp32: {float((got - ref).norm() / ref.norm()):.1e} rel")]
     if torch.cuda.is_available():
         from lesa.train import set_tf32
 

@@ -189,3 +189,26 @@ def test_checkpoints_are_atomic_and_validated(tmp_path):
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a lesa checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_lesa_evaluate_in_bf16_is_labelled_and_close_to_fp32(tiny_nus, tmp_path, capsys):
+    import json
+
+    from lesa.cli import main
+
+    cfg = tiny_config(tiny_nus, tmp_path / "run")
+    train(cfg, progress=False, final_eval=False, log=lambda *a: None)
+    config, model = str(tmp_path / "run" / "config.toml"), str(tmp_path / "run" / "model.pt")
+    summaries = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["evaluate", config, "--checkpoint", model, "--out", str(tmp_path / precision),
+                     "--precision", precision, "--no-progress"]) == 0
+        summaries[precision] = json.loads((tmp_path / precision / "summary_f.json").read_text())
+    printed = capsys.readouterr().out
+    assert "forward pass in bf16: not the exact fp32 scores" in printed
+    assert printed.count("not the exact fp32 scores") == 1  # the fp32 table says nothing
+    assert summaries["fp32"]["precision"] == "fp32" and summaries["bf16"]["precision"] == "bf16"
+    for name, report in summaries["fp32"]["reports"].items():
+        assert summaries["bf16"]["reports"][name]["mAP"] == pytest.approx(report["mAP"], abs=0.02)
+    assert main(["evaluate", config, "--checkpoint", model, "--set", "evaluate.precision=fp16"]) == 1
+    assert "evaluate.precision = 'fp16'" in capsys.readouterr().err

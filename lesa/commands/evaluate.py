@@ -23,6 +23,10 @@ def run(args) -> int:
     from lesa.evaluate import evaluate_checkpoints
 
     cfg = config_from_args(args)
+    if args.precision:
+        from lesa.experiment import set_value
+
+        set_value(cfg, "evaluate.precision", args.precision, where="command line")
     tags = args.tag or []
     pairs = []
     for i, ckpt in enumerate(args.checkpoint):
@@ -44,4 +48,7 @@ def add_commands(subparsers) -> None:
                    help="model.pt / model_ES.pt, or a TF prefix such as results/x/model.ckpt")
     p.add_argument("--tag", nargs="+", help="report tags, one per checkpoint (default: ES for *_ES, else f)")
     p.add_argument("--save-scores", metavar="NPZ", help="also save the raw scores and labels")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                   help="forward pass (evaluate.precision): fp32 (default, exact), tf32 (GPU) or bf16 "
+                        "(about 2x faster on a GPU or a CPU with bfloat16 units; scores ~4e-3 off)")
     p.set_defaults(func=run)
