@@ -156,6 +156,8 @@ def test_read_workers_values_and_the_shared_memory_budget(split, monkeypatch):
     monkeypatch.setattr(rw, "shared_memory_free", lambda: 2 * rw.SLOTS_PER_WORKER * window - 1)
     with pytest.raises(ConfigError, match=r"2 reader processes need about .* MiB of shared memory.*shm-size"):
         explicit.workers_for(5)
+    with pytest.raises(ConfigError, match="reader processes need"):  # a preload finds out before reading
+        RangeReader(split, SPEC, chunk_mb=1, preload="ram", progress=False, read_workers=200)
     monkeypatch.setattr(rw, "can_fork", lambda: False)
     assert RangeReader(split, SPEC, read_workers=-1).read_workers == 0
     with pytest.raises(ConfigError, match="fork"):

@@ -138,6 +138,8 @@ class RangeReader:
         self.preload = resolve_preload(preload, n_bytes, self.device, where)
         self.auto_workers = int(read_workers) == -1
         self.read_workers = rw.check_read_workers(read_workers, where)
+        if self.device.type == "cuda" or self.preload != "none":  # processes will read: fail fast
+            self.workers_for(self.chunk_records)  # (an explicit count that /dev/shm cannot hold)
         self._features = None
         self._labels: dict[str, np.ndarray | torch.Tensor] = {}
         if self.preload != "none":
