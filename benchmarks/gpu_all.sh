@@ -8,8 +8,8 @@
 #        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
 #        extract schedule experiments profile reading). All parts at their default limits take up to
 #        ~19 min: where one call is limited to 10 minutes, run them in two calls:
-#        PARTS="tests schedule experiments" (<= 530 s), then PARTS="extract bench profile" (<= 540 s);
-#        PARTS="reading" (<= 60 s) fits either where time is left.
+#        PARTS="tests schedule experiments" (<= 530 s), then PARTS="extract bench profile reading"
+#        (<= 600 s).
 # Each part has its own time limit (BENCH_S, TESTS_S, ...) so that one stuck part cannot take the
 # others' figures with it.
 set -u
