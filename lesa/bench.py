@@ -568,7 +568,8 @@ def bench_reading(quick: bool) -> list[Row]:
                                     f"(data.read_workers = {workers}; {cores} cores; {len(passes) // len(windows)} "
                                     "passes)", f"{rate:,.0f} records/s",
                                     f"{thread:,.0f} records/s: the reading thread (read_workers = 0; this run)",
-                                    _ratio(1 / thread, 1 / rate)))
+                                    _ratio(1 / thread, 1 / rate),
+                                    "--quick: the processes' start (0.1-0.3 s) dominates" if quick else ""))
             split.close()
     return rows
 
