@@ -512,9 +512,11 @@ def _feature_file(path, n: int, dtype: str) -> None:
         writer.finish()
 
 
-def _windows_per_second(reader, workers: int, windows) -> float:
+def _windows_per_second(split, workers: int, windows) -> float:
     """Records/s of ``read_windows`` (windows for a preload: no page-locking) with ``workers``."""
-    reader.read_workers, reader.auto_workers = workers, False
+    from lesa.datasets.stream import RangeReader
+
+    reader = RangeReader(split, {"y": ("labels_81", None)}, read_workers=workers)
     start = time.perf_counter()
     for _ in reader.read_windows(lambda: iter(windows), len(windows[0][0]), batches=False):
         pass
@@ -561,9 +563,9 @@ def bench_reading(quick: bool) -> list[Row]:
                             "(the former path; this run)", _ratio(1 / old, 1 / new)))
             if rw.can_fork():  # (passes over the file: the processes' start-up counts, as in a run)
                 passes = windows * (2 if quick else 4)
-                thread = np.median([_windows_per_second(reader, 0, passes) for _ in range(3)])
+                thread = np.median([_windows_per_second(split, 0, passes) for _ in range(3)])
                 for workers in sorted({1, 2, max(2, min(4, cores - 1))}):
-                    rate = np.median([_windows_per_second(reader, workers, passes) for _ in range(3)])
+                    rate = np.median([_windows_per_second(split, workers, passes) for _ in range(3)])
                     rows.append(Row(f"same, {workers} reader process{'es' if workers > 1 else ''} "
                                     f"(data.read_workers = {workers}; {cores} cores; {len(passes) // len(windows)} "
                                     "passes)", f"{rate:,.0f} records/s",

@@ -284,9 +284,9 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{src}: {key} = {value}; it must be at least 1")
-    if d.read_workers < -1:
-        raise ConfigError(f"{src}: data.read_workers = {d.read_workers}; use -1 (auto), 0 (one reading "
-                          "thread) or the number of reader processes")
+    from lesa.datasets.read_workers import check_read_workers
+
+    check_read_workers(d.read_workers, src)
     for key, value in {"train.lr": t.lr, "train.rmsprop_eps": t.rmsprop_eps}.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{src}: {key} = {value}; it must be a positive number")

@@ -83,13 +83,13 @@ def check_read_workers(requested: int, where: str) -> int:
     Returns 0 where processes cannot be forked (a warning-free fallback for auto only)."""
     requested = int(requested)
     if requested < -1:
-        raise ConfigError(f"{where}: read_workers = {requested}; use -1 (auto), 0 (a reading thread in "
-                          "this process) or the number of reader processes")
+        raise ConfigError(f"{where}: data.read_workers = {requested}; use -1 (auto), 0 (a reading thread "
+                          "in this process) or the number of reader processes")
     if requested == -1:
         return auto_workers() if can_fork() else 0
     if requested > 0 and not can_fork():
-        raise ConfigError(f"{where}: read_workers = {requested} needs the 'fork' start method, which this "
-                          "platform lacks; use read_workers = 0")
+        raise ConfigError(f"{where}: data.read_workers = {requested} needs the 'fork' start method, which "
+                          "this platform lacks; use data.read_workers = 0")
     return requested
 
 
@@ -160,7 +160,7 @@ class _WindowReads(torch.utils.data.IterableDataset):
                 feats, labels = reader.read(rows, alloc=lambda shape, dtype: buffer.numpy().view(dtype).reshape(shape))
                 # the shared storage itself (a tensor made by from_numpy would be copied to new shared memory)
                 feats = buffer.view(TORCH_DTYPES[feats.dtype]).view(feats.shape) \
-                    if np.shares_memory(feats, buffer.numpy()) else torch.from_numpy(feats)
+                    if feats.ctypes.data == buffer.data_ptr() else torch.from_numpy(feats)
                 count += 1
                 yield feats, {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in labels.items()}
         except LesaError as exc:  # handed over as it is: the consumer raises it (DataLoader would
