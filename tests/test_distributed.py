@@ -65,7 +65,15 @@ def torchrun(cfg, tmp_path, nproc: int, *extra: str) -> subprocess.CompletedProc
     return proc
 
 
-def assert_same_weights(a_path, b_path, tol=1e-5):
+# Rounding differs between 1 and 2 processes (and with the thread count), and 20 steps at lr 0.01
+# amplify it: a ranking pair at its margin flips the loss's violated-pair count. Measured noise:
+# up to 3.8e-5 (bn.bias, whose norm is small; a single-threaded reference run). A real fault is
+# larger: a moving variance without the unbiased factor n/(n-1) (n = 1,568) gives 2.4e-4.
+# The logged losses go through the same steps: the same tolerance.
+WEIGHT_TOL = 1e-4
+
+
+def assert_same_weights(a_path, b_path, tol=WEIGHT_TOL):
     a = load_checkpoint(a_path)["model_state"]
     b = load_checkpoint(b_path)["model_state"]
     assert a.keys() == b.keys()
@@ -104,7 +112,7 @@ def test_two_ranks_train_what_one_process_trains(tiny_nus, single_run, tmp_path)
     a, b = read_log(out / "log.csv"), read_log(single_run / "log.csv")
     assert [r[0] for r in a] == [r[0] for r in b] == [0, 8, 16, 19]
     assert b[-1][1] < 0.9 * b[0][1]  # the loss fell: the weights did move
-    np.testing.assert_allclose(np.array(a), np.array(b), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=WEIGHT_TOL, atol=1e-6)
     # the test reports came from rank 0 only, once
     assert (out / "summary_f.json").exists() and (out / "F1_f_81_test.csv").exists()
 
@@ -118,7 +126,7 @@ def test_resume_with_another_world_size(tiny_nus, single_run, tmp_path):
     assert load_checkpoint(out / "model.pt")["train_state"]["iteration"] == N_ITERS
     assert_same_weights(out / "model.pt", single_run / "model.pt")
     np.testing.assert_allclose(np.array(read_log(out / "log.csv")), np.array(read_log(single_run / "log.csv")),
-                               rtol=2e-5, atol=1e-6)
+                               rtol=WEIGHT_TOL, atol=1e-6)
 
 
 def test_global_batch_must_divide_over_the_ranks(monkeypatch):
