@@ -14,8 +14,9 @@ Candidates:
   channels-last, and cuDNN's benchmark mode (times the algorithms once per shape);
 - the 2x2 conv alone (the step's largest kernels in float32): cuDNN's convolution as today vs the
   same conv as one matrix product over the four shifted copies of the regions (cuBLAS);
-- the attention MLP's first product: today's inner dimension 513 (the appended constant 1) vs 512
-  with the last row of W1 as a bias (aligned for tensor-core kernels; same numbers to rounding);
+- the attention MLP's first product: the model's inner dimension 512 with the last row of W1 as a
+  bias (aligned for tensor-core kernels) vs the original's 513 (the appended constant 1, what the
+  model did before; same numbers to rounding);
 - the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
 """
 from __future__ import annotations
@@ -197,25 +198,25 @@ def side_by_side(candidates: dict, x: torch.Tensor, grads_of, precision: str, de
                 seconds = timed(call, 2 if quick or device != "cuda" else 50, device)
                 err = rel(call(), reference)
         except Exception as exc:  # one failing candidate must not lose the others' rows
-            print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:24} failed: {type(exc).__name__}: "
+            print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:30} failed: {type(exc).__name__}: "
                   f"{str(exc)[:100]}")
             continue
-        print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:24} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
+        print(f"  batch {x.shape[0]:5} {what:26} {precision:5} {name:30} {seconds * 1e3:8.3f} ms  ({err:.1e} rel)")
 
 
 def attention_product(device: str, quick: bool) -> None:
-    """The attention MLP's first product ``tanh(append_one(regions) @ W1)`` as the model computes it
-    today (inner dimension 513: the appended constant 1 is the bias trick, and 513 is not a
-    multiple of 8, which tensor-core kernels prefer) vs the same numbers as ``addmm(W1[512],
+    """The attention MLP's first product ``tanh([regions, 1] @ W1)`` as the original computed it
+    (inner dimension 513: the appended constant 1 is the bias trick, and 513 is not a multiple of
+    8, which tensor-core kernels prefer) vs as the model computes it now, ``addmm(W1[512],
     regions, W1[:512])`` (inner dimension 512, the last row as a bias)."""
     from lesa.model import append_one
 
     g = torch.Generator(device=device).manual_seed(0)
     w1 = (torch.randn(513, 512, device=device, generator=g) * 0.06).requires_grad_()
-    candidates = {"append_one @ W1 (today)": lambda x: torch.tanh(append_one(x) @ w1),
-                  "addmm, last row as bias": lambda x: torch.tanh(torch.addmm(w1[512], x.reshape(-1, 512),
-                                                                              w1[:512]).reshape(x.shape))}
-    print("the attention's first product (+ tanh): ms per call (output vs fp32 today)")
+    candidates = {"addmm, last row as bias (now)": lambda x: torch.tanh(torch.addmm(w1[512], x.reshape(-1, 512),
+                                                                                   w1[:512]).reshape(x.shape)),
+                  "append_one @ W1 (before)": lambda x: torch.tanh(append_one(x) @ w1)}
+    print("the attention's first product (+ tanh): ms per call (output vs the first row in fp32)")
     for batch, train, precisions in ((32, True, ("fp32", "tf32")), (4096, False, ("fp32", "tf32", "bf16"))):
         x = torch.relu(torch.randn(batch if device == "cuda" else min(batch, 64), 196, 512, device=device,
                                    generator=g)).requires_grad_(train)

@@ -3,14 +3,18 @@ label classifiers made from word vectors (paper Sec. 3; original ``core/model_sh
 
 Data flow, shapes for a batch of B images, C seen and U unseen labels, T attention heads:
 
-    features (B,196,512) --conv 2x2 + batch-norm + ReLU--> (B,196,512)
-        --append constant 1--> regions (B,196,513)
-    attention logits  e = tanh(regions W1) [.,1] W2          (B,T,196)
+    features (B,196,512) --conv 2x2 + batch-norm + ReLU--> regions r (B,196,512)
+    attention logits  e = [tanh([r,1] W1), 1] W2              (B,T,196)
     alphas = softmax over the 196 regions                     (B,T,196)
-    f_att  = alphas @ regions                                 (B,T,513)
+    f_att  = alphas @ [r,1]                                   (B,T,513)
     classifiers = [normalised vecs W^T, 0]                     (C,513)
     att_logits = f_att @ classifiers^T                        (B,T,C)
     logits = max over the T heads                             (B,C)
+
+The original appends a constant 1 to every region (and to the hidden layer) so that the last row
+of W1 (and of W2) acts as a bias. The weights keep that layout here (checkpoints load unchanged),
+but the products run over the 512 real dimensions with the last row added as a bias: the same
+sums, without two (B,196,513) copies and with an inner dimension of 512, which matrix units want.
 
 The same attention and projection W serve seen, unseen (zero-shot) and all (generalised) labels.
 """
@@ -77,6 +81,7 @@ class LESAOutput:
     gzs_logits: torch.Tensor  # (B, U+C) all labels, unseen first (generalised zero-shot)
     alphas: torch.Tensor  # (B, T, 196) attention weights
     att_logits: torch.Tensor  # (B, T, C) per-head seen scores
+    zs_att_logits: torch.Tensor  # (B, T, U) per-head unseen scores
     f_att: torch.Tensor  # (B, T, 513) attended features (incl. the appended constant 1)
     attention_logits: torch.Tensor  # (B, T, 196) attention before the softmax
     f_global: torch.Tensor  # (B, 513) mean/max pooled regions
@@ -201,7 +206,8 @@ class LESA(nn.Module):
 
     # -- the forward pass ---------------------------------------------------------------------
     def regions(self, features: torch.Tensor) -> torch.Tensor:
-        """(B,196,512) -> conv/bn/ReLU -> (B,196,513) with the constant 1 appended."""
+        """(B,196,512) -> conv/bn/ReLU -> regions (B,196,512) (the original's constant 1 is not
+        appended: see the module doc)."""
         if features.ndim != 3 or features.shape[1:] != (N_REGIONS, FEATURE_DIM):
             raise ShapeError(
                 f"features must be (batch, 196, 512) VGG-19 conv5_4 regions, got {tuple(features.shape)}"
@@ -220,18 +226,21 @@ class LESA(nn.Module):
                 x = self.bn(x)
             x = F.relu(x)
             x = x.permute(0, 2, 3, 1).reshape(B, N_REGIONS, FEATURE_DIM)
-        return append_one(x)
+        return x
 
     def attention(self, regions: torch.Tensor) -> torch.Tensor:
-        """Attention logits (B,T,196) from regions (B,196,513)."""
-        if self.config.separate_w1:
-            hidden = torch.tanh(torch.einsum("brf,tfh->btrh", regions, self.w_att_1))  # (B,T,196,512)
-            return torch.einsum("btrh,ht->btr", append_one(hidden), self.w_att_2)
-        if self.tf32x3:  # the appended 1 times W1's last row is W1's last row: added as a bias
-            hidden = torch.tanh(linear_3xtf32(regions[..., :-1], self.w_att_1[:-1], self.w_att_1[-1]))
+        """Attention logits (B,T,196) from regions (B,196,512): ``[tanh([r,1] W1), 1] W2``, with
+        the last rows of W1 and W2 added as biases (the original's appended 1; see the module doc)."""
+        w1, b1 = self.w_att_1[..., :-1, :], self.w_att_1[..., -1, :]
+        w2, b2 = self.w_att_2[:-1], self.w_att_2[-1]
+        if self.config.separate_w1:  # one W1 per head: (T, 513, 512)
+            hidden = torch.tanh(torch.einsum("brf,tfh->btrh", regions, w1) + b1[:, None, :])  # (B,T,196,512)
+            return torch.einsum("btrh,ht->btr", hidden, w2) + b2[:, None]
+        if self.tf32x3:
+            hidden = torch.tanh(linear_3xtf32(regions, w1, b1))
         else:
-            hidden = torch.tanh(regions @ self.w_att_1)  # (B,196,512)
-        return (append_one(hidden) @ self.w_att_2).transpose(1, 2)  # (B,T,196)
+            hidden = torch.tanh(F.linear(regions, w1.t(), b1))  # (B,196,512)
+        return F.linear(hidden, w2.t(), b2).transpose(1, 2)  # (B,T,196)
 
     def classifiers(self, vecs: torch.Tensor) -> torch.Tensor:
         """Label classifiers (n,513) = [v W^T, 0]: the appended zero ignores f_att's constant 1."""
@@ -244,19 +253,22 @@ class LESA(nn.Module):
         return torch.amax(att_logits, dim=1)
 
     def forward(self, features: torch.Tensor) -> LESAOutput:
-        regions = self.regions(features)  # (B,196,513)
+        regions = self.regions(features)  # (B,196,512)
         attention_logits = self.attention(regions)  # (B,T,196)
         alphas = torch.softmax(attention_logits, dim=2)
-        f_att = alphas @ regions  # (B,T,513)
-        if self.config.global_pool == "max":
-            f_global = regions.amax(dim=1)
-        else:
-            f_global = regions.mean(dim=1)
+        attended = alphas @ regions  # (B,T,512)
+        # f_att = alphas @ [r,1]: the last column is the alphas' sum (1 up to rounding)
+        f_att = torch.cat([attended, alphas.sum(dim=2, keepdim=True)], dim=2)  # (B,T,513)
+        pooled = regions.amax(dim=1) if self.config.global_pool == "max" else regions.mean(dim=1)
+        f_global = append_one(pooled)  # (B,513): the mean/max of the constant 1 is 1
 
-        classifiers = self.classifiers(self.seen_vecs())  # (C,513)
-        att_logits = f_att @ classifiers.t()  # (B,T,C)
+        seen_projection = self.seen_vecs() @ self.W.t()  # (C,512)
+        classifiers = F.pad(seen_projection, (0, 1), value=0.0)  # (C,513), as self.classifiers
+        # the classifiers' last column is 0, so f_att's last column adds nothing: left out
+        att_logits = attended @ seen_projection.t()  # (B,T,C)
         logits = self.head_max(att_logits)
-        zs_logits = self.head_max(f_att @ self.classifiers(self.unseen_vecs).t())  # (B,U)
+        zs_att_logits = attended @ (self.unseen_vecs @ self.W.t()).t()  # (B,T,U)
+        zs_logits = self.head_max(zs_att_logits)
         # The original scores [unseen; seen] in one product; each label's score only depends on
         # its own vector, so concatenating the two gives the same numbers.
         gzs_logits = torch.cat([zs_logits, logits], dim=1)
@@ -266,6 +278,7 @@ class LESA(nn.Module):
             gzs_logits=gzs_logits,
             alphas=alphas,
             att_logits=att_logits,
+            zs_att_logits=zs_att_logits,
             f_att=f_att,
             attention_logits=attention_logits,
             f_global=f_global,

@@ -216,13 +216,12 @@ def label_scores(model, features: torch.Tensor, label_set: str = "unseen"):
     if label_set not in LABEL_SETS:
         raise ConfigError(f"label set {label_set!r} is not one of {LABEL_SETS}")
     out = model(features)
-    unseen_heads = out.f_att @ model.classifiers(model.unseen_vecs).t()  # (B, T, U)
     if label_set == "unseen":
-        heads, scores = unseen_heads, out.zs_logits
+        heads, scores = out.zs_att_logits, out.zs_logits
     elif label_set == "seen":
         heads, scores = out.att_logits, out.logits
     else:
-        heads, scores = torch.cat([unseen_heads, out.att_logits], dim=2), out.gzs_logits
+        heads, scores = torch.cat([out.zs_att_logits, out.att_logits], dim=2), out.gzs_logits
     return scores, heads, out.alphas
 
 
