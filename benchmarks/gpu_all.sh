@@ -7,9 +7,9 @@
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
 #        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
 #        extract schedule experiments profile reading). All parts at their default limits take up to
-#        ~19 min: where one call is limited to 10 minutes, run them in two calls:
-#        PARTS="tests schedule experiments" (<= 530 s), then PARTS="extract bench profile reading"
-#        (<= 600 s).
+#        ~19 min: where one call is limited to 10 minutes, run the goals' figures and the CUDA
+#        goldens first, PARTS="bench tests extract" (<= 590 s), then, if there is time for a second
+#        call, PARTS="schedule experiments profile reading" (<= 540 s).
 # Each part has its own time limit (BENCH_S, TESTS_S, ...) so that one stuck part cannot take the
 # others' figures with it.
 set -u
