@@ -7,9 +7,9 @@
 # usage: benchmarks/gpu_all.sh [OUT_DIR]      (logs and the tables land in OUT_DIR, default gpu_results)
 #        PARTS="tests schedule" benchmarks/gpu_all.sh OUT   runs only those parts (of: bench tests
 #        extract schedule experiments profile reading). All parts at their default limits take up to
-#        ~19 min: where one call is limited to 10 minutes, run the goals' figures and the CUDA
-#        goldens first, PARTS="bench tests extract" (<= 590 s), then, if there is time for a second
-#        call, PARTS="schedule experiments profile reading" (<= 540 s).
+#        ~21 min: where one call is limited to 10 minutes, run the goals' figures and the CUDA
+#        goldens first, PARTS="bench tests extract" (<= 590 s); then, as time allows,
+#        PARTS="experiments profile reading" (<= 570 s) and PARTS="schedule" (<= 120 s).
 # Each part has its own time limit (BENCH_S, TESTS_S, ...) so that one stuck part cannot take the
 # others' figures with it.
 set -u
@@ -44,6 +44,8 @@ fi
 if want profile; then
   echo "== where a training step's GPU time goes"
   timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py 2>&1 | tee "$out/profile_step.log" | grep -v Warning
+  echo "== the same for the fastest step: TF32, forward + losses compiled (no graph, so each kernel shows)"
+  timeout "${PROFILE_COMPILED_S:-150}" $py benchmarks/profile_step.py --precision tf32 --mode compile 2>&1 | tee "$out/profile_step_compiled.log" | grep -v Warning
   echo "== where inference's GPU time goes (batch 4,096)"
   timeout "${PROFILE_S:-60}" $py benchmarks/profile_step.py --inference 2>&1 | tee "$out/profile_inference.log" | grep -v Warning
 fi
