@@ -82,9 +82,9 @@ class LESAOutput:
     alphas: torch.Tensor  # (B, T, 196) attention weights
     att_logits: torch.Tensor  # (B, T, C) per-head seen scores
     zs_att_logits: torch.Tensor  # (B, T, U) per-head unseen scores
-    f_att: torch.Tensor  # (B, T, 513) attended features (incl. the appended constant 1)
+    f_att: torch.Tensor  # (B, T, 513) attended regions [r,1]; the last column is the alphas' sum
     attention_logits: torch.Tensor  # (B, T, 196) attention before the softmax
-    f_global: torch.Tensor  # (B, 513) mean/max pooled regions
+    f_global: torch.Tensor  # (B, 513) mean/max pooled regions [r,1]
     classifiers: torch.Tensor  # (C, 513) seen-label classifiers
 
 
