@@ -180,7 +180,7 @@ def main() -> None:
             print(f"{label:<46} {rate:9.1f} {baseline:9.1f} {rate / baseline:6.2f} "
                   f"{summary.steady_images_per_second:8.1f}  {waits} (of {summary.seconds:.1f} s)")
         print(f"{'VGG forward alone':<34}")
-        for precision, channels_last in (("fp32", False), ("tf32", True), ("bf16", True)):
+        for precision, channels_last in (("fp32", False), ("fp32", True), ("tf32", True), ("bf16", True)):
             if precision == "tf32" and not gpu:
                 continue
             rate = bench_forward(args.device, precision, batch, channels_last, iters=20 if gpu else 2)

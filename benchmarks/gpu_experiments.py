@@ -17,7 +17,8 @@ Candidates:
 - the attention MLP's first product: the model's inner dimension 512 with the last row of W1 as a
   bias (aligned for tensor-core kernels) vs the original's 513 (the appended constant 1, what the
   model did before; same numbers to rounding);
-- the VGG-19 forward of feature extraction: cuDNN's benchmark mode, TF32 and bf16.
+- the VGG-19 forward of feature extraction per precision: NCHW vs channels-last, and cuDNN's
+  benchmark mode.
 """
 from __future__ import annotations
 
@@ -226,22 +227,26 @@ def attention_product(device: str, quick: bool) -> None:
 
 
 def vgg_forward(device: str, batch: int, quick: bool) -> None:
+    """VGG-19 conv5_4 per precision, NCHW vs channels-last (``lesa extract``'s default layout is
+    channels-last except for fp32 on a GPU, which this settles), and cuDNN's benchmark mode."""
     from lesa.features.vgg import VGG19Conv54, precision_context
 
-    model = VGG19Conv54().eval().to(device).to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 224, 224, device=device).contiguous(memory_format=torch.channels_last)
-    print(f"VGG-19 conv5_4 forward, batch {batch}, channels-last: images/s")
-    for precision in ("tf32", "bf16"):
+    nchw = VGG19Conv54().eval().to(device)
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    print(f"VGG-19 conv5_4 forward, batch {batch}: images/s")
+    for precision in ("fp32", "tf32", "bf16"):
         if precision == "tf32" and device != "cuda":
             continue
-        for benchmark in (False, True):
+        for layout, model, benchmark in (("NCHW", nchw, False), ("channels-last", nhwc, False),
+                                         ("channels-last", nhwc, True)):
             torch.backends.cudnn.benchmark = benchmark
             try:
                 with torch.no_grad(), precision_context(precision, device):
                     seconds = timed(lambda: model(x), 2 if quick else 10, device)
             finally:
                 torch.backends.cudnn.benchmark = False
-            print(f"  {precision:5} cudnn.benchmark={benchmark!s:5} {batch / seconds:9,.0f}")
+            print(f"  {precision:5} {layout:13} cudnn.benchmark={benchmark!s:5} {batch / seconds:9,.1f}")
 
 
 def main() -> None:

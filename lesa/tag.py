@@ -138,7 +138,7 @@ def label_vectors(names: Sequence[str], glove_path: str | os.PathLike, dim_w2v: 
 def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision: bool = False,
              torchvision_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """VGG19Conv54 from a TF-slim ``vgg_19.ckpt`` or from torchvision's ImageNet weights."""
-    from lesa.features.vgg import VGG19Conv54
+    from lesa.features.vgg import VGG19Conv54, channels_last_by_default
 
     use_torchvision = torchvision or torchvision_weights is not None
     if (vgg_path is None) == (not use_torchvision):
@@ -148,7 +148,8 @@ def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision: bool = Fals
         vgg = VGG19Conv54.from_tf_slim(vgg_path)
     else:
         vgg = VGG19Conv54.from_torchvision(torchvision_weights)
-    return vgg.to(device).eval()
+    layout = torch.channels_last if channels_last_by_default(device, "fp32") else torch.contiguous_format
+    return vgg.to(device).to(memory_format=layout).eval()
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -31,3 +31,12 @@ def test_errors_exit_1_with_a_message(capsys, tmp_path):
 
     assert main(["evaluate", str(tmp_path / "missing.toml"), "--checkpoint", "x.pt"]) == 1
     assert "lesa: error:" in capsys.readouterr().err
+
+
+def test_extract_layout_option():
+    from lesa.cli import build_parser
+
+    def layout(*flags):
+        return build_parser().parse_args(["extract", "nus-wide", "--root", "r", "--split", "Train", "--out", "o", *flags]).channels_last
+
+    assert layout() == "auto" and layout("--channels-last") is True and layout("--no-channels-last") is False

@@ -148,6 +148,22 @@ def test_nus_wide_labels_and_skips(nus_tree, vgg, tmp_path):
     assert "truncated" in (tmp_path / "train.h5.failed.tsv").read_text()
 
 
+def test_nchw_and_nhwc_extract_the_same_features(nus_tree, vgg, tmp_path):
+    """On the CPU extraction runs VGG-19 channels-last by default; NCHW (--no-channels-last)
+    gives the same records to float32 rounding, and the model is left in the layout it ran."""
+    root, _ = nus_tree
+    source = nus_wide_source(load_nus_wide_split(root, "Train"))
+    default, nchw = tmp_path / "default.h5", tmp_path / "nchw.h5"
+    extract_features(source, default, vgg, batch_size=4, workers=0, progress=False)
+    assert vgg.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    extract_features(source, nchw, vgg, batch_size=4, workers=0, progress=False, channels_last=False)
+    assert vgg.features[0].weight.is_contiguous()
+    with open_features(default) as fa, open_features(nchw) as fb:
+        assert fa.img_ids == fb.img_ids and len(fa) == 5
+        a, b = fa.read_features(range(5)), fb.read_features(range(5))
+    assert np.linalg.norm(b) > 0 and np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
+
+
 def test_nus_wide_pure_labels():
     tags = np.array([[1, 0, 1], [0, 0, 1]])
     l1k, l81 = nus_wide_labels(tags, np.array([[1], [0]]), np.array([2]))

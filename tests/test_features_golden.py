@@ -1,12 +1,15 @@
 """Golden vgg19_slim: decode, preprocessing and VGG-19 conv5_4 features equal the original's."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import rel_err
 from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
+from lesa.features.vgg import channels_last_by_default
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,24 @@ def test_features_from_preprocessed(golden, model):
     assert feats.shape == (6, 196, 512)
     for i, name in enumerate(names):
         assert rel_err(feats[i], expected[f"features/{name}"]) <= 1e-5, name
+
+
+def test_channels_last_features(golden, model):
+    """NHWC convolutions (the default on the CPU) give the original's features too."""
+    _, expected, names = golden
+    x = torch.stack([torch.from_numpy(expected[f"preprocessed/{n}"]).permute(2, 0, 1) for n in names])
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        feats = nhwc(x)  # an NCHW batch: the model lays it out as its weights are
+    assert nhwc.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for i, name in enumerate(names):
+        assert rel_err(feats[i].numpy(), expected[f"features/{name}"]) <= 1e-5, name
+
+
+def test_layout_defaults():
+    assert channels_last_by_default("cpu", "fp32") and channels_last_by_default("cpu", "bf16")
+    assert channels_last_by_default("cuda", "tf32") and channels_last_by_default("cuda", "bf16")
+    assert not channels_last_by_default("cuda", "fp32")  # not compared on a card yet
 
 
 def test_end_to_end_from_jpeg_bytes(golden, model):

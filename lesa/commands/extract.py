@@ -28,7 +28,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "slightly different pixels)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                         help="storage type of the features")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC convolutions (faster on GPUs)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default="auto",
+                        help="NHWC convolutions (auto: on, except fp32 on a GPU; same features to ~1e-7)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run (OUT.partial)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing complete OUT")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)),
@@ -107,7 +108,8 @@ def _extract(args, source) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.verbose else None
     summary = extract_features(
         source, args.out, model, device=device, batch_size=args.batch_size, workers=args.workers,
-        precision=args.precision, decoder=args.decoder, dtype=args.dtype, channels_last=args.channels_last,
+        precision=args.precision, decoder=args.decoder, dtype=args.dtype,
+        channels_last=None if args.channels_last == "auto" else args.channels_last,
         resume=args.resume, overwrite=args.overwrite, rank=args.rank, world_size=args.world_size,
         max_pixels=args.max_pixels, progress=not args.no_progress, log=log)
     for line in summary.lines():

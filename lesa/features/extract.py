@@ -34,7 +34,7 @@ from lesa.datasets.read_workers import shared_bytes, shared_memory_error
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
-from lesa.features.vgg import VGG19Conv54, precision_context
+from lesa.features.vgg import VGG19Conv54, channels_last_by_default, precision_context
 
 DECODERS = ("exact", "gpu")
 BACKBONE = "vgg19_conv54"
@@ -263,11 +263,12 @@ def _read_failed_log(path: Path, before_position: int) -> list[str]:
 
 def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54, *,
                      device: str = "cpu", batch_size: int = 64, workers: int = 2, precision: str = "fp32",
-                     decoder: str = "exact", dtype: str = "float32", channels_last: bool = False,
+                     decoder: str = "exact", dtype: str = "float32", channels_last: bool | None = None,
                      resume: bool = False, overwrite: bool = False, rank: int = 0, world_size: int = 1,
                      max_pixels: int = MAX_PIXELS, progress: bool = True, attrs: dict | None = None,
                      log: Callable[[str], None] | None = None) -> ExtractionSummary:
-    """Extract ``source`` (or this rank's shard of it) into ``output``; returns the summary."""
+    """Extract ``source`` (or this rank's shard of it) into ``output``; returns the summary.
+    ``channels_last``: NHWC convolutions; None chooses (``channels_last_by_default``)."""
     if decoder not in DECODERS:
         raise ConfigError(f"--decoder {decoder!r} is not one of {DECODERS}")
     if batch_size < 1 or workers < 0:
@@ -283,8 +284,9 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
     log = log or (lambda message: None)
 
     model = model.to(device).eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if channels_last is None:
+        channels_last = channels_last_by_default(device, precision)
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     file_attrs = {
         "backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
         "decoder": decoder,  # exact: TF1-identical simplejpeg (fastdct); gpu: nvjpeg
@@ -359,7 +361,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
                         flog.flush()
                         if good_pos:
                             pos_arr = np.array(good_pos, dtype=np.int64)
-                            result = _ForwardResult(model, x, channels_last, writer.dtype)
+                            result = _ForwardResult(model, x, writer.dtype)
                             if in_flight is not None:
                                 hand_over(in_flight)
                             in_flight = ([source.img_ids[p] for p in pos_arr], source.labels_for(pos_arr), result)
@@ -459,9 +461,7 @@ class _ForwardResult:
     pinned host memory without blocking, so the host prepares the next batch meanwhile and the
     writer stores the chunks as they are. On the CPU, HDF5's filter computes the checksums."""
 
-    def __init__(self, model, x: torch.Tensor, channels_last: bool, dtype: np.dtype):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def __init__(self, model, x: torch.Tensor, dtype: np.dtype):
         feats = model(x).to(getattr(torch, np.dtype(dtype).name))  # (B, 196, 512)
         self.event = None
         if feats.is_cuda:

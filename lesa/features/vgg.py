@@ -79,6 +79,8 @@ class VGG19Conv54(nn.Module):
         """images (B, 3, 224, 224) preprocessed as TF-slim VGG -> features (B, 196, 512)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ConfigError(f"VGG19Conv54 expects (B, 3, H, W) images, got {tuple(images.shape)}")
+        if self.features[0].weight.is_contiguous(memory_format=torch.channels_last):
+            images = images.contiguous(memory_format=torch.channels_last)  # NHWC model: NHWC input
         x = images * self.input_scale[:, None, None].to(images.dtype) \
             + self.input_shift[:, None, None].to(images.dtype)
         fmap = self.features(x)  # (B, 512, 14, 14)
@@ -176,6 +178,14 @@ def _checkpoint_reader():
             raise CheckpointError("reading TF checkpoints needs lesa.tf_formats.checkpoint, "
                                   "which is missing from this installation") from exc
     return read_tf_checkpoint
+
+
+def channels_last_by_default(device: torch.device | str, precision: str) -> bool:
+    """Whether VGG-19 runs with NHWC ("channels-last") convolutions unless told otherwise: on the
+    CPU (oneDNN: 1.2x the images/s of NCHW on a 2-core EPYC, features 3.7e-7 apart) and for TF32
+    or bf16 on a GPU (cuDNN's tensor-core kernels work in NHWC); not for fp32 on a GPU, where the
+    two layouts have not been compared yet (``benchmarks/gpu_experiments.py --only vgg``)."""
+    return torch.device(device).type != "cuda" or precision != "fp32"
 
 
 @contextmanager
