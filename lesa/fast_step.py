@@ -218,7 +218,7 @@ def predict(model: LESA, features, batch_size: int = 4096, precision: str = "fp3
     out: dict[str, list] = {h: [] for h in heads}
     with precision_context(precision, device):
         for batch in batches:
-            batch = torch.as_tensor(batch).to(device, non_blocking=True).to(torch.float32)
+            batch = torch.as_tensor(batch).to(device, non_blocking=True)  # as stored: the model casts
             for h, scores in model.scores(batch, heads).items():
                 out[h].append(scores.float())
     return {h: torch.cat(v).cpu() if v else torch.empty(0) for h, v in out.items()}

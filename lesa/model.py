@@ -103,6 +103,14 @@ def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(torch.clamp((x * x).sum(dim=1, keepdim=True), min=1e-12))
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 under bfloat16 autocast (where the conv and the products would cast the features
+    anyway: the same numbers, padded and read in half the bytes), else float32."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
 def append_one(x: torch.Tensor) -> torch.Tensor:
     """(..., D) -> (..., D+1) with a constant 1 appended (the original's bias trick)."""
     return F.pad(x, (0, 1), value=1.0)
@@ -207,12 +215,13 @@ class LESA(nn.Module):
     # -- the forward pass ---------------------------------------------------------------------
     def regions(self, features: torch.Tensor) -> torch.Tensor:
         """(B,196,512) -> conv/bn/ReLU -> regions (B,196,512) (the original's constant 1 is not
-        appended: see the module doc)."""
+        appended: see the module doc). ``features`` may be stored as float16 (or any float type):
+        they are computed in float32, or in bfloat16 under bfloat16 autocast."""
         if features.ndim != 3 or features.shape[1:] != (N_REGIONS, FEATURE_DIM):
             raise ShapeError(
                 f"features must be (batch, 196, 512) VGG-19 conv5_4 regions, got {tuple(features.shape)}"
             )
-        x = features
+        x = features.to(compute_dtype(features.device))
         if self.conv is not None:
             B = x.shape[0]
             x = x.reshape(B, GRID, GRID, FEATURE_DIM).permute(0, 3, 1, 2)  # NHWC -> NCHW

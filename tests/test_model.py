@@ -69,6 +69,23 @@ def test_scores_in_slices_on_the_cpu_equal_the_whole_batch():
                                    rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("conv", [True, False])
+def test_float16_features_score_as_their_float32_values(conv):
+    """Features stored as float16 need no cast by the caller: the model computes in float32, or
+    casts them straight to bfloat16 under bf16 autocast - bit for bit what float32 input gives."""
+    from lesa.fast_step import predict
+
+    model = LESA(SEEN, UNSEEN, LESAConfig(n_attention=3, conv=conv)).eval()
+    half = batch(B=6)[0].half()
+    for precision in ("fp32", "bf16"):
+        want, got = predict(model, half.float(), precision=precision), predict(model, half, precision=precision)
+        for head in want:
+            assert torch.equal(got[head], want[head]), (precision, head)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.regions(half).dtype == torch.bfloat16
+    assert model.regions(half).dtype == torch.float32
+
+
 def test_vectors_are_normalised_inside():
     model = LESA(SEEN * 7.0, UNSEEN * 0.1)
     torch.testing.assert_close(model.init_vecs.norm(dim=1), torch.ones(6))
