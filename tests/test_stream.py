@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from lesa.datasets.embeddings import save_vector_pair
 from lesa.datasets.h5 import FeatureWriter, open_features
@@ -89,11 +90,36 @@ def test_float16_file_and_preload_give_the_same_batches(tmp_path):
     preloaded = list(RangeReader(s16, spec, preload="ram", progress=False).iter_batches(30))
     assert [len(b.rows) for b in streamed] == [30, 30, 30, 10]
     for a, b in zip(streamed, preloaded):
-        assert a.features.dtype == b.features.dtype
+        assert a.features.dtype == b.features.dtype == torch.float16  # evaluation batches: as stored
         assert (a.features == b.features).all() and (a.labels["y"] == b.labels["y"]).all()
     # float16 storage: values are the float16 rounding of the float32 ones
     ref = open_features(write_file(tmp_path / "f.h5", 100)).read_features([7])[0]
     np.testing.assert_array_equal(streamed[0].features[7].numpy(), ref.astype(np.float16).astype(np.float32))
+    s16.close()
+
+
+def test_evaluation_of_a_float16_file_scores_as_float32_batches(tmp_path):
+    """Evaluation hands float16 batches to the model (no float32 copy of the batch): the scores are
+    bit for bit those of the same batches converted to float32 first, in fp32 and in bf16."""
+    from lesa.evaluate import predict
+    from lesa.features.vgg import precision_context
+    from lesa.model import LESA, LESAConfig
+
+    gen = torch.Generator().manual_seed(0)
+    model = LESA(torch.randn(6, 300, generator=gen), torch.randn(3, 300, generator=gen), LESAConfig(n_attention=2))
+    s16 = open_features(write_file(tmp_path / "h.h5", 70, dtype="float16"))
+    spec = {"seen": ("labels_1k", None), "unseen": ("labels_81", None)}
+    for precision in ("fp32", "bf16"):
+        got, labels = predict(model, RangeReader(s16, spec, chunk_mb=1), 32, precision=precision)
+        as_float32 = torch.from_numpy(s16.read_features(np.arange(70), dtype=np.float16).astype(np.float32))
+        with torch.no_grad():
+            model.eval()
+            with precision_context(precision, torch.device("cpu")):
+                want = {h: torch.cat([model.scores(as_float32[i:i + 32])[h] for i in range(0, 70, 32)])
+                        for h in got}
+        for head in got:
+            np.testing.assert_array_equal(got[head], want[head].float().numpy(), err_msg=f"{precision} {head}")
+        assert labels["seen"].shape == (70, 6)
     s16.close()
 
 

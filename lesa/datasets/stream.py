@@ -10,7 +10,8 @@ Reading behaviour
   function of (seed, epoch), so a resumed run replays it exactly.
 - Streaming (``preload="none"``) reads contiguous runs of records, about ``chunk_mb`` MB at a time
   (a window), ahead of the consumer: memory is bounded by a few windows whatever the file size; the
-  file is never read whole. float16 files are read as float16 and converted to float32 per batch.
+  file is never read whole. float16 files are read as float16 and converted to float32 per training
+  batch; evaluation batches stay float16 (the model casts them slice by slice).
   One background thread of this process reads, one window ahead; with ``read_workers`` > 0, batches
   for a GPU and preloads are read by that many processes instead (``lesa.datasets.read_workers``:
   HDF5 reads hold h5py's lock, so threads cannot read in parallel). Both give the same batches.
@@ -241,11 +242,14 @@ class RangeReader:
             return feats, labels
         return feats[inverse], {k: v[inverse] for k, v in labels.items()}
 
-    def to_batch(self, feats, labels, rows) -> "Batch":
-        """Tensors on the device: features float32 (B,196,512), labels float32 (B, D)."""
+    def to_batch(self, feats, labels, rows, as_stored: bool = False) -> "Batch":
+        """Tensors on the device: features (B,196,512) float32 (``as_stored``: as the file stores
+        them, float32 or float16), labels float32 (B, D)."""
         if not torch.is_tensor(feats):
             feats = torch.from_numpy(np.ascontiguousarray(feats))
-        feats = feats.to(self.device, non_blocking=True).to(torch.float32)
+        feats = feats.to(self.device, non_blocking=True)
+        if not as_stored:
+            feats = feats.to(torch.float32)
         out = {}
         for k, v in labels.items():
             if not torch.is_tensor(v):
@@ -270,7 +274,10 @@ class RangeReader:
         return _thread_windows(self, make_windows(), pin=batches)
 
     def iter_batches(self, batch_size: int, progress: bool = False, desc: str = "") -> Iterator["Batch"]:
-        """All records ``[start, stop)`` in order, in batches (evaluation); reads ahead one chunk."""
+        """All records ``[start, stop)`` in order, in batches (evaluation); reads ahead one chunk.
+        Features come as stored: the model casts a float16 batch itself, straight to what it
+        computes in (float32, or bfloat16 under bf16 autocast), slice by slice on the CPU, so no
+        float32 copy of the whole batch is made (the same scores bit for bit)."""
         n = len(self)
         windows = []
         per_window = max(batch_size, (self.chunk_records // batch_size) * batch_size)
@@ -281,7 +288,7 @@ class RangeReader:
 
         bar = tqdm(total=n, desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
                    leave=False)
-        for batch in _prefetched(self, lambda: iter(windows), per_window):
+        for batch in _prefetched(self, lambda: iter(windows), per_window, as_stored=True):
             bar.update(len(batch.rows))
             yield batch
         bar.close()
@@ -289,7 +296,7 @@ class RangeReader:
 
 @dataclass
 class Batch:
-    features: torch.Tensor  # (B, 196, 512) float32 on the device
+    features: torch.Tensor  # (B, 196, 512) on the device: float32 (training), as stored (evaluation)
     labels: dict[str, torch.Tensor]  # key -> (B, D) float32 in {-1, 0, 1}
     rows: np.ndarray  # (B,) record indices in the file
 
@@ -313,14 +320,16 @@ def _pinned(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
 
 
-def _prefetched(reader: RangeReader, make_windows, window_records: int) -> Iterator[Batch]:
+def _prefetched(reader: RangeReader, make_windows, window_records: int, as_stored: bool = False
+                ) -> Iterator[Batch]:
     """Yield the batches of each window of ``make_windows()`` (a window is a list of batches: arrays
-    of row indices whose union is read in one go), read ahead (``RangeReader.read_windows``)."""
+    of row indices whose union is read in one go), read ahead (``RangeReader.read_windows``).
+    ``as_stored``: see ``RangeReader.to_batch``."""
     if reader.preload != "none":
         for window in make_windows():
             for rows in window:
                 feats, labels = reader.read(rows)
-                yield reader.to_batch(feats, labels, rows)
+                yield reader.to_batch(feats, labels, rows, as_stored)
         return
     windows = reader.read_windows(make_windows, window_records)
     try:
@@ -328,7 +337,8 @@ def _prefetched(reader: RangeReader, make_windows, window_records: int) -> Itera
             pos = 0
             for rows in window:
                 b = len(rows)
-                yield reader.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows)
+                yield reader.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows,
+                                      as_stored)
                 pos += b
     finally:
         windows.close()  # stops the reading thread or processes
