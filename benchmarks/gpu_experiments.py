@@ -17,8 +17,8 @@ Candidates:
 - the attention MLP's first product: the model's inner dimension 512 with the last row of W1 as a
   bias (aligned for tensor-core kernels) vs the original's 513 (the appended constant 1, what the
   model did before; same numbers to rounding);
-- the VGG-19 forward of feature extraction per precision: NCHW vs channels-last, and cuDNN's
-  benchmark mode.
+- the VGG-19 forward of feature extraction per precision: NCHW vs channels-last, cuDNN's
+  benchmark mode, and ``torch.compile`` (channels-last).
 """
 from __future__ import annotations
 
@@ -228,7 +228,8 @@ def attention_product(device: str, quick: bool) -> None:
 
 def vgg_forward(device: str, batch: int, quick: bool) -> None:
     """VGG-19 conv5_4 per precision, NCHW vs channels-last (``lesa extract``'s default layout is
-    channels-last except for fp32 on a GPU, which this settles), and cuDNN's benchmark mode."""
+    channels-last except for fp32 on a GPU, which this settles), cuDNN's benchmark mode and
+    ``torch.compile``."""
     from lesa.features.vgg import VGG19Conv54, precision_context
 
     nchw = VGG19Conv54().eval().to(device)
