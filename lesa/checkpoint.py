@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,38 +31,10 @@ import numpy as np
 import torch
 
 from lesa.errors import CheckpointError
+from lesa.files import atomic_write
 
 FORMAT = "lesa-checkpoint"
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, writer) -> Path:
-    """Call ``writer(file)`` on a temporary file next to ``path``, fsync, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def rng_state() -> dict:
@@ -125,7 +99,7 @@ def save_checkpoint(path: str | os.PathLike, model, *, config=None, optimizer=No
         payload["label_names"] = {k: [str(x) for x in v] for k, v in label_names.items()}
     if include_rng:
         payload["rng_state"] = rng_state()
-    return atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -177,20 +151,70 @@ def _check_zip_crcs(path: Path) -> None:
                               "use another copy or an earlier checkpoint")
 
 
-def model_from_checkpoint(payload_or_path, device: str | torch.device = "cpu"):
-    """Build a ``LESA`` from a native checkpoint (path or loaded payload), weights loaded exactly."""
+def tf_prefix(path: str | os.PathLike) -> str | None:
+    """The prefix of an original TF checkpoint (``model.ckpt``, whichever of its files is named),
+    or None for a native ``.pt`` checkpoint."""
+    p = str(path)
+    if p.endswith(".pt"):
+        return None
+    p = re.sub(r"\.(index|meta|data-\d{5}-of-\d{5})$", "", p)
+    if p.endswith(".ckpt") or ".ckpt" in Path(p).name or Path(p + ".index").exists():
+        return p
+    return None
+
+
+@dataclass
+class LoadedModel:
+    """A LESA model and what its checkpoint says about its labels (names empty when it has none)."""
+
+    model: Any
+    source: str
+    seen_names: list = field(default_factory=list)
+    unseen_names: list = field(default_factory=list)
+
+    @property
+    def dim_w2v(self) -> int:
+        return int(self.model.W.shape[1])
+
+
+def load_model(path: str | os.PathLike, seen_vecs=None, unseen_vecs=None, model_config=None,
+               device: str | torch.device = "cpu", placeholder_seen: bool = False) -> LoadedModel:
+    """The one way from a checkpoint to a model: a native ``.pt`` or the original's TF checkpoint.
+
+    Native checkpoints carry their label vectors; ``seen_vecs`` (if given) must have as many rows
+    as the model was trained with, ``unseen_vecs`` replace the stored unseen labels (e.g. a
+    top-400 subset, or a user's own labels). TF checkpoints hold no fixed label vectors, so
+    ``seen_vecs`` is needed unless ``placeholder_seen`` (zero-shot scoring only: the seen vectors
+    feed nothing but the seen scores); their structure (heads, W1, batch-norm, trainable vectors)
+    is read from the tensors and the loss weights come from ``model_config``."""
     from lesa.model import LESA, LESAConfig
 
-    payload = payload_or_path if isinstance(payload_or_path, dict) else load_checkpoint(payload_or_path)
-    where = "checkpoint" if isinstance(payload_or_path, dict) else str(payload_or_path)
+    prefix = tf_prefix(path)
+    if prefix is not None:
+        from lesa.tf_weights import import_tf_checkpoint
+
+        model, _ = import_tf_checkpoint(prefix, seen_vecs, unseen_vecs, base=model_config,
+                                        placeholder_seen=placeholder_seen)
+        return LoadedModel(model.to(device), str(path))
+    payload = load_checkpoint(path)
     try:
         config = LESAConfig.from_dict(dict(payload["model_config"]))
     except Exception as exc:
-        raise CheckpointError(f"{where}: model_config is invalid ({exc})") from exc
+        raise CheckpointError(f"{path}: model_config is invalid ({exc})") from exc
     state = payload["model_state"]
+    n_seen = state["init_vecs"].shape[0]
+    if seen_vecs is not None and len(seen_vecs) != n_seen:
+        raise CheckpointError(f"{path}: the model was trained on {n_seen} seen labels but {len(seen_vecs)} "
+                              "were given; use the configuration the model was trained with")
     model = LESA(state["init_vecs"].numpy(), state["unseen_vecs"].numpy(), config)
-    load_model_state(model, state, where)
-    return model.to(device)
+    load_model_state(model, state, str(path))
+    if unseen_vecs is not None:
+        model.set_unseen_vecs(unseen_vecs)
+    names = payload.get("label_names") or {}
+    seen = [str(x) for x in names.get("seen", [])]
+    unseen = [str(x) for x in names.get("unseen", [])] if unseen_vecs is None else []
+    return LoadedModel(model.to(device), str(path), seen if len(seen) == model.n_seen else [],
+                       unseen if len(unseen) == model.n_unseen else [])
 
 
 def load_model_state(model, state: dict, where: str) -> None:

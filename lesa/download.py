@@ -26,7 +26,7 @@ reason              meaning                                                    o
 
 "skipped" failures are not requested again by a later run unless ``retry_failed=True``.
 Network errors, 5xx, 408 and 429 are retried with exponential backoff inside a run; other 4xx
-are not. A file appears under its final name only once complete (temp file + ``os.replace``).
+are not. A file appears under its final name only once complete (``lesa.files.atomic_write``).
 
 Differences from the original ``download_imgs/asyn_image_downloader.py`` (processes + requests +
 PIL): threads (the work is network-bound), HTTPS certificates verified (the original disabled
@@ -50,7 +50,6 @@ import os
 import random
 import re
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -64,6 +63,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from lesa.errors import ConfigError, DataError, ImageError, LesaError
+from lesa.files import TMP_MARK, atomic_write_bytes
 
 SPLITS = ("train", "validation", "test")
 SHORT_SIDE = 256
@@ -74,7 +74,6 @@ MAX_BACKOFF_S = 60.0
 USER_AGENT = "lesa-openimages-downloader/1.0 (+https://github.com/hbdat/cvpr20_LESA port)"
 FAILURES_NAME = "download_failures.csv"
 SUMMARY_NAME = "download_summary.json"
-PARTIAL_SUFFIX = ".part"
 FAILURE_COLUMNS = ("image_id", "url", "reason", "detail", "attempts")
 # Flickr serves this PNG (1024x768 grey "This photo is no longer available") for deleted photos.
 # SHA-256 of the bytes; the file itself belongs to Flickr and is not shipped.
@@ -516,23 +515,6 @@ def is_complete_jpeg(path: Path) -> bool:
         return False
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a hidden temp file and ``os.replace``: readers never see
-    a partial file under ``path``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 
@@ -638,7 +620,7 @@ def download_one(record: ImageRecord, out_dir: Path, options: DownloadOptions,
         return ImageResult(record.image_id, record.url, "failed", "decode_error", str(err),
                            attempts, len(fetched.data))
     try:
-        write_atomic(target, jpeg)
+        atomic_write_bytes(target, jpeg, mode=0o644)
     except OSError as err:
         raise DownloadError(f"cannot write {target}: {err}; free disk space or choose another "
                             "--out folder") from err
@@ -694,7 +676,7 @@ class FailuresReport:
         writer.writerow(FAILURE_COLUMNS)
         for row in rows:
             writer.writerow([row.get(column, "") for column in FAILURE_COLUMNS])
-        write_atomic(self.path, text.getvalue().encode("utf-8"))
+        atomic_write_bytes(self.path, text.getvalue().encode("utf-8"))
         return len(rows)
 
 
@@ -712,7 +694,7 @@ def _remove_stale_partials(out_dir: Path, older_than_s: float = 60.0) -> int:
     removed = 0
     now = time.time()
     for entry in os.scandir(out_dir):
-        if entry.name.startswith(".") and entry.name.endswith(PARTIAL_SUFFIX):
+        if TMP_MARK in entry.name:
             try:
                 if now - entry.stat().st_mtime > older_than_s:
                     os.unlink(entry.path)
@@ -742,7 +724,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lesa-write-test-{os.getpid()}{PARTIAL_SUFFIX}"
+        probe = out / f".lesa-write-test{TMP_MARK}{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
@@ -827,7 +809,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
         summary.failed = dict(counts)
         summary.seconds = time.monotonic() - started
         report.consolidate(out)
-        write_atomic(out / SUMMARY_NAME,
+        atomic_write_bytes(out / SUMMARY_NAME,
                      (json.dumps(summary.to_dict(), indent=2) + "\n").encode("utf-8"))
     return summary
 

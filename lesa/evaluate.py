@@ -27,8 +27,11 @@ import numpy as np
 import torch
 
 from lesa import metrics
-from lesa.checkpoint import atomic_write_text, load_checkpoint, load_model_state
-from lesa.errors import CheckpointError, ShapeError
+from lesa.checkpoint import load_model
+from lesa.files import atomic_write_text
+from lesa.device import pick_device
+from lesa.device import precision_context
+from lesa.errors import ShapeError
 
 HEADS = ("logits", "zs_logits", "gzs_logits")
 
@@ -45,7 +48,6 @@ def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str =
     (exact), tf32 (GPU) or bf16 (autocast; about 2x faster on a GPU and on CPUs with bfloat16
     units, scores about 4e-3 from fp32's, so metrics may move in their third digit).
     """
-    from lesa.features.vgg import precision_context
 
     was_training = model.training
     saved = None
@@ -199,41 +201,11 @@ def format_summary(summary: dict) -> str:
     return "\n".join([title, fmt(header), *(fmt(r) for r in lines)])
 
 
-# -- checkpoints of either kind -------------------------------------------------------------------
-def is_tf_checkpoint(path) -> bool:
-    p = str(path)
-    return p.endswith((".ckpt", ".index")) or Path(p + ".index").exists() or ".ckpt" in Path(p).name
-
-
 def load_model_for_task(path, task, model_config, device="cpu"):
-    """A ``LESA`` with ``task``'s label vectors and the weights of a native ``.pt`` or TF checkpoint.
-
-    TF checkpoints (the original's ``model.ckpt`` prefix) hold no label vectors when they were fixed;
-    the task's vectors are used. For native checkpoints the seen count must match the task.
-    """
-    from lesa.model import LESA, LESAConfig
-
-    path = str(path)
-    if is_tf_checkpoint(path):
-        from lesa.tf_weights import import_tf_checkpoint
-
-        # the structure (heads, W1, batch-norm, trainable vectors) comes from the tensors; the
-        # loss weights from the configuration
-        prefix = path[: -len(".index")] if path.endswith(".index") else path
-        model, _ = import_tf_checkpoint(prefix, task.seen_vecs, task.unseen_vecs, base=model_config)
-        return model.to(device)
-    payload = load_checkpoint(path)
-    config = LESAConfig.from_dict(dict(payload["model_config"]))
-    state = payload["model_state"]
-    n_seen = state["init_vecs"].shape[0]
-    if n_seen != task.n_seen:
-        raise CheckpointError(f"{path}: the model was trained on {n_seen} seen labels but the "
-                              f"configuration's task has {task.n_seen}; use the matching config")
-    model = LESA(state["init_vecs"].numpy(), state["unseen_vecs"].numpy(), config)
-    load_model_state(model, state, path)
-    if task.has_unseen:  # the configuration decides the unseen labels (e.g. a top-400 subset)
-        model.set_unseen_vecs(task.unseen_vecs)
-    return model.to(device)
+    """A ``LESA`` with ``task``'s label vectors and the weights of a native ``.pt`` or TF checkpoint
+    (the configuration decides the unseen labels, e.g. a top-400 subset)."""
+    return load_model(path, seen_vecs=task.seen_vecs, unseen_vecs=task.unseen_vecs if task.has_unseen else None,
+                      model_config=model_config, device=device).model
 
 
 def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint: str = "",
@@ -257,7 +229,6 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     from lesa.datasets.stream import RangeReader, open_split
     from lesa.experiment import check_config
     from lesa.tasks import load_task
-    from lesa.train import pick_device
 
     check_config(cfg, for_training=False)
     dev = pick_device(device or cfg.train.device)
@@ -268,7 +239,7 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     results = []
     try:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
-                             chunk_mb=cfg.data.chunk_mb, read_workers=cfg.data.read_workers, name="test")
+                             chunk_mb=cfg.data.chunk_mb, read_workers=0, name="test")
         for i, (tag, ckpt) in enumerate(checkpoints):
             model = load_model_for_task(ckpt, task, cfg.model, dev)
             scores_path = None

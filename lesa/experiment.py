@@ -9,9 +9,12 @@ A configuration has five tables; every key is checked (an unknown or misspelt ke
     [train]       schedule, optimiser, adaptive rate, evaluation cadence, seed, device
     [evaluate]    the K values of the test reports
 
+Configurations are found by name (``nus_wide_zero_shot``: the files of ``configs/``, installed as
+the package ``lesa.configs``), as a path to a TOML file, or as a run folder holding ``config.toml``.
 Overrides: ``--set train.n_iters=100`` (value parsed as TOML, else taken as a string); the
-dedicated flags of ``lesa train`` are applied the same way. ``check_config`` validates the whole
-configuration before any long work (files exist, values in range).
+dedicated flags of ``lesa train`` are applied the same way. Data paths are taken inside the data
+folder ``data.dir`` (``lesa.layout``). ``check_config`` validates the whole configuration before any
+long work (every choice, range and file), in one place.
 """
 from __future__ import annotations
 
@@ -23,32 +26,63 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lesa.errors import ConfigError
+from lesa.device import PRECISIONS as EVAL_PRECISIONS
+from lesa.device import TRAIN_PRECISIONS
+from lesa import layout
+from lesa.errors import ConfigError, DataError
 from lesa.model import LESAConfig
 
 TASKS = ("nus_wide_zero_shot", "nus_wide_multilabel", "openimages")
 PRELOAD = ("none", "ram", "gpu", "auto")
-TRAIN_PRECISIONS = ("fp32", "tf32", "tf32x3")  # train.precision (see lesa.train.set_precision)
-EVAL_PRECISIONS = ("fp32", "tf32", "bf16")  # evaluate.precision (lesa.features.vgg.precision_context)
+# train.step: auto = the whole step as one CUDA graph on a single GPU, the plain step otherwise
+STEP_MODES = ("auto", "eager", "compile", "cuda_graph", "compile+cuda_graph")
+
+# Every setting with a fixed set of values, checked in one place (check_config).
+CHOICES = {
+    "experiment.task": TASKS,
+    "data.preload": PRELOAD,
+    "train.monitor": ("mF1", "mAP"),
+    "train.val_batchnorm": ("inference", "batch"),
+    "train.step": STEP_MODES,
+    "train.precision": TRAIN_PRECISIONS,
+    "evaluate.precision": EVAL_PRECISIONS,
+}
+# Settings and values that no longer exist, with what replaces them.
+REMOVED = {
+    "data.read_workers": "it is now data.workers: the number of DataLoader worker processes that read "
+                         "the feature files (0 reads them in the training process)",
+}
+REMOVED_VALUES = {
+    ("train.precision", "tf32x3"): "train.precision = \"tf32x3\" was removed (its speed was never measured "
+                                   "on a GPU); use \"fp32\" (exact) or \"tf32\" (GPU matrix units)",
+}
+# Settings that may differ when a run is resumed: where things are and how they are read, not
+# what is computed.
+RUNTIME_SETTINGS = {"train.device", "train.step", "data.preload", "data.workers", "data.dir",
+                    "data.train", "data.validation", "data.test", "data.label_vectors", "data.nus_wide",
+                    "data.tag_list", "data.concepts", "data.seen_label_ids", "data.unseen_label_ids",
+                    "data.class_descriptions", "data.top_unseen", "experiment.out", "experiment.description"}
 
 
 @dataclass
 class ExperimentSection:
     name: str = "experiment"
     task: str = "nus_wide_zero_shot"  # one of TASKS: which labels train and which reports come out
-    out: str = ""  # output folder; "" = results/<name>
+    out: str = ""  # output folder; "" = results/<name> (relative to the current folder)
     description: str = ""  # free text written to description.txt
 
 
 @dataclass
 class DataSection:
+    dir: str = layout.DATA_DIR  # the data folder: relative paths below are taken inside it
     train: list[str] = field(default_factory=list)  # HDF5 file(s) or glob(s) of the training split
     validation: list[str] = field(default_factory=list)  # [] = the first n_validation train records
     test: list[str] = field(default_factory=list)
     n_validation: int = 5000  # original (NUS-WIDE): validation = first 5,000 train records, skipped in training
     label_vectors: str = ""  # pickle (seen/1k, unseen/81) of raw word vectors, or .npz
-    tag_list: str = ""  # NUS-WIDE TagList1k.txt
-    concepts: str = ""  # NUS-WIDE Concepts81.txt
+    nus_wide: str = layout.NUS_WIDE  # NUS-WIDE's metadata folder (as unzipped, or the original's layout)
+    tag_list: str = ""  # NUS-WIDE TagList1k.txt; "" = found in data.nus_wide
+    concepts: str = ""  # NUS-WIDE Concepts81.txt; "" = found in data.nus_wide
     seen_label_ids: str = ""  # Open Images classes-trainable.txt
     unseen_label_ids: str = ""  # Open Images unseen_labels.pkl
     class_descriptions: str = ""  # Open Images class-descriptions.csv (id -> name); optional
@@ -58,7 +92,7 @@ class DataSection:
     shuffle_buffer: int = 20000  # records mixed together when shuffling (bounded memory)
     preload: str = "none"  # none | ram | gpu | auto (auto: gpu/ram when it fits, else stream)
     chunk_mb: int = 64  # contiguous read size when streaming
-    read_workers: int = -1  # reader processes for GPU batches and preloads: -1 auto (up to 4 with >= 4 cores), 0 one thread
+    workers: int = 1  # DataLoader worker processes reading the feature files (0: in the training process)
     eval_batch_size: int = 1000
 
 
@@ -82,6 +116,7 @@ class TrainSection:
     val_batchnorm: str = "inference"  # inference | batch (original NUS-WIDE multi-label: batch statistics)
     zs_test_quarters: bool = False  # original (Open Images): zero-shot test at each quarter of the run
     checkpoint_every: int = 0  # iterations between resume checkpoints (last.pt); 0 = at each evaluation
+    checkpoint_minutes: float = 5.0  # also save last.pt after this many minutes of training; 0 = off
     seed: int = 0
     deterministic: bool = True  # deterministic kernels; a resumed run equals an uninterrupted one
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -89,9 +124,7 @@ class TrainSection:
     # (CPU, torchrun, data.skip_no_positive) | eager | compile | cuda_graph | compile+cuda_graph
     step: str = "auto"
     # fp32: full float32 (the goldens' tolerances) | tf32: TF32 matrix units on the GPU (faster;
-    # scores move by ~5e-4 relative, outside the goldens' 1e-5) | tf32x3: the 2x2 conv and the
-    # attention's first product as three TF32 products of split operands each (float32's
-    # accuracy, faster on a GPU; slower on the CPU)
+    # scores move by ~5e-4 relative, outside the goldens' 1e-5)
     precision: str = "fp32"
 
 
@@ -125,7 +158,7 @@ class Config:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.experiment.out or os.path.join("results", self.experiment.name))
+        return Path(self.experiment.out or os.path.join("results", self.experiment.name)).absolute()
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in self.SECTIONS}
@@ -188,6 +221,8 @@ def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None
     if section not in _SECTION_TYPES or not key:
         raise ConfigError(f"{where}: unknown setting {dotted!r}; settings are <table>.<key> with "
                           f"table one of {list(_SECTION_TYPES)}")
+    if dotted in REMOVED:
+        raise ConfigError(f"{where}: {dotted} no longer exists: {REMOVED[dotted]}")
     stype = _SECTION_TYPES[section]
     known = [f.name for f in fields(stype)]
     if key not in known:
@@ -210,16 +245,41 @@ def config_from_dict(values: dict, source: str = "<dict>") -> Config:
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Read a TOML configuration and apply ``key=value`` overrides (``train.n_iters=100``)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"configuration file {path} not found (see configs/*.toml)")
+def bundled_configs() -> dict[str, object]:
+    """``{name: resource}`` of the configurations shipped with lesa (``configs/*.toml``)."""
+    from importlib.resources import files
+
+    return {p.name[:-len(".toml")]: p for p in files("lesa.configs").iterdir() if p.name.endswith(".toml")}
+
+
+def find_config(name: str | os.PathLike) -> tuple[str, str]:
+    """``(source, TOML text)`` of a configuration given as a TOML file, a run folder (its
+    ``config.toml``) or the name of a bundled configuration."""
+    path = Path(name)
+    if path.is_dir() and (path / "config.toml").is_file():
+        path = path / "config.toml"
+    if path.is_file():
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the configuration ({exc})") from exc
+    bundled = bundled_configs()
+    key = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+    if str(name) == path.name and key in bundled:
+        return f"lesa.configs/{key}.toml", bundled[key].read_text(encoding="utf-8")
+    what = "run folder without config.toml" if path.is_dir() else "no such file"
+    raise ConfigError(f"configuration {str(name)!r} not found ({what}); give a TOML file, a run folder "
+                      f"holding config.toml, or one of the bundled configurations: {', '.join(sorted(bundled))}")
+
+
+def load_config(name: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a configuration (see ``find_config``) and apply ``key=value`` overrides."""
+    source, text = find_config(name)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    cfg = config_from_dict(values, source=str(path))
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from exc
+    cfg = config_from_dict(values, source=source)
     apply_overrides(cfg, overrides or [])
     return cfg
 
@@ -253,30 +313,87 @@ def _checked_model(model: LESAConfig, where: str) -> LESAConfig:
 
 
 # -- validation before any long work -------------------------------------------------------------
-def _need_file(cfg: Config, key: str, value: str, what: str) -> None:
+PATH_KEYS = ("nus_wide", "label_vectors", "tag_list", "concepts", "seen_label_ids", "unseen_label_ids",
+             "class_descriptions", "top_unseen")
+SPLIT_KEYS = ("train", "validation", "test")
+# how to get each input, for the message when it is missing
+WHERE_FROM = {
+    "label_vectors": "the original repository's wiki_contexts/ folder (github.com/hbdat/cvpr20_LESA), "
+                     "or build one from GloVe with `lesa build-vectors`",
+    "seen_label_ids": "the original repository's data/OpenImages/2018_04/ folder",
+    "unseen_label_ids": "the original repository's data/OpenImages/2018_04/ folder",
+    "class_descriptions": "the original repository's data/OpenImages/2018_04/ folder",
+    "top_unseen": "the original repository's data/OpenImages/2018_04/ folder",
+}
+
+
+def resolve_data_paths(cfg: Config) -> Config:
+    """Make every data path absolute: relative ones are taken inside the data folder ``data.dir``
+    (itself relative to the current folder), as are the output folder's (relative to the current
+    folder). Idempotent."""
+    d = cfg.data
+    d.dir = str(layout.data_dir(d.dir))
+    for key in PATH_KEYS:
+        value = getattr(d, key)
+        if value:
+            setattr(d, key, str(layout.resolve(value, d.dir)))
+    for key in SPLIT_KEYS:
+        setattr(d, key, [str(layout.resolve(p, d.dir)) for p in getattr(d, key)])
+    cfg.experiment.out = str(cfg.out_dir)
+    return cfg
+
+
+def _need_file(cfg: Config, key: str, what: str) -> None:
+    value = getattr(cfg.data, key)
     if not value:
         raise ConfigError(f"{cfg.source}: data.{key} is not set; give the {what} "
-                          f"(in the config or with --set data.{key}=PATH)")
-    if not Path(value).exists():
-        raise ConfigError(f"{cfg.source}: data.{key} = {value!r} does not exist ({what})")
+                          f"(in the configuration or with --set data.{key}=PATH)")
+    path = Path(value)
+    if not path.exists():
+        origin = f"; get it from {WHERE_FROM[key]}" if key in WHERE_FROM else ""
+        raise ConfigError(f"{cfg.source}: data.{key}: {path} does not exist ({what}){origin}. "
+                          f"{layout.missing_hint(path, cfg.data.dir)}")
+
+
+def _need_split(cfg: Config, split: str) -> None:
+    from lesa.datasets.h5 import expand_paths
+
+    paths = getattr(cfg.data, split)
+    dataset = "nus-wide" if cfg.experiment.task.startswith("nus_wide") else "openimages"
+    make = (f"`lesa extract {dataset} --split ...` writes feature files (or `lesa convert-tfrecord` from "
+            "the original's TFRecords)")
+    if not paths:
+        raise ConfigError(f"{cfg.source}: data.{split} is not set; give the HDF5 feature file(s) of the "
+                          f"{split} split (--{split} PATH); {make}")
+    try:
+        files = expand_paths(paths)
+    except DataError as exc:
+        raise ConfigError(f"{cfg.source}: data.{split}: {exc}; {make}") from exc
+    for path in files:
+        if not path.exists():
+            raise ConfigError(f"{cfg.source}: data.{split}: {path} does not exist; {make}. "
+                              f"{layout.missing_hint(path, cfg.data.dir)}")
+
+
+def check_choices(cfg: Config) -> None:
+    """Every setting with a fixed set of values (``CHOICES``) holds one of them."""
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if (dotted, value) in REMOVED_VALUES:
+            raise ConfigError(f"{cfg.source}: {REMOVED_VALUES[dotted, value]}")
+        if value not in choices:
+            raise ConfigError(f"{cfg.source}: {dotted} = {value!r}; choose one of {', '.join(choices)}")
 
 
 def check_config(cfg: Config, for_training: bool = True) -> None:
-    """Fail fast: every value in range and every file present, before anything is loaded."""
+    """Fail fast: every value in range and every file present, before anything is loaded. Data
+    paths are made absolute first (``resolve_data_paths``); NUS-WIDE's label lists, when not given,
+    are found in ``data.nus_wide`` (either layout)."""
+    resolve_data_paths(cfg)
+    check_choices(cfg)
     e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
     src = cfg.source
-    if e.task not in TASKS:
-        raise ConfigError(f"{src}: experiment.task = {e.task!r}; choose one of {', '.join(TASKS)}")
-    if d.preload not in PRELOAD:
-        raise ConfigError(f"{src}: data.preload = {d.preload!r}; choose one of {', '.join(PRELOAD)}")
-    if ev.precision not in EVAL_PRECISIONS:
-        raise ConfigError(f"{src}: evaluate.precision = {ev.precision!r}; choose one of {', '.join(EVAL_PRECISIONS)}")
-    if t.precision not in TRAIN_PRECISIONS:
-        raise ConfigError(f"{src}: train.precision = {t.precision!r}; choose one of {', '.join(TRAIN_PRECISIONS)}")
-    if t.monitor not in ("mF1", "mAP"):
-        raise ConfigError(f"{src}: train.monitor = {t.monitor!r}; choose mF1 or mAP")
-    if t.val_batchnorm not in ("inference", "batch"):
-        raise ConfigError(f"{src}: train.val_batchnorm = {t.val_batchnorm!r}; choose inference or batch")
     positive = {"train.n_iters": t.n_iters, "train.batch_size": t.batch_size, "train.val_k": t.val_k,
                 "data.eval_batch_size": d.eval_batch_size, "data.chunk_mb": d.chunk_mb,
                 "data.shuffle_buffer": d.shuffle_buffer, "train.n_report": t.n_report,
@@ -284,9 +401,6 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{src}: {key} = {value}; it must be at least 1")
-    from lesa.datasets.read_workers import check_read_workers
-
-    check_read_workers(d.read_workers, src)
     for key, value in {"train.lr": t.lr, "train.rmsprop_eps": t.rmsprop_eps}.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{src}: {key} = {value}; it must be a positive number")
@@ -295,37 +409,41 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
     for key, ks in {"evaluate.k": ev.k, "evaluate.k_gzs": ev.k_gzs, "evaluate.k_seen": ev.k_seen}.items():
         if not ks or any(k < 1 for k in ks):
             raise ConfigError(f"{src}: {key} = {ks}; give at least one K >= 1")
-    if t.eval_interval < 0 or t.checkpoint_every < 0 or d.n_validation < 0:
-        raise ConfigError(f"{src}: train.eval_interval, train.checkpoint_every and data.n_validation "
-                          "must not be negative")
+    if t.eval_interval < 0 or t.checkpoint_every < 0 or d.n_validation < 0 or d.workers < 0 \
+            or not t.checkpoint_minutes >= 0:
+        raise ConfigError(f"{src}: train.eval_interval, train.checkpoint_every, train.checkpoint_minutes, "
+                          "data.n_validation and data.workers must not be negative")
     if not t.device == "auto" and not t.device.startswith(("cpu", "cuda")):
         raise ConfigError(f"{src}: train.device = {t.device!r}; use auto, cpu, cuda or cuda:N")
     if e.task.startswith("nus_wide"):
-        _need_file(cfg, "tag_list", d.tag_list, "NUS-WIDE TagList1k.txt")
-        _need_file(cfg, "concepts", d.concepts, "NUS-WIDE Concepts81.txt")
+        for key in ("tag_list", "concepts"):
+            if not getattr(d, key):
+                try:
+                    setattr(d, key, str(layout.nus_wide_file(d.nus_wide, key)))
+                except DataError as exc:
+                    raise ConfigError(f"{src}: data.{key}: {exc}") from exc
+        _need_file(cfg, "tag_list", "NUS-WIDE TagList1k.txt")
+        _need_file(cfg, "concepts", "NUS-WIDE Concepts81.txt")
     else:
-        _need_file(cfg, "seen_label_ids", d.seen_label_ids, "Open Images classes-trainable.txt")
-        _need_file(cfg, "unseen_label_ids", d.unseen_label_ids, "Open Images unseen_labels.pkl")
+        _need_file(cfg, "seen_label_ids", "Open Images classes-trainable.txt")
+        _need_file(cfg, "unseen_label_ids", "Open Images unseen_labels.pkl")
         if d.top_unseen:
-            _need_file(cfg, "top_unseen", d.top_unseen, "Open Images top_400_unseen.csv")
+            _need_file(cfg, "top_unseen", "Open Images top_400_unseen.csv")
         if d.class_descriptions:
-            _need_file(cfg, "class_descriptions", d.class_descriptions, "Open Images class-descriptions.csv")
-    _need_file(cfg, "label_vectors", d.label_vectors, "label-vector pickle")
-    from lesa.datasets.h5 import expand_paths
-
+            _need_file(cfg, "class_descriptions", "Open Images class-descriptions.csv")
+    _need_file(cfg, "label_vectors", "label-vector pickle")
     splits = (["train", "test"] + (["validation"] if d.validation else [])) if for_training else ["test"]
     for split in splits:
-        paths = getattr(d, split)
-        if not paths:
-            raise ConfigError(f"{src}: data.{split} is not set; give the HDF5 feature file(s) of the "
-                              f"{split} split (--{split} PATH)")
-        try:
-            files = expand_paths(paths)
-        except Exception as exc:
-            raise ConfigError(f"{src}: data.{split}: {exc}") from exc
-        for p in files:
-            if not p.exists():
-                raise ConfigError(f"{src}: data.{split} file {p} does not exist")
+        _need_split(cfg, split)
+
+
+def resume_differences(saved: Config, wanted: Config) -> list[str]:
+    """The settings (``table.key: saved -> wanted``) in which ``wanted`` differs from the
+    configuration a run was started with, leaving out ``RUNTIME_SETTINGS``."""
+    old, new = saved.to_dict(), wanted.to_dict()
+    return [f"{section}.{key}: {old[section].get(key)!r} -> {value!r}"
+            for section, table in new.items() for key, value in table.items()
+            if f"{section}.{key}" not in RUNTIME_SETTINGS and old[section].get(key) != value]
 
 
 # -- writing a configuration back (config.toml in the output folder) -----------------------------
@@ -343,6 +461,7 @@ def _toml_value(value) -> str:
 
 
 def dumps_config(cfg: Config) -> str:
+    """The configuration as TOML, paths absolute: ``lesa train RUN_DIR --resume`` reads it back."""
     lines = [f"# resolved configuration (from {cfg.source})"]
     for name, table in cfg.to_dict().items():
         lines.append(f"\n[{name}]")

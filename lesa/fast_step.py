@@ -206,7 +206,7 @@ def predict(model: LESA, features, batch_size: int = 4096, precision: str = "fp3
     "tf32" (TF32 matrix units, GPU) or "bf16" (bfloat16 autocast): faster on a GPU, scores then
     differ from float32 in the fourth (tf32) or third (bf16) digit. Returns
     ``{head: (N, n) float32 tensor on the CPU}``."""
-    from lesa.features.vgg import precision_context
+    from lesa.device import precision_context
 
     model.eval()
     device = next(model.parameters()).device

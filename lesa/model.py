@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesa.errors import ConfigError, ShapeError
-from lesa.split_tf32 import conv2d_3xtf32, linear_3xtf32
+from lesa.shapes import FEATURE_DIM, GRID, N_REGIONS
 
-N_REGIONS = 196  # 14 x 14 cells of VGG-19 conv5_4, row-major
-FEATURE_DIM = 512
-GRID = 14
 # Inference on the CPU runs the forward pass over slices of this many images: the (n,196,512)
 # activations then stay in the CPU's caches (1.19x the images/s of slices of 1,000 on a 2-core EPYC).
 CPU_INFERENCE_SLICE = 16
+
+
+GLOBAL_POOLS = ("mean", "max")
 
 
 @dataclass
@@ -55,8 +55,8 @@ class LESAConfig:
     global_pool: str = "mean"  # "mean" or "max": the global feature of the att_global loss
 
     def __post_init__(self):
-        if self.global_pool not in ("mean", "max"):
-            raise ConfigError(f"global_pool must be 'mean' or 'max', got {self.global_pool!r}")
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ConfigError(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         if int(self.n_attention) < 1:
             raise ConfigError(f"n_attention must be >= 1, got {self.n_attention}")
 
@@ -153,9 +153,6 @@ class LESA(nn.Module):
         else:
             self.conv = None
             self.bn = None
-        # train.precision = "tf32x3": the conv and the attention's first product as three TF32
-        # products each (lesa.split_tf32); a run-time setting, not part of the model (not saved)
-        self.tf32x3 = False
 
         # Attention MLP on regions with the constant 1 appended: W1 (D+1, D) shared by the heads,
         # or one per head (T, D+1, D); W2 (D+1, T) gives one logit per head.
@@ -227,10 +224,7 @@ class LESA(nn.Module):
             x = x.reshape(B, GRID, GRID, FEATURE_DIM).permute(0, 3, 1, 2)  # NHWC -> NCHW
             # TF1 SAME padding for an even kernel puts the extra row/column at the end.
             x = F.pad(x, (0, 1, 0, 1))
-            if self.tf32x3:
-                x = conv2d_3xtf32(x, self.conv.weight, self.conv.bias)
-            else:
-                x = self.conv(x)
+            x = self.conv(x)
             if self.bn is not None:
                 x = self.bn(x)
             x = F.relu(x)
@@ -245,10 +239,7 @@ class LESA(nn.Module):
         if self.config.separate_w1:  # one W1 per head: (T, 513, 512)
             hidden = torch.tanh(torch.einsum("brf,tfh->btrh", regions, w1) + b1[:, None, :])  # (B,T,196,512)
             return torch.einsum("btrh,ht->btr", hidden, w2) + b2[:, None]
-        if self.tf32x3:
-            hidden = torch.tanh(linear_3xtf32(regions, w1, b1))
-        else:
-            hidden = torch.tanh(F.linear(regions, w1.t(), b1))  # (B,196,512)
+        hidden = torch.tanh(F.linear(regions, w1.t(), b1))  # (B,196,512)
         return F.linear(hidden, w2.t(), b2).transpose(1, 2)  # (B,T,196)
 
     def classifiers(self, vecs: torch.Tensor) -> torch.Tensor:

@@ -29,66 +29,26 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from lesa.checkpoint import LoadedModel, load_model
 from lesa.errors import ConfigError, ImageError, ShapeError
 
 LABEL_SETS = ("unseen", "seen", "all")
 
 
 # -- models -------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """A LESA in eval mode and what its checkpoint says about its labels."""
-
-    model: torch.nn.Module
-    source: str
-    seen_names: list[str] = field(default_factory=list)  # empty when the checkpoint has none
-    unseen_names: list[str] = field(default_factory=list)
-
-    @property
-    def dim_w2v(self) -> int:
-        return int(self.model.W.shape[1])
-
-
-def _tf_prefix(path: str) -> str:
-    return path[: -len(".index")] if path.endswith(".index") else path
-
-
 def load_lesa(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """A LESA from a native ``.pt`` checkpoint or an original TF checkpoint prefix (see module doc)."""
-    from lesa.evaluate import is_tf_checkpoint
-
-    path = str(path)
-    if is_tf_checkpoint(path):
-        model = _model_from_tf_checkpoint(_tf_prefix(path))
-        return LoadedModel(model.to(device).eval(), source=path)
-    from lesa.checkpoint import load_checkpoint, model_from_checkpoint
-
-    payload = load_checkpoint(path)
-    model = model_from_checkpoint(payload, device=device).eval()
-    names = payload.get("label_names") or {}
-    seen = [str(x) for x in names.get("seen", [])]
-    unseen = [str(x) for x in names.get("unseen", [])]
-    if len(seen) != model.n_seen:
-        seen = []
-    if len(unseen) != model.n_unseen:
-        unseen = []
-    return LoadedModel(model, source=path, seen_names=seen, unseen_names=unseen)
-
-
-def _model_from_tf_checkpoint(prefix: str):
-    from lesa.tf_weights import import_tf_checkpoint
-
-    # The seen vectors only feed the seen scores, which tagging does not use: a zero placeholder
-    # (or the file's own trainable vectors) is enough.
-    model, _ = import_tf_checkpoint(prefix, placeholder_seen=True)
-    return model
+    """A LESA in eval mode from a native ``.pt`` checkpoint or an original TF checkpoint (see the
+    module doc: without the seen vectors of a TF checkpoint, a zero placeholder stands in)."""
+    loaded = load_model(path, device=device, placeholder_seen=True)
+    loaded.model.eval()
+    return loaded
 
 
 # -- label names and vectors ------------------------------------------------------------------
@@ -138,7 +98,8 @@ def label_vectors(names: Sequence[str], glove_path: str | os.PathLike, dim_w2v: 
 def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision: bool = False,
              torchvision_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
     """VGG19Conv54 from a TF-slim ``vgg_19.ckpt`` or from torchvision's ImageNet weights."""
-    from lesa.features.vgg import VGG19Conv54, channels_last_by_default
+    from lesa.device import channels_last_by_default
+    from lesa.features.vgg import VGG19Conv54
 
     use_torchvision = torchvision or torchvision_weights is not None
     if (vgg_path is None) == (not use_torchvision):

@@ -30,51 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesa.checkpoint import (atomic_write_text, load_checkpoint, load_model_state, save_checkpoint,
+from lesa.files import atomic_write_text, remove_temporaries, write_csv
+from lesa.checkpoint import (load_checkpoint, load_model_state, save_checkpoint,
                              set_rng_state)
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
 from lesa.errors import ConfigError, TrainingError
 from lesa.evaluate import evaluate_model, format_summary, predict, validation_metrics
-from lesa.experiment import TRAIN_PRECISIONS, Config, check_config, dumps_config
+from lesa.device import pick_device, set_tf32
+from lesa.experiment import Config, check_config, dumps_config
 from lesa.model import LESA
 from lesa.optim import AdaptiveLR, TFRMSprop
 from lesa.tasks import TaskData, load_task
 
 LOSS_COLUMNS = [("l", "total"), ("l_rank", "rank"), ("l_att_span", "att_span"),
                 ("l_att_global", "att_global"), ("l_att_dist", "att_dist")]
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto" (CUDA when visible), "cpu" or "cuda[:i]"; on CUDA switches TF32 off (full float32)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if dev.type == "cuda":
-        set_tf32(False)
-    return dev
-
-
-def set_tf32(enabled: bool) -> None:
-    """TF32 matrix units for float32 convolutions and matrix products (GPU). LESA trains and
-    scores in full float32 by default, as the original (TF 1.8 had no TF32): cuDNN's default TF32
-    convolutions would move the 2x2 conv's output by ~1e-3 relative."""
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-
-
-def set_precision(precision: str, model: LESA | None = None) -> None:
-    """``train.precision``: "fp32" full float32; "tf32" TF32 units for every conv and matrix
-    product (GPU; scores move by ~5e-4); "tf32x3" the 2x2 conv and the attention's first product
-    as three TF32 products of split operands each (``lesa.split_tf32``: float32's accuracy) and
-    every other product in float32."""
-    if precision not in TRAIN_PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
-    set_tf32(precision == "tf32")
-    if precision == "tf32x3":
-        torch.backends.cudnn.allow_tf32 = True  # only the split products reach cuDNN
-    if model is not None:
-        model.tf32x3 = precision == "tf32x3"
 
 
 def log_columns(task: TaskData) -> list[str]:
@@ -223,17 +192,17 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     check_label_widths(val_split, task.val_labels, task, "validation")
     check_test_split(cfg, task)  # read only after training: check it now (metadata only)
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
-                               chunk_mb=d.chunk_mb, read_workers=d.read_workers, progress=progress, name="train")
+                               chunk_mb=d.chunk_mb, read_workers=0, progress=progress, name="train")
     val_reader = RangeReader(val_split, task.val_labels, *val_range, device=device,
                              preload=d.preload if shard[0] == 0 else "none",  # only rank 0 validates
-                             chunk_mb=d.chunk_mb, read_workers=d.read_workers, progress=progress,
+                             chunk_mb=d.chunk_mb, read_workers=0, progress=progress,
                              name="validation")
     plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
                      block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
 
     torch.manual_seed(t.seed)
     model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model).to(device)
-    set_precision(t.precision, model)
+    set_tf32(t.precision == "tf32")  # train.precision: fp32 (default) or tf32 (GPU matrix units)
     optimizer = TFRMSprop(model.parameters(), lr=t.lr, decay=t.rmsprop_decay, momentum=t.rmsprop_momentum,
                           eps=t.rmsprop_eps)
     schedule = AdaptiveLR(optimizer, signal_strength=t.signal_strength, patience=t.patience,
@@ -424,7 +393,7 @@ def _zs_quarter_test(run: Training, i: int, log) -> None:
     split = open_split(run.cfg.data.test, "test")
     try:
         reader = RangeReader(split, run.task.test_labels, preload="none", device=run.device,
-                             chunk_mb=run.cfg.data.chunk_mb, read_workers=run.cfg.data.read_workers, name="test")
+                             chunk_mb=run.cfg.data.chunk_mb, read_workers=0, name="test")
         scores, labels = predict(run.model, reader, run.cfg.data.eval_batch_size, heads=("zs_logits", "gzs_logits"))
     finally:
         split.close()
@@ -557,13 +526,12 @@ def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
     summaries = {}
     try:
         reader = RangeReader(split, run.task.test_labels, preload=cfg.data.preload, device=run.device,
-                             chunk_mb=cfg.data.chunk_mb, read_workers=cfg.data.read_workers, progress=progress,
+                             chunk_mb=cfg.data.chunk_mb, read_workers=0, progress=progress,
                              name="test")
         for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt")):
             if not (out / name).exists():
                 continue
             model = load_model_for_task(out / name, run.task, cfg.model, run.device)
-            set_precision(cfg.train.precision, model)  # the test scores as the run validated
             summary = evaluate_model(model, cfg, run.task, reader, out, tag, checkpoint=str(out / name),
                                      progress=progress)
             log(format_summary(summary))

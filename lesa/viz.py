@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lesa.errors import ShapeError
 from lesa.features.preprocess import CROP_SIZE as CROP  # the VGG input crop, in pixels
 from lesa.features.preprocess import RGB_MEAN  # TF-slim VGG means, subtracted by the preprocessing
-from lesa.model import GRID  # conv5_4 regions per side
+from lesa.shapes import GRID  # conv5_4 regions per side
 from lesa.tag import ranking
 
 
@@ -118,9 +118,9 @@ def attention_figure(crop, alphas, head_scores, scores, names: Sequence[str], to
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG atomically (never a half-written file under ``path``)."""
-    from lesa.checkpoint import atomic_write_bytes
+    from lesa.files import atomic_write
 
-    return atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def save_attention_figure(path, result, top: int = 5, title: str | None = None, dpi: int = 100) -> Path:

@@ -66,29 +66,6 @@ def test_golden_four_steps_on_the_gpu(golden, mode, monkeypatch):  # noqa: F811
     test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
 
 
-@pytest.mark.parametrize("mode", ["eager", "cuda_graph", "compile+cuda_graph"])
-def test_golden_four_steps_with_tf32x3(golden, mode, monkeypatch):  # noqa: F811
-    """train.precision = "tf32x3": the conv and the attention product on the TF32 units as three
-    split products each keep the goldens' tolerances (plain TF32 does not)."""
-    if mode.startswith("compile") and golden.cfg["T"] != 10:
-        pytest.skip("compilation is slow: the paper's setting is enough")
-    batch = [t.cuda() for t in golden.batch(0)]
-    model = golden.model().cuda().train()
-    set_precision("tf32x3", model)
-    test_golden_model.check_training_mode(golden, model, *batch)
-    # the goldens allow 1e-3 on gradients, which a split conv whose backward ran in plain TF32
-    # would still pass (tests/test_tf32_emulation.py): tf32x3's gradients are float32's within 1e-5
-    reference = golden.model().cuda().train()
-    set_precision("fp32", reference)
-    reference.loss(reference(batch[0]), batch[1])["total"].backward()
-    for (key, p), q in zip(model.named_parameters(), reference.parameters()):
-        print(f"[cuda] tf32x3 vs fp32 gradient {key}: {rel_err(p.grad, q.grad.cpu()):.1e}")
-        assert rel_err(p.grad, q.grad.cpu()) <= 1e-5, key
-    monkeypatch.setattr(test_golden_model, "run_four_steps",
-                        lambda g, **options: run_four_steps_on_the_gpu(g, mode, "tf32x3", **options))
-    test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
-
-
 def test_predict_on_the_gpu_equals_the_cpu(golden):  # noqa: F811
     model = golden.model()
     features = torch.tensor(golden.inputs["eval_features"])

@@ -204,7 +204,7 @@ def _read_failures(path: Path) -> dict[str, dict]:
 
 
 def _assert_no_partials(out: Path):
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".part")]
+    leftovers = [p.name for p in out.iterdir() if ".tmp-" in p.name]
     assert leftovers == []
     for path in out.glob("*.jpg"):  # every file under a final name is a whole JPEG
         simplejpeg.decode_jpeg(path.read_bytes(), strict=True)
@@ -375,7 +375,7 @@ def test_verify_existing_replaces_broken_files_and_stale_partials_go(server, tmp
     out.mkdir()
     broken = out / f"{rows[0]['ImageID']}.jpg"  # what the original could leave when killed
     broken.write_bytes(PHOTOS[rows[0]["ImageID"]][:3000])
-    stale = out / f".{rows[1]['ImageID']}.jpg.abc123.part"
+    stale = out / f"{rows[1]['ImageID']}.jpg.tmp-12345"
     stale.write_bytes(b"half")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     summary = download_openimages("validation", out, csv_path=csv_path, progress=False,

@@ -134,7 +134,8 @@ def test_kill9_during_training_then_resume_equals_uninterrupted(train_config, tm
 def test_checkpoint_write_killed_midway_keeps_the_previous_one(tmp_path):
     """A kill inside ``torch.save`` (simulated: the writer dies after some bytes) leaves the previous
     checkpoint under the final name intact and loadable."""
-    from lesa.checkpoint import atomic_write_bytes, save_checkpoint
+    from lesa.checkpoint import save_checkpoint
+    from lesa.files import atomic_write as atomic_write_bytes
     from lesa.model import LESA
 
     model = LESA(np.random.default_rng(0).random((4, 300)), np.random.default_rng(1).random((2, 300)))

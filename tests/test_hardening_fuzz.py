@@ -30,7 +30,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from lesa.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from lesa.checkpoint import load_checkpoint, load_model, save_checkpoint
 from lesa.datasets import openimages
 from lesa.datasets.embeddings import (load_label_ids_pickle, load_pickle, load_vector_pair, read_label_list,
                                       vectors_from_glove)
@@ -436,7 +436,7 @@ def pt_bytes(tmp_path_factory):
 
 
 def _load_and_build(path):
-    return load_checkpoint(path), model_from_checkpoint(path)
+    return load_checkpoint(path), load_model(path).model
 
 
 @settings(max_examples=120, **FAST)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import rel_err
-from lesa.checkpoint import model_from_checkpoint
+from lesa.checkpoint import load_model
 from lesa.cli import main
 from lesa.datasets.embeddings import save_vector_pair
 
@@ -27,7 +27,7 @@ def test_import_tf_reproduces_the_final_eval_outputs(golden_root, tmp_path, caps
                  "--vectors", str(vectors)]) == 0
     assert f"T={golden_config['T']}" in capsys.readouterr().out
 
-    model = model_from_checkpoint(out).eval()
+    model = load_model(out).model.eval()
     for theirs, ours in CONFIG_KEYS.items():
         assert getattr(model.config, ours) == golden_config[theirs], ours
     with torch.no_grad():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import rel_err
 from lesa.errors import ConfigError, LesaError, ShapeError
 from lesa.tag import Tagger, label_vectors, load_lesa, parse_labels, ranking
 from tag_helpers import (SEEN, TAGS, glove_arrays, glove_text, glove_vector, photos, random_vgg,
@@ -40,10 +41,10 @@ _FEATURES: dict = {}
 def expected_scores(checkpoint_path, image_path, labels) -> np.ndarray:
     """zs_logits computed directly: decode, preprocess, random_vgg(), LESA with the labels' GloVe
     means (the features of each photo are computed once per session)."""
-    from lesa.checkpoint import model_from_checkpoint
+    from lesa.checkpoint import load_model
     from lesa.features import decode_jpeg, vgg_preprocess
 
-    model = model_from_checkpoint(checkpoint_path).eval()
+    model = load_model(checkpoint_path).model.eval()
     model.set_unseen_vecs(np.stack([glove_vector(glove_arrays(), label) for label in labels]))
     with torch.no_grad():
         if str(image_path) not in _FEATURES:
@@ -74,7 +75,9 @@ def test_tags_are_the_model_zero_shot_scores(checkpoint, glove, images, vgg):
     assert [r.image for r in results] == [str(p) for p in images[:2]]
     for result, path in zip(results, images):
         want = expected_scores(checkpoint, path, TAGS)
-        np.testing.assert_allclose(result.scores, want, rtol=1e-5, atol=1e-5)
+        # the tagger and this reference take different float32 paths (batch layout, kernels): their
+        # VGG features differ by ~5e-7 relative; 1e-5 over the whole score vector holds on any x86 CPU
+        assert rel_err(result.scores, want) < 1e-5
         # every label's score is its best head's score
         np.testing.assert_array_equal(result.head_scores.max(axis=0), result.scores)
         assert result.head_scores.shape == (4, len(TAGS)) and result.alphas.shape == (4, 196)
@@ -124,7 +127,7 @@ def test_cli_tag_json_deterministic_and_ranked(checkpoint, glove, images, tmp_pa
     assert entry["image"] == inputs[1]
     want = expected_scores(checkpoint, images[2], TAGS)
     assert list(entry["scores"]) == TAGS
-    np.testing.assert_allclose([entry["scores"][t] for t in TAGS], want, rtol=1e-5, atol=1e-5)
+    assert rel_err([entry["scores"][t] for t in TAGS], want) < 1e-5  # (two float32 paths: see above)
     assert [t["label"] for t in entry["tags"]] == [TAGS[i] for i in ranking(want)[:3]]
     assert all(t["score"] == entry["scores"][t["label"]] for t in entry["tags"])
     printed = [line.split()[1:-1] for line in captured.out.splitlines() if line.startswith("    ")]

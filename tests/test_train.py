@@ -55,7 +55,9 @@ def test_run_writes_the_original_outputs(tiny_nus, tmp_path):
     assert result["iterations"] == 6
     # the resolved configuration reloads to the same values
     again = load_config(out / "config.toml")
-    assert again.to_dict() == tiny_config(tiny_nus, tmp_path / "run").to_dict()
+    from lesa.experiment import resolve_data_paths
+
+    assert again.to_dict() == resolve_data_paths(tiny_config(tiny_nus, tmp_path / "run")).to_dict()
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny_config(tiny_nus, tmp_path / "run"), progress=False)
 

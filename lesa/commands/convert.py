@@ -81,11 +81,11 @@ def _add_import_tf(subparsers) -> None:
 
 
 def run_import_tf(args) -> int:
-    from lesa.checkpoint import save_checkpoint
+    from lesa.checkpoint import save_checkpoint, tf_prefix
     from lesa.errors import ConfigError
     from lesa.tf_weights import import_tf_checkpoint
 
-    prefix = args.checkpoint[: -len(".index")] if args.checkpoint.endswith(".index") else args.checkpoint
+    prefix = tf_prefix(args.checkpoint) or args.checkpoint
     cfg = None
     seen = unseen = labels = None
     if args.config and args.vectors:

@@ -3,30 +3,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def resolve_config_path(name: str) -> Path:
-    """A path, or the name of a bundled configuration (``nus_wide_zero_shot`` -> configs/...toml)."""
-    path = Path(name)
-    if path.exists() or path.suffix == ".toml":
-        return path
-    return CONFIG_DIR / f"{name}.toml"
-
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``lesa train`` and ``lesa evaluate`` (each is a config override)."""
-    p.add_argument("config", help="configuration: a TOML file or a name in configs/ "
-                                  "(nus_wide_zero_shot, nus_wide_multilabel, openimages_train, openimages_evaluate)")
-    p.add_argument("--out", help="output folder (experiment.out)")
+    p.add_argument("config", help="configuration: a bundled name (nus_wide_zero_shot, nus_wide_multilabel, "
+                                  "openimages_train, openimages_evaluate), a TOML file, or a run folder")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="the data folder (data.dir, default ./data): relative data paths are taken inside it")
+    p.add_argument("--out", help="output folder (experiment.out; default results/<name>)")
     p.add_argument("--train", nargs="+", metavar="H5", help="training feature file(s) or glob (data.train)")
     p.add_argument("--validation", nargs="+", metavar="H5", help="validation feature file(s) (data.validation)")
     p.add_argument("--test", nargs="+", metavar="H5", help="test feature file(s) (data.test)")
     p.add_argument("--label-vectors", metavar="PKL", help="label-vector pickle (data.label_vectors)")
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder holding the label files named in the config (relative data.* paths resolve here)")
     p.add_argument("--preload", choices=["none", "ram", "gpu", "auto"], help="data.preload")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
@@ -34,40 +22,51 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def config_from_args(args):
-    from lesa.experiment import apply_overrides, load_config
+# flag -> the setting it overrides (the values are TOML-typed by the setting, as --set values)
+FLAG_SETTINGS = {"data_dir": "data.dir", "out": "experiment.out", "train": "data.train",
+                 "validation": "data.validation", "test": "data.test", "label_vectors": "data.label_vectors",
+                 "preload": "data.preload", "device": "train.device", "n_iters": "train.n_iters",
+                 "shuffle": "data.shuffle"}
 
-    cfg = load_config(resolve_config_path(args.config), args.set)
-    if args.data_dir:
-        base = Path(args.data_dir)
-        for key in ("label_vectors", "tag_list", "concepts", "seen_label_ids", "unseen_label_ids",
-                    "class_descriptions", "top_unseen"):
-            value = getattr(cfg.data, key)
-            if value and not Path(value).is_absolute():
-                setattr(cfg.data, key, str(base / value))
-        for key in ("train", "validation", "test"):
-            setattr(cfg.data, key, [p if Path(p).is_absolute() else str(base / p) for p in getattr(cfg.data, key)])
-    direct = {"experiment.out": args.out, "data.train": args.train, "data.validation": args.validation,
-              "data.test": args.test, "data.label_vectors": args.label_vectors, "data.preload": args.preload,
-              "train.device": args.device}
-    for key, value in direct.items():
-        if value is not None:
-            from lesa.experiment import set_value
 
-            set_value(cfg, key, value, where="command line")
-    for extra in ("n_iters", "shuffle"):
-        value = getattr(args, extra, None)
-        if value not in (None, False):
-            from lesa.experiment import set_value
+def config_from_args(args, resume: bool = False):
+    """The configuration of ``args.config`` with the flags and ``--set`` overrides applied. With
+    ``resume``, the run folder's own ``config.toml`` is the configuration: overrides may only change
+    where things are and how they are read (``RUNTIME_SETTINGS``); anything else is refused."""
+    from lesa.errors import ConfigError
+    from lesa.experiment import load_config, resolve_data_paths, resume_differences, set_value
 
-            set_value(cfg, f"train.{extra}" if extra == "n_iters" else "data.shuffle", value, where="command line")
-    return apply_overrides(cfg, [])
+    def with_overrides(cfg):
+        for flag, key in FLAG_SETTINGS.items():
+            value = getattr(args, flag, None)
+            if value not in (None, False):
+                set_value(cfg, key, value, where="command line")
+        for text in getattr(args, "set", []) or []:
+            from lesa.experiment import apply_overrides
+
+            apply_overrides(cfg, [text])
+        return resolve_data_paths(cfg)
+
+    cfg = with_overrides(load_config(args.config))
+    if not resume:
+        return cfg
+    saved_path = cfg.out_dir / "config.toml"
+    if not saved_path.is_file():
+        raise ConfigError(f"--resume: {cfg.out_dir} holds no run (no config.toml); start it without "
+                          "--resume, or name the run folder (lesa train RUN_DIR --resume)")
+    saved = with_overrides(load_config(saved_path))
+    changed = resume_differences(load_config(saved_path), cfg)
+    if changed:
+        raise ConfigError(f"--resume continues {cfg.out_dir} as it was configured, but these settings differ "
+                          f"from its config.toml: {'; '.join(changed)}. Resume without them "
+                          f"(lesa train {cfg.out_dir} --resume), or start a new run with another --out")
+    return saved
 
 
 def run(args) -> int:
     from lesa.train import train
 
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, resume=args.resume)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"done: {result['iterations']} iterations; outputs in {result['out_dir']}")

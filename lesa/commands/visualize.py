@@ -87,7 +87,7 @@ def _tagger(args, label_set: str = "unseen"):
     """Model, VGG-19 and labels from the arguments -> a ``lesa.tag.Tagger``."""
     from lesa.errors import ConfigError
     from lesa.tag import Tagger, label_vectors, load_lesa, load_vgg, parse_labels, read_labels_file
-    from lesa.train import pick_device
+    from lesa.device import pick_device
 
     if args.top < 0:
         raise ConfigError(f"--top must be >= 0, got {args.top}")
@@ -128,7 +128,7 @@ def run_plot(args) -> int:
 
 
 def run_tag(args) -> int:
-    from lesa.checkpoint import atomic_write_text
+    from lesa.files import atomic_write_text
     from lesa.tag import figure_path, format_tags, tags_json
     from lesa.viz import save_attention_figure
 

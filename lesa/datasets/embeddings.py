@@ -122,11 +122,11 @@ def load_vector_pair(path: str | os.PathLike, dim: int | None = 300) -> tuple[np
 
 def save_vector_pair(path: str | os.PathLike, first: np.ndarray, second: np.ndarray) -> Path:
     """Write a pair of float32 arrays in the original's pickle format (readable by ``load_vector_pair``)."""
-    from lesa.checkpoint import atomic_write_bytes  # (torch is imported only when writing)
+    from lesa.files import atomic_write
 
     pair = (np.asarray(first, np.float32), np.asarray(second, np.float32))
     # a temporary file renamed when complete: an interrupted write never leaves a cut pickle
-    return atomic_write_bytes(path, lambda f: pickle.dump(pair, f, protocol=3))
+    return atomic_write(path, lambda f: pickle.dump(pair, f, protocol=3))
 
 
 def load_label_ids_pickle(path: str | os.PathLike) -> list[str]:

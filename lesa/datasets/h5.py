@@ -54,10 +54,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from lesa.errors import DataError, LesaError, ShapeError
+from lesa.files import atomic_write, remove_temporaries
+from lesa.shapes import FEATURE_SHAPE
 
-N_REGIONS = 196  # 14 x 14 conv5_4 grid
-N_CHANNELS = 512
-FEATURE_SHAPE = (N_REGIONS, N_CHANNELS)
 FEATURE_DTYPES = ("float32", "float16")
 PARTIAL_SUFFIX = ".partial"
 LABEL_VALUES = (-1, 0, 1)
@@ -186,19 +185,16 @@ class FeatureWriter:
         array exists: a kill during creation never leaves a partial file that --resume cannot
         continue (the next run finds no partial file and starts afresh)."""
         h5py = _h5py()
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.partial.parent.glob(self.partial.name + ".tmp-*"):  # of a killed creation
-            stale.unlink(missing_ok=True)
-        tmp = self.partial.with_name(f"{self.partial.name}.tmp-{os.getpid()}")
-        self._file = h5py.File(tmp, "w")
-        try:
+        remove_temporaries(self.partial.parent, self.partial.name)  # of a killed creation
+
+        def create(tmp: Path) -> None:
+            self._file = h5py.File(tmp, "w")
             try:
                 self._create(attrs, label_names)
             finally:
                 self._file.close()
-            os.replace(tmp, self.partial)
-        finally:
-            tmp.unlink(missing_ok=True)  # still there only when the creation failed
+
+        atomic_write(self.partial, create, by_name=True)
         return h5py.File(self.partial, "r+")
 
     def _create(self, attrs: Mapping, label_names) -> None:

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 from lesa.datasets import read_workers as rw
-from lesa.datasets.h5 import FEATURE_SHAPE, FeatureSplit, open_features
+from lesa.datasets.h5 import FeatureSplit, open_features
 from lesa.errors import ConfigError, DataError
+from lesa.shapes import FEATURE_SHAPE
 
 RECORD_VALUES = FEATURE_SHAPE[0] * FEATURE_SHAPE[1]
 

@@ -20,7 +20,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from lesa.datasets.h5 import FEATURE_SHAPE, FeatureWriter, partial_path
+from lesa.datasets.h5 import FeatureWriter, partial_path
+from lesa.shapes import FEATURE_SHAPE
 from lesa.errors import ConfigError, TFRecordError
 from lesa.tf_formats import iter_tfrecords, parse_example
 

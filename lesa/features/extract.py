@@ -28,13 +28,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from lesa.checkpoint import atomic_write_text
+from lesa.files import atomic_write_text
 from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files, record_chunks
 from lesa.datasets.read_workers import shared_bytes, shared_memory_error
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
-from lesa.features.vgg import VGG19Conv54, channels_last_by_default, precision_context
+from lesa.device import channels_last_by_default, precision_context
+from lesa.features.vgg import VGG19Conv54
 
 DECODERS = ("exact", "gpu")
 BACKBONE = "vgg19_conv54"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,9 +24,6 @@ from lesa.errors import CheckpointError, ConfigError
 
 # (block, number of 3x3 convs, output channels) of VGG-19
 VGG19_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
-N_REGIONS = 196
-N_CHANNELS = 512
-PRECISIONS = ("fp32", "tf32", "bf16")
 SLIM_RGB_MEAN = (123.68, 116.78, 103.94)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
@@ -178,32 +174,3 @@ def _checkpoint_reader():
             raise CheckpointError("reading TF checkpoints needs lesa.tf_formats.checkpoint, "
                                   "which is missing from this installation") from exc
     return read_tf_checkpoint
-
-
-def channels_last_by_default(device: torch.device | str, precision: str) -> bool:
-    """Whether VGG-19 runs with NHWC ("channels-last") convolutions unless told otherwise: on the
-    CPU (oneDNN: 1.2x the images/s of NCHW on a 2-core EPYC, features 3.7e-7 apart) and for TF32
-    or bf16 on a GPU (cuDNN's tensor-core kernels work in NHWC); not for fp32 on a GPU, where the
-    two layouts have not been compared yet (``benchmarks/gpu_experiments.py --only vgg``)."""
-    return torch.device(device).type != "cuda" or precision != "fp32"
-
-
-@contextmanager
-def precision_context(precision: str, device: torch.device | str):
-    """Run VGG forward passes at ``precision``: fp32 (exact), tf32 (TF32 matmul/conv on Ampere+
-    GPUs; same as fp32 on CPU) or bf16 (autocast to bfloat16, output cast back to float32)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {PRECISIONS}")
-    device = torch.device(device)
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    tf32 = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    try:
-        if precision == "bf16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,0 +1,1 @@
+"""The experiment configurations (TOML), installed as the package ``lesa.configs``."""
