@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except LesaError as exc:
         print(f"lesa: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("lesa: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # (lesa train says what it saved and how to continue)
+        print(f"lesa: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     return int(result or 0)

@@ -10,19 +10,9 @@ What N ranks compute is what one process with the same global batch computes:
 - Batch-norm: ``nn.BatchNorm2d`` becomes :class:`SyncBatchNorm2d` (same eps, momentum, parameters
   and buffers): in training its mean and variance are those of the global batch (autograd-aware
   all-reduce), and the moving statistics are updated with them identically on every rank.
-- Losses (:func:`global_batch_losses`): DDP averages the ranks' gradients, so each rank
-  minimises a share ``L_r`` with ``mean_r grad L_r = grad L(global batch)``. With B the global
-  batch, b_r the rank's images and N the world size:
-
-      rank loss, att_dist   (means over images):  L_r ∋ (N b_r / B) * local mean
-      att_global            (a sum over images):  L_r ∋ N * local sum
-      att_span = sqrt(S), S = sum_r s_r (one Frobenius norm over the whole batch):
-                 L_r ∋ N * sqrt(s_r + stop_gradient(S - s_r)), whose gradient is sqrt'(S) ds_r
-      w2v_diff, l2          (parameters only, equal on every rank): unchanged
-
-  Averaging over ranks gives the single-process gradient term by term (the global batch size B and
-  S come from one all-reduce of the detached pieces). The reported loss values are the global ones.
-  The ranking loss pads each rank's positives to its own maximum: the value does not depend on it.
+- Losses: each rank minimises its share of the global batch's loss, so that DDP's average of the
+  ranks' gradients is the single-process gradient term by term; the values logged are the global
+  ones (``lesa.losses.lesa_losses`` with ``world_size``, run through ``lesa.step.TrainStep``).
 - Evaluation, checkpoints, log.csv and printing happen on rank 0; the adaptive learning rate is
   decided there and broadcast. Checkpoints hold the global position (epoch, global batch), so
   ``--resume`` works with any world size (every rank reads ``last.pt``: on several nodes the
@@ -43,7 +33,7 @@ import torch
 from torch import nn
 
 from lesa.errors import ConfigError
-from lesa.losses import weighted_total
+from lesa.optim import set_lr
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # rank 0 evaluates while the others wait: collectives must tolerate a long validation
@@ -186,8 +176,7 @@ def _comm_device(ctx: DistContext) -> torch.device:
 def share_learning_rate(ctx: DistContext | None, optimizer) -> float:
     """Rank 0 decided the learning rate (AdaptiveLR after its validation): set it on every rank."""
     lr = broadcast_float(ctx, optimizer.param_groups[0]["lr"] if ctx is None or ctx.is_main else None)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     return lr
 
 
@@ -315,48 +304,3 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         ctx.ddp = DDP(_SyncedForward(model), device_ids=[device.index] if device.type == "cuda" else None,
                       broadcast_buffers=False)
     return ctx.ddp
-
-
-# -- losses of the global batch ---------------------------------------------------------------
-def global_batch_losses(model, out, labels: torch.Tensor, ctx: DistContext,
-                        max_positives: int | None = None) -> dict[str, torch.Tensor]:
-    """The loss terms of the GLOBAL batch (values, the same on every rank), with a ``total`` whose
-    value is the global total and whose gradient, averaged over ranks by DDP, is the gradient of
-    the global-batch loss (see the module docstring). ``out``/``labels`` are this rank's images."""
-    import torch.distributed as dist
-
-    terms = model.loss(out, labels, max_positives)  # this rank's images: means over b_r images
-    cfg = model.config
-    b = int(labels.shape[0])
-    world = float(ctx.world_size)
-    zero = out.logits.sum() * 0  # keeps the graph (DDP needs every parameter's gradient)
-    rank_sum = terms["rank"] * b if b else zero  # sum over images of the per-image ranking cost
-    dist_sum = terms["att_dist"] * b if b else zero  # sum over images of mean_t load^2
-    glob = terms["att_global"]  # already a sum over images
-    span_sq = terms["att_span"] ** 2  # s_r: this rank's sum of squared off-diagonal similarities
-    # (the image count is filled on the device: a copy of a Python number to the GPU would wait for
-    # the queued work, a host sync per step; train_step never passes an empty global batch)
-    count = torch.full((), float(b), dtype=rank_sum.dtype, device=rank_sum.device)
-    pieces = torch.stack([count, rank_sum, dist_sum, glob, span_sq]).detach()
-    dist.all_reduce(pieces)
-    B, rank_total, dist_total, glob_total, span_total = pieces.unbind()
-    # sqrt(S) with the gradient of this rank's s_r only (S = sum of s_r); the same zero guard as
-    # lesa.losses.attention_span_loss
-    s = span_sq + (span_total - span_sq).detach()
-    span_share = torch.sqrt(s.clamp_min(torch.finfo(s.dtype).tiny)) * (s > 0)
-
-    # this rank's share of each term, weighted as lesa.losses.lesa_losses' total
-    local = weighted_total(cfg, {
-        "rank": (world / B) * rank_sum, "att_dist": (world / B) * dist_sum,
-        "att_global": world * glob, "att_span": world * span_share,
-        "w2v_diff": terms["w2v_diff"], "l2": terms["l2"]})
-    values = {
-        "rank": rank_total / B,
-        "att_dist": dist_total / B,
-        "att_span": torch.sqrt(span_total),
-        "att_global": glob_total,
-        "w2v_diff": terms["w2v_diff"].detach(),
-        "l2": terms["l2"].detach(),
-    }
-    total = weighted_total(cfg, values)
-    return {"total": local + (total - local).detach(), **values}

@@ -17,8 +17,6 @@ Also written: ``summary_<tag>.json`` and, on request, the raw scores (``.npz``).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,8 @@ import torch
 
 from lesa import metrics
 from lesa.checkpoint import load_model
-from lesa.files import atomic_write_text
+from lesa.datasets.stream import Batch
+from lesa.files import atomic_write_text, write_csv
 from lesa.device import pick_device
 from lesa.device import precision_context
 from lesa.errors import ShapeError
@@ -38,9 +37,11 @@ HEADS = ("logits", "zs_logits", "gzs_logits")
 
 # -- scores ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str = "inference",
+def predict(model, source, batch_size: int = 1000, heads=HEADS, batchnorm: str = "inference",
             progress: bool = False, desc: str = "", precision: str = "fp32") -> tuple[dict, dict]:
-    """Scores ``{head: (N, C) float32}`` and labels ``{key: (N, D) int8}`` over ``reader``'s records.
+    """Scores ``{head: (N, C) float32}`` and labels ``{key: (N, D) int8}`` of every record of
+    ``source``: a ``RangeReader`` (its labels come along), or features (N, 196, 512) as a tensor
+    or array (no labels), sent to the model's device batch by batch.
 
     ``batchnorm="inference"`` uses the moving statistics (``model.eval()``); ``"batch"`` uses each
     batch's statistics without changing the moving ones (original: the NUS-WIDE multi-label script
@@ -56,10 +57,17 @@ def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str =
         model.train()
     else:
         model.eval()
+    if hasattr(source, "iter_batches"):
+        batches = source.iter_batches(batch_size, progress=progress, desc=desc)
+    else:
+        device = next(model.parameters()).device
+        features = torch.as_tensor(source)
+        batches = (Batch(features[a:a + batch_size].to(device), {}, np.arange(a, a + batch_size))
+                   for a in range(0, features.shape[0], batch_size))
     scores = {h: [] for h in heads}
     labels: dict[str, list] = {}
     try:
-        for batch in reader.iter_batches(batch_size, progress=progress, desc=desc):
+        for batch in batches:
             with precision_context(precision, batch.features.device):
                 out = model.scores(batch.features, heads)
             for h, values in out.items():
@@ -71,7 +79,7 @@ def predict(model, reader, batch_size: int = 1000, heads=HEADS, batchnorm: str =
             for name, buf in model.named_buffers():
                 buf.copy_(saved[name])
         model.train(was_training)
-    return ({h: np.concatenate(v) for h, v in scores.items()},
+    return ({h: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for h, v in scores.items()},
             {k: np.concatenate(v) for k, v in labels.items()})
 
 
@@ -90,21 +98,6 @@ class ReportTable:
     columns: list[str]
     rows: list[list]
     summary: dict = field(default_factory=dict)
-
-    def to_csv(self) -> str:
-        """pandas ``DataFrame.to_csv`` layout: an unnamed index column first."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["", *self.columns])
-        for i, row in enumerate(self.rows):
-            w.writerow([i, *[_fmt(v) for v in row]])
-        return buf.getvalue()
-
-
-def _fmt(v):
-    if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else repr(float(v))
-    return v
 
 
 def make_table(name: str, title: str, scores: np.ndarray, labels: np.ndarray, ks, names=None,
@@ -170,7 +163,7 @@ def write_reports(out_dir, tag: str, tables: list[ReportTable], extra: dict | No
     summary = {"tag": tag, **(extra or {}), "reports": {}}
     for t in tables:
         path = report_file(out_dir, tag, t)
-        atomic_write_text(path, t.to_csv())
+        write_csv(path, t.columns, t.rows)
         summary["reports"][t.name or "seen"] = {"title": t.title, "file": path.name, **t.summary}
     atomic_write_text(out_dir / f"summary_{tag}.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -223,31 +216,50 @@ def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint:
                                                       "experiment": cfg.experiment.name})
 
 
+def report_files(out_dir: Path, tag: str) -> list[Path]:
+    """The report files of ``tag`` already in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return sorted([*out_dir.glob(f"F1_{tag}_*test.csv"), *out_dir.glob(f"F1_{tag}_test.csv"),
+                   *out_dir.glob(f"summary_{tag}.json")])
+
+
 def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, save_scores: str | None = None,
-                         device: str | None = None, progress: bool = True, log=print) -> list[dict]:
-    """``lesa evaluate``: for each (tag, checkpoint path), write the reports and print the table."""
+                         device: str | None = None, progress: bool = True, log=print,
+                         overwrite: bool = False) -> list[dict]:
+    """``lesa evaluate``: for each (tag, checkpoint path), write the reports and print the table.
+    Everything is checked before the test split is read: the configuration's files, every
+    checkpoint (loaded), and that no earlier reports would be replaced (unless ``overwrite``)."""
     from lesa.datasets.stream import RangeReader, open_split
+    from lesa.errors import ConfigError
     from lesa.experiment import check_config
     from lesa.tasks import load_task
 
     check_config(cfg, for_training=False)
     dev = pick_device(device or cfg.train.device)
     task = load_task(cfg)
-    out_dir = Path(out_dir or cfg.out_dir)
+    out_dir = Path(out_dir or cfg.out_dir).absolute()
+    existing = [p.name for tag, _ in checkpoints for p in report_files(out_dir, tag)]
+    if existing and not overwrite:
+        raise ConfigError(f"{out_dir} already holds the reports {', '.join(existing)} (of a training run or an "
+                          "earlier evaluation); choose another folder with --out DIR, or pass --overwrite "
+                          "to replace them")
+    models = [(tag, ckpt, load_model_for_task(ckpt, task, cfg.model, dev)) for tag, ckpt in checkpoints]
     out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"evaluating {len(models)} checkpoint(s) on {', '.join(cfg.data.test)}; reports go to {out_dir}")
     split = open_split(cfg.data.test, "test")
     results = []
     try:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
-                             chunk_mb=cfg.data.chunk_mb, read_workers=0, name="test")
-        for i, (tag, ckpt) in enumerate(checkpoints):
-            model = load_model_for_task(ckpt, task, cfg.model, dev)
+                             chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, name="test")
+        for tag, ckpt, model in models:
             scores_path = None
             if save_scores:
                 scores_path = save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz"
             summary = evaluate_model(model, cfg, task, reader, out_dir, tag, checkpoint=ckpt,
                                      save_scores=scores_path, progress=progress)
             log(format_summary(summary))
+            log("wrote " + ", ".join(str(out_dir / r["file"]) for r in summary["reports"].values())
+                + f" and {out_dir / f'summary_{tag}.json'}")
             results.append(summary)
     finally:
         split.close()

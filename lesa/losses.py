@@ -118,10 +118,25 @@ def weighted_total(cfg, terms: dict) -> torch.Tensor:
     return total
 
 
-def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor,
-                max_positives: int | None = None) -> dict[str, torch.Tensor]:
+def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor, max_positives: int | None = None,
+                world_size: int = 1) -> dict[str, torch.Tensor]:
     """Every loss term of the original and the weighted total (keys: total, rank, att_dist,
-    att_span, att_global, w2v_diff, l2). ``max_positives``: see :func:`ranking_loss`."""
+    att_span, att_global, w2v_diff, l2). ``max_positives``: see :func:`ranking_loss`.
+
+    ``world_size > 1`` (data-parallel training, ``lesa.distributed``): ``out``/``labels`` are this
+    process's share of a global batch. The values returned are the global batch's (the same on
+    every rank), and ``total``'s gradient, averaged over the ranks as DDP does, is the gradient of
+    the global batch's loss. With B the global batch, b the rank's images and N ranks, rank r
+    minimises L_r with mean_r grad L_r = grad L:
+
+        rank, att_dist   (means over images):  N * (sum over the rank's images) / B
+        att_global       (a sum over images):  N * the rank's sum
+        att_span = sqrt(S), S = sum_r s_r (one Frobenius norm over the whole batch):
+                         N * sqrt(s_r + stop_gradient(S - s_r)), whose gradient is sqrt'(S) ds_r
+        w2v_diff, l2     (parameters only, equal on every rank): unchanged
+
+    B and S come from one all-reduce of the detached pieces.
+    """
     labels = torch.as_tensor(labels, dtype=out.logits.dtype, device=out.logits.device)
     if labels.shape != out.logits.shape:
         raise ShapeError(
@@ -129,13 +144,35 @@ def lesa_losses(model: "LESA", out: "LESAOutput", labels: torch.Tensor,
             "(batch, seen labels): the label columns must match the seen label vectors"
         )
     cfg = model.config
-    vecs = model.seen_vecs()
     terms = {
         "rank": ranking_loss(out.logits, labels, max_positives),
         "att_dist": attention_distribution_loss(out.att_logits, labels),
         "att_span": attention_span_loss(out.attention_logits),
         "att_global": attention_global_loss(out.logits, out.f_global @ out.classifiers.t(), labels),
-        "w2v_diff": w2v_diff_loss(model.init_vecs, vecs),
+        "w2v_diff": w2v_diff_loss(model.init_vecs, model.seen_vecs()),
         "l2": model.l2_penalty(),
     }
-    return {"total": weighted_total(cfg, terms), **terms}
+    if world_size == 1:
+        return {"total": weighted_total(cfg, terms), **terms}
+    import torch.distributed as dist
+
+    b = labels.shape[0]
+    zero = out.logits.sum() * 0  # keeps the graph (DDP needs every parameter's gradient)
+    rank_sum = terms["rank"] * b if b else zero
+    dist_sum = terms["att_dist"] * b if b else zero
+    span_sq = terms["att_span"] ** 2  # s_r
+    # (the image count is filled on the device: copying a Python number to a GPU waits for its queue)
+    count = torch.full((), float(b), dtype=rank_sum.dtype, device=rank_sum.device)
+    pieces = torch.stack([count, rank_sum, dist_sum, terms["att_global"], span_sq]).detach()
+    dist.all_reduce(pieces)
+    B, rank_total, dist_total, glob_total, span_total = pieces.unbind()
+    s = span_sq + (span_total - span_sq).detach()  # S, with the gradient of this rank's s_r only
+    span_share = torch.sqrt(s.clamp_min(torch.finfo(s.dtype).tiny)) * (s > 0)  # (guard as above)
+    local = weighted_total(cfg, {
+        "rank": (world_size / B) * rank_sum, "att_dist": (world_size / B) * dist_sum,
+        "att_global": world_size * terms["att_global"], "att_span": world_size * span_share,
+        "w2v_diff": terms["w2v_diff"], "l2": terms["l2"]})
+    values = {"rank": rank_total / B, "att_dist": dist_total / B, "att_span": torch.sqrt(span_total),
+              "att_global": glob_total, "w2v_diff": terms["w2v_diff"].detach(), "l2": terms["l2"].detach()}
+    total = weighted_total(cfg, values)
+    return {"total": local + (total - local).detach(), **values}

@@ -16,20 +16,6 @@ import torch
 from lesa.errors import ConfigError
 
 
-def rmsprop_update_(params, grads, ms, mom, lr, decay: float, momentum: float, eps: float) -> None:
-    """TF1 RMSProp on lists of tensors with multi-tensor kernels (in place). ``lr`` may be a
-    float or a 0-dim device tensor (so a captured CUDA graph sees learning-rate changes)."""
-    delta = torch._foreach_mul(grads, grads)
-    torch._foreach_sub_(delta, ms)
-    torch._foreach_add_(ms, delta, alpha=1 - decay)
-    denom = torch._foreach_add(ms, eps)
-    torch._foreach_sqrt_(denom)
-    scaled = torch._foreach_mul(grads, lr)
-    torch._foreach_mul_(mom, momentum)
-    torch._foreach_addcdiv_(mom, scaled, denom)
-    torch._foreach_sub_(params, mom)
-
-
 class TFRMSprop(torch.optim.Optimizer):
     """TF1 RMSProp with momentum, update for update:
 
@@ -37,24 +23,44 @@ class TFRMSprop(torch.optim.Optimizer):
         mom <- momentum * mom + lr * g / sqrt(ms + eps)
         w   <- w - mom
 
-    ``foreach=True`` uses torch's multi-tensor kernels (fewer launches on a GPU); both paths do
-    the same arithmetic.
+    The update runs as torch's multi-tensor (foreach) kernels, as torch's own optimizers do. For a
+    captured CUDA graph the rate can live in a device tensor (``capture_lr``): the graph then reads
+    whatever ``set_lr`` last wrote.
     """
 
-    def __init__(self, params, lr: float = 1e-3, decay: float = 0.9, momentum: float = 0.9,
-                 eps: float = 1.0, foreach: bool | None = None):
+    def __init__(self, params, lr: float = 1e-3, decay: float = 0.9, momentum: float = 0.9, eps: float = 1.0):
         if lr < 0 or not 0 <= decay < 1 or momentum < 0 or eps < 0:
             raise ConfigError(
                 f"invalid RMSProp settings lr={lr} decay={decay} momentum={momentum} eps={eps}"
             )
-        super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps, foreach=foreach))
+        super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
+        self.lr_tensor: torch.Tensor | None = None
 
-    def _slots(self, p: torch.Tensor):
-        state = self.state[p]
-        if not state:
-            state["ms"] = torch.ones_like(p, memory_format=torch.preserve_format)  # TF1: ones
-            state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return state["ms"], state["mom"]
+    @property
+    def lr(self) -> float:
+        return float(self.param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        """The rate of every group (and of the device tensor a captured graph reads)."""
+        for group in self.param_groups:
+            group["lr"] = float(lr)
+        if self.lr_tensor is not None:
+            self.lr_tensor.fill_(float(lr))
+
+    def capture_lr(self, device: torch.device) -> None:
+        """From now on the update reads the rate from a 0-dim tensor on ``device`` (one group only)."""
+        if len(self.param_groups) != 1:
+            raise ConfigError("a device-resident learning rate needs a single parameter group")
+        self.lr_tensor = torch.tensor(self.lr, device=device)
+
+    @torch.no_grad()
+    def init_state(self) -> None:
+        """Create the slots of every trainable parameter now (a CUDA graph must not allocate them)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and not self.state[p]:
+                    self.state[p]["ms"] = torch.ones_like(p, memory_format=torch.preserve_format)  # TF1: ones
+                    self.state[p]["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,25 +68,24 @@ class TFRMSprop(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.init_state()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             grads = [p.grad for p in params]
-            slots = [self._slots(p) for p in params]
-            ms = [s[0] for s in slots]
-            mom = [s[1] for s in slots]
-            lr, rho, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = params[0].is_cuda
-            if foreach:
-                rmsprop_update_(params, grads, ms, mom, lr, rho, momentum, eps)
-            else:
-                for p, g, m, v in zip(params, grads, ms, mom):
-                    m.add_((g * g - m) * (1 - rho))
-                    v.mul_(momentum).add_((g * lr) / torch.sqrt(m + eps))
-                    p.sub_(v)
+            ms = [self.state[p]["ms"] for p in params]
+            mom = [self.state[p]["mom"] for p in params]
+            lr = group["lr"] if self.lr_tensor is None else self.lr_tensor
+            delta = torch._foreach_mul(grads, grads)  # g^2 - ms
+            torch._foreach_sub_(delta, ms)
+            torch._foreach_add_(ms, delta, alpha=1 - group["decay"])
+            denom = torch._foreach_add(ms, group["eps"])  # TF1: eps inside the root
+            torch._foreach_sqrt_(denom)
+            scaled = torch._foreach_mul(grads, lr)  # TF1: the rate enters the momentum accumulator
+            torch._foreach_mul_(mom, group["momentum"])
+            torch._foreach_addcdiv_(mom, scaled, denom)
+            torch._foreach_sub_(params, mom)
         return loss
 
 
@@ -112,10 +117,8 @@ class AdaptiveLR:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _set_lr(self, lr: float) -> float:
-        # TF1: the rate lives in a float32 variable
-        lr = float(np.float32(lr))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = float(np.float32(lr))  # TF1: the rate lives in a float32 variable
+        set_lr(self.optimizer, lr)
         return lr
 
     def decay(self) -> float:
@@ -141,3 +144,12 @@ class AdaptiveLR:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the rate of any optimizer (``TFRMSprop.set_lr`` also updates a captured graph's rate)."""
+    if isinstance(optimizer, TFRMSprop):
+        optimizer.set_lr(lr)
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr)

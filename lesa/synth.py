@@ -11,14 +11,18 @@ The planted structure makes zero-shot transfer possible, as in the real data:
 A model that learns ``A`` from the seen labels can therefore score unseen labels from their
 vectors alone; one that ignores the labels cannot (its zero-shot mAP stays at chance).
 
-Files written (``write_synthetic(out, kind=...)``), the same as the real datasets':
+``write_synthetic(out, spec)`` writes a data folder in the layout of ``lesa.layout``, with the
+files of the real datasets, so that the bundled configurations read it as they are
+(``lesa train nus_wide_zero_shot --data-dir OUT``):
 
-    nus_wide:    TagList1k.txt, Concepts81.txt (CRLF), label_vectors.pkl = (vecs_tags, vecs_concepts),
-                 train.h5 / test.h5 with labels_1k (tags; tags that are also concepts set to 0)
-                 and labels_81 (concepts), in the layout of ``lesa.datasets.h5``
-    openimages:  classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv, class-descriptions.csv,
-                 label_vectors.pkl = (seen, unseen), train.h5 / validation.h5 (labels),
-                 test.h5 (seen_labels, unseen_labels)
+    nus_wide:    NUS_WIDE/NUS_WID_Tags/TagList1k.txt, NUS_WIDE/ConceptsList/Concepts81.txt (CRLF),
+                 wiki_contexts/<the NUS-WIDE pickle> = (vecs_tags, vecs_concepts),
+                 features/NUS_WIDE_{Train,Test}.h5 with labels_1k (tags; tags that are also concepts
+                 set to 0) and labels_81 (concepts), in the layout of ``lesa.datasets.h5``
+    openimages:  OpenImages/2018_04/{classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv,
+                 class-descriptions.csv}, wiki_contexts/<the Open Images pickle> = (seen, unseen),
+                 features/OpenImages_{train,validation}.h5 (labels), features/OpenImages_test.h5
+                 (seen_labels, unseen_labels)
 
 Large sizes (``--preset nus-wide``: 161,789 + 107,859 images, 1,000 tags, 81 concepts) are written
 in chunks of ``chunk`` images: memory stays small whatever the size.
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesa import layout
 from lesa.datasets.embeddings import save_vector_pair
 from lesa.datasets.h5 import FeatureWriter
 
@@ -94,16 +99,17 @@ class PlantedWorld:
 
 
 def _write_lines(path: Path, lines, crlf: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode("utf-8") + (b"\r\n" if crlf else b"\n"))
 
 
-def _write_split(path: Path, world: PlantedWorld, rng, n: int, spec: SynthSpec, dataset: str, split: str,
-                 label_dims: dict, to_labels, progress: bool, prefix: str) -> Path:
+def _write_split(out: Path, world: PlantedWorld, rng, n: int, spec: SynthSpec, dataset: str, split: str,
+                 label_names: dict, to_labels, progress: bool, prefix: str) -> Path:
     from tqdm import tqdm
 
-    if path.exists():
-        path.unlink()
-    with FeatureWriter(path, dataset, split, label_dims, dtype=spec.dtype,
+    path = out / layout.features_file(dataset, split)
+    label_dims = {k: len(v) for k, v in label_names.items()}
+    with FeatureWriter(path, dataset, split, label_dims, dtype=spec.dtype, overwrite=True, label_names=label_names,
                        attrs={"backbone": "synthetic", "synthetic_seed": spec.seed}) as w:
         bar = tqdm(total=n, desc=f"writing {path.name}", unit="img", disable=not progress, leave=False)
         for a in range(0, n, spec.chunk):
@@ -142,9 +148,12 @@ def _write_nus_wide(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
     concept_ids = sorted([int(i) for i in shared_pos] + list(range(spec.n_tags, n_labels)))
     tags = [names[i] for i in tag_ids]
     concepts = [names[i] for i in concept_ids]
-    _write_lines(out / "TagList1k.txt", tags, crlf=True)
-    _write_lines(out / "Concepts81.txt", concepts, crlf=True)
-    save_vector_pair(out / "label_vectors.pkl", world.vecs[tag_ids], world.vecs[concept_ids])
+    files = {"tag_list": out / layout.NUS_WIDE / layout.NUS_WIDE_FILES["tag_list"][0],
+             "concepts": out / layout.NUS_WIDE / layout.NUS_WIDE_FILES["concepts"][0],
+             "label_vectors": out / layout.LABEL_VECTORS["nus_wide"]}
+    _write_lines(files["tag_list"], tags, crlf=True)
+    _write_lines(files["concepts"], concepts, crlf=True)
+    save_vector_pair(files["label_vectors"], world.vecs[tag_ids], world.vecs[concept_ids])
     shared_mask = np.isin(tag_ids, concept_ids)
 
     def to_labels(present):
@@ -152,12 +161,10 @@ def _write_nus_wide(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
         l1k[:, shared_mask] = 0  # as the extraction: tags that are concepts are not seen labels
         return {"labels_1k": l1k, "labels_81": (2 * present[:, concept_ids] - 1).astype(np.int8)}
 
-    dims = {"labels_1k": len(tags), "labels_81": len(concepts)}
-    files = {"tag_list": out / "TagList1k.txt", "concepts": out / "Concepts81.txt",
-             "label_vectors": out / "label_vectors.pkl"}
-    files["train"] = _write_split(out / "train.h5", world, rng, spec.n_train, spec, "nus_wide", "Train", dims,
+    names = {"labels_1k": tags, "labels_81": concepts}
+    files["train"] = _write_split(out, world, rng, spec.n_train, spec, "nus_wide", "Train", names,
                                   to_labels, progress, "train/")
-    files["test"] = _write_split(out / "test.h5", world, rng, spec.n_test, spec, "nus_wide", "Test", dims,
+    files["test"] = _write_split(out, world, rng, spec.n_test, spec, "nus_wide", "Test", names,
                                  to_labels, progress, "test/")
     return files
 
@@ -167,15 +174,18 @@ def _write_openimages(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
     world = PlantedWorld(n_seen + n_unseen, spec.seed)
     seen_ids = [f"/m/s{i:05d}" for i in range(n_seen)]
     unseen_ids = [f"/m/u{i:05d}" for i in range(n_unseen)]
-    _write_lines(out / "classes-trainable.txt", seen_ids)
-    with open(out / "unseen_labels.pkl", "wb") as f:
+    lists = out / layout.OPENIMAGES
+    files = {"seen_label_ids": lists / "classes-trainable.txt", "unseen_label_ids": lists / "unseen_labels.pkl",
+             "top_unseen": lists / "top_400_unseen.csv", "class_descriptions": lists / "class-descriptions.csv",
+             "label_vectors": out / layout.LABEL_VECTORS["openimages"]}
+    _write_lines(files["seen_label_ids"], seen_ids)
+    with open(files["unseen_label_ids"], "wb") as f:
         pickle.dump(np.array(unseen_ids, dtype=object), f, protocol=2)
     n_top = spec.n_top_unseen or max(1, n_unseen // 2)
     top = np.sort(np.random.default_rng([spec.seed, 4]).choice(n_unseen, n_top, replace=False))
-    (out / "top_400_unseen.csv").write_text("\ufeff" + "\n".join(str(int(i)) for i in top) + "\n", encoding="utf-8")
-    _write_lines(out / "class-descriptions.csv",
-                 [f"{i},synthetic {i.split('/')[-1]}" for i in seen_ids + unseen_ids])
-    save_vector_pair(out / "label_vectors.pkl", world.vecs[:n_seen], world.vecs[n_seen:])
+    files["top_unseen"].write_text("\ufeff" + "\n".join(str(int(i)) for i in top) + "\n", encoding="utf-8")
+    _write_lines(files["class_descriptions"], [f"{i},synthetic {i.split('/')[-1]}" for i in seen_ids + unseen_ids])
+    save_vector_pair(files["label_vectors"], world.vecs[:n_seen], world.vecs[n_seen:])
 
     def train_labels(present):
         # Open Images annotates only some labels: leave ~70% of the absent ones unannotated (0)
@@ -188,15 +198,13 @@ def _write_openimages(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
         return {"seen_labels": (2 * present[:, :n_seen] - 1).astype(np.int8),
                 "unseen_labels": (2 * present[:, n_seen:] - 1).astype(np.int8)}
 
-    files = {"seen_label_ids": out / "classes-trainable.txt", "unseen_label_ids": out / "unseen_labels.pkl",
-             "top_unseen": out / "top_400_unseen.csv", "class_descriptions": out / "class-descriptions.csv",
-             "label_vectors": out / "label_vectors.pkl"}
-    files["train"] = _write_split(out / "train.h5", world, rng, spec.n_train, spec, "openimages", "train",
-                                  {"labels": n_seen}, train_labels, progress, "tr")
-    files["validation"] = _write_split(out / "validation.h5", world, rng, spec.n_validation, spec, "openimages",
-                                       "validation", {"labels": n_seen}, train_labels, progress, "va")
-    files["test"] = _write_split(out / "test.h5", world, rng, spec.n_test, spec, "openimages", "test",
-                                 {"seen_labels": n_seen, "unseen_labels": n_unseen}, test_labels, progress, "te")
+    seen, both = {"labels": seen_ids}, {"seen_labels": seen_ids, "unseen_labels": unseen_ids}
+    files["train"] = _write_split(out, world, rng, spec.n_train, spec, "openimages", "train", seen,
+                                  train_labels, progress, "tr")
+    files["validation"] = _write_split(out, world, rng, spec.n_validation, spec, "openimages", "validation",
+                                       seen, train_labels, progress, "va")
+    files["test"] = _write_split(out, world, rng, spec.n_test, spec, "openimages", "test", both,
+                                 test_labels, progress, "te")
     return files
 
 
@@ -207,6 +215,18 @@ def config_for(files: dict, task: str, out: str, name: str, **train) -> "object"
     data = {k: (str(v) if k not in ("train", "validation", "test") else [str(v)]) for k, v in files.items()}
     values = {"experiment": {"name": name, "task": task, "out": str(out)}, "data": data, "train": train}
     return config_from_dict(values, source=f"synthetic {task}")
+
+
+def next_command(out_dir, spec: SynthSpec) -> str:
+    """The ``lesa train`` command that trains on a data folder ``write_synthetic`` wrote: the bundled
+    configuration as it is, with a short schedule unless the sizes are the real datasets'."""
+    config = "nus_wide_zero_shot" if spec.kind == "nus_wide" else "openimages_train"
+    cmd = f"lesa train {config} --data-dir {Path(out_dir).absolute()}"
+    if spec.kind == "nus_wide" and spec.n_train <= 5000:  # the configuration validates on 5,000 records
+        cmd += f" --set data.n_validation={max(1, spec.n_train // 4)}"
+    if spec.n_train < 100_000:
+        cmd += f" --set train.n_iters=200 --out {Path(out_dir).absolute() / 'run'}"
+    return cmd
 
 
 def run_demo(out_dir, seed: int = 0, n_iters: int = 100, full_model: bool = True, progress: bool = True,
@@ -228,8 +248,10 @@ def run_demo(out_dir, seed: int = 0, n_iters: int = 100, full_model: bool = True
         import shutil
 
         shutil.rmtree(out / "run")  # an earlier demo's outputs: the demo always starts afresh
-    spec = SynthSpec(seed=seed, **{**PRESETS["demo"], **(sizes or {})})
-    log(f"writing a planted synthetic NUS-WIDE-like dataset to {out / 'data'} ...")
+    # float16 files: half the disk (about 380 MB) and the same training (batches become float32)
+    spec = SynthSpec(seed=seed, dtype="float16", **{**PRESETS["demo"], **(sizes or {})})
+    size = (spec.n_train + spec.n_test) * 196 * 512 * 2 / 1e6
+    log(f"writing a planted synthetic NUS-WIDE-like dataset ({size:.0f} MB) to {out / 'data'} ...")
     files = write_synthetic(out / "data", spec, progress=progress)
     cfg = config_for(files, "nus_wide_zero_shot", out / "run", "demo", n_iters=n_iters,
                      eval_interval=max(1, n_iters // 4), batch_size=16, lr=0.03, seed=seed)

@@ -9,20 +9,18 @@ Schedule (original, e.g. ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Att
             if monitor >= best so far: save model_ES.pt
     save model.pt; test reports of model.pt (F1_f_*) and of model_ES.pt (F1_ES_*)
 
-Output folder: ``log.csv`` (the original's columns), ``description.txt``, ``config.toml``,
-``model_ES.pt``, ``model.pt``, ``last.pt`` (resume point, written at each evaluation and every
-``train.checkpoint_every`` iterations), ``F1_*_test.csv``, ``summary_*.json``.
-
-The pieces are separate functions so a distributed launcher can reuse them: ``build_training``
-(data, model, optimiser), ``train_step``, ``run_validation`` and ``save_resume_point`` (rank 0).
+Output folder: ``log.csv`` (the original's columns), ``description.txt``, ``config.toml`` (the
+resolved configuration: ``lesa train RUN_DIR --resume`` reads it back), ``model_ES.pt``, ``model.pt``,
+``last.pt`` (the resume point: at each evaluation, every ``train.checkpoint_every`` iterations, every
+``train.checkpoint_minutes`` and on Ctrl-C), ``F1_*_test.csv``, ``summary_*.json``.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +28,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lesa.files import atomic_write_text, remove_temporaries, write_csv
-from lesa.checkpoint import (load_checkpoint, load_model_state, save_checkpoint,
-                             set_rng_state)
+from lesa.checkpoint import load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
-from lesa.errors import ConfigError, TrainingError
-from lesa.evaluate import evaluate_model, format_summary, predict, validation_metrics
 from lesa.device import pick_device, set_tf32
+from lesa.errors import ConfigError, ShapeError, TrainingError
+from lesa.evaluate import evaluate_model, format_summary, gzs_labels, load_model_for_task, predict, \
+    validation_metrics
 from lesa.experiment import Config, check_config, dumps_config
+from lesa.files import atomic_write_text, read_csv, remove_temporaries, write_csv
 from lesa.model import LESA
 from lesa.optim import AdaptiveLR, TFRMSprop
+from lesa.step import NonFiniteLoss, TrainStep, max_positives_of
 from lesa.tasks import TaskData, load_task
 
 LOSS_COLUMNS = [("l", "total"), ("l_rank", "rank"), ("l_att_span", "att_span"),
                 ("l_att_global", "att_global"), ("l_att_dist", "att_dist")]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was saved and how to continue."""
 
 
 def log_columns(task: TaskData) -> list[str]:
@@ -57,15 +60,6 @@ def log_columns(task: TaskData) -> list[str]:
 def f32(x) -> float:
     """TF1 kept these values in float32; the log shows them as the float32 value in float64."""
     return float(np.float32(x))
-
-
-def log_csv_text(columns: list[str], rows: list[list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["", *columns])
-    for i, row in enumerate(rows):
-        w.writerow([i, *[repr(v) if isinstance(v, float) else v for v in row]])
-    return buf.getvalue()
 
 
 def description_text(cfg: Config, task: TaskData) -> str:
@@ -121,6 +115,7 @@ class Training:
     model: LESA
     optimizer: TFRMSprop
     schedule: AdaptiveLR
+    step: TrainStep
     train_split: object
     val_split: object
     train_reader: RangeReader
@@ -128,13 +123,18 @@ class Training:
     plan: BatchPlan
     out_dir: Path
     state: TrainState = field(default_factory=TrainState)
-    shard: tuple = (0, 1)  # (rank, world size): this process's slice of every global batch
-    dist: object = None  # lesa.distributed.DistContext under torchrun (None: one process)
-    fast_step: object = None  # lesa.fast_step.TrainStep when train.step is not "eager"
+    dist: object = None  # lesa.distributed.DistContext (a single process: world size 1)
 
     @property
     def is_main(self) -> bool:
         return self.dist is None or self.dist.is_main
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return (0, 1) if self.dist is None else self.dist.shard
+
+    def label_names(self) -> dict:
+        return {"seen": self.task.seen_names, "unseen": self.task.unseen_names}
 
     def close(self) -> None:
         for s in {id(self.train_split): self.train_split, id(self.val_split): self.val_split}.values():
@@ -152,25 +152,25 @@ def set_determinism(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (0, 1),
-                   progress: bool = True) -> Training:
-    """Check the configuration, open the data, build model/optimiser/schedule (restored on resume)."""
+def build_training(cfg: Config, resume: bool = False, progress: bool = True, dist=None) -> Training:
+    """Check the configuration, open the data, build model/optimiser/schedule/step (restored on
+    resume). ``dist``: the ``lesa.distributed.DistContext`` under torchrun."""
     check_config(cfg, for_training=True)
     t, d = cfg.train, cfg.data
     out_dir = cfg.out_dir
     last = out_dir / "last.pt"
+    shard = (0, 1) if dist is None else dist.shard
     if resume and not last.exists():
         raise ConfigError(f"--resume: {last} not found; nothing to resume in {out_dir} (a run killed "
                           "before its first checkpoint starts again without --resume)")
     # A folder with log.csv but no last.pt was killed before its first checkpoint: nothing to
     # resume, so a fresh start may overwrite it (refusing would leave the user stuck).
     if not resume and (last.exists() or (out_dir / "model.pt").exists()):
-        raise ConfigError(f"{out_dir} already holds a run (last.pt/model.pt); pass --resume to continue "
-                          "it, or choose another --out")
-    if resume:  # temporary files of writes interrupted by a crash (never under a final name)
-        for stale in out_dir.glob("*.tmp-*"):
-            stale.unlink(missing_ok=True)  # several ranks may clean at once
-    device = pick_device(t.device)
+        raise ConfigError(f"{out_dir} already holds a run (last.pt/model.pt); continue it with "
+                          f"`lesa train {out_dir} --resume`, or choose another --out")
+    if resume:
+        remove_temporaries(out_dir)  # of writes interrupted by a crash (never under a final name)
+    device = pick_device(t.device)  # (under torchrun, lesa.distributed.setup chose this rank's GPU)
     set_determinism(t.seed, t.deterministic)
     task = load_task(cfg)
 
@@ -192,68 +192,56 @@ def build_training(cfg: Config, resume: bool = False, shard: tuple[int, int] = (
     check_label_widths(val_split, task.val_labels, task, "validation")
     check_test_split(cfg, task)  # read only after training: check it now (metadata only)
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
-                               chunk_mb=d.chunk_mb, read_workers=0, progress=progress, name="train")
+                               chunk_mb=d.chunk_mb, workers=d.workers, progress=progress, name="train")
     val_reader = RangeReader(val_split, task.val_labels, *val_range, device=device,
                              preload=d.preload if shard[0] == 0 else "none",  # only rank 0 validates
-                             chunk_mb=d.chunk_mb, read_workers=0, progress=progress,
-                             name="validation")
+                             chunk_mb=d.chunk_mb, workers=d.workers, progress=progress, name="validation")
     plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
                      block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
 
     torch.manual_seed(t.seed)
     model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model).to(device)
-    set_tf32(t.precision == "tf32")  # train.precision: fp32 (default) or tf32 (GPU matrix units)
+    set_tf32(t.precision == "tf32")  # train.precision: fp32 (the default, exact) or tf32 (GPU matrix units)
     optimizer = TFRMSprop(model.parameters(), lr=t.lr, decay=t.rmsprop_decay, momentum=t.rmsprop_momentum,
                           eps=t.rmsprop_eps)
     schedule = AdaptiveLR(optimizer, signal_strength=t.signal_strength, patience=t.patience,
                           decay_rate=t.decay_rate, limit_scale=t.limit_scale)
-    run = Training(cfg, task, device, model, optimizer, schedule, train_split, val_split, train_reader,
-                   val_reader, plan, out_dir, shard=tuple(shard))
-    mode = fast_step_mode(cfg, device, shard)
-    if mode != "eager":
-        run.fast_step = build_fast_step(run, mode)
+    step = make_step(cfg, model, optimizer, train_reader, dist)
+    run = Training(cfg, task, device, model, optimizer, schedule, step, train_split, val_split, train_reader,
+                   val_reader, plan, out_dir, dist=dist)
     if resume:
         restore_resume_point(run, last)
     return run
 
 
-def fast_step_mode(cfg: Config, device: torch.device, shard: tuple[int, int]) -> str:
-    """``train.step`` resolved: "auto" is "cuda_graph" for one process on a GPU and "eager" (the
-    plain step) on the CPU, under torchrun and with data.skip_no_positive (batches of varying size)."""
-    from lesa.fast_step import MODES
+def make_step(cfg: Config, model: LESA, optimizer: TFRMSprop, reader: RangeReader, dist=None) -> TrainStep:
+    """``train.step`` resolved: "auto" is the whole step as one CUDA graph for one process on a GPU,
+    and the plain step on the CPU, under torchrun and with data.skip_no_positive (batches of varying
+    size). Compiled and captured steps pad the ranking loss to the most positives of any training
+    image (read once from the labels), so that shapes are static."""
+    mode = cfg.train.step
+    single = (dist is None or not dist.active) and not cfg.data.skip_no_positive
+    if mode == "auto":
+        mode = "cuda_graph" if next(model.parameters()).is_cuda and single else "eager"
+    if mode == "eager":
+        if dist is not None and dist.active:
+            from lesa.distributed import wrap_model
 
-    step = cfg.train.step
-    if step not in MODES:
-        raise ConfigError(f"{cfg.source}: train.step must be one of {MODES}, got {step!r}")
-    if step == "auto":
-        single = shard[1] == 1 and not cfg.data.skip_no_positive
-        return "cuda_graph" if device.type == "cuda" and single else "eager"
-    return step
-
-
-def build_fast_step(run: "Training", mode: str):
-    """``train.step`` other than "eager": forward, losses, backward and the TF-RMSProp update as
-    one compiled and/or CUDA-graph-captured step (``lesa.fast_step``). The ranking loss is padded to
-    the most positives of any training image (read once from the labels), so shapes are static."""
-    from lesa.fast_step import make_train_step, max_positives_of
-
-    cfg = run.cfg
-    if run.shard[1] > 1 or cfg.data.skip_no_positive:
-        raise ConfigError(f"{cfg.source}: train.step={cfg.train.step!r} needs one process and "
-                          "data.skip_no_positive = false; use train.step = \"eager\"")
-    array, cols = run.task.train_labels["seen"]
-    rows = np.arange(run.train_reader.start, run.train_reader.stop)
+            return TrainStep(model, optimizer, forward=wrap_model(model, dist), world_size=dist.world_size)
+        return TrainStep(model, optimizer)
+    if not single:
+        raise ConfigError(f"{cfg.source}: train.step = {mode!r} needs one process and data.skip_no_positive "
+                          "= false; use train.step = \"eager\"")
+    array, cols = reader.label_spec["seen"]
     most = 1
-    for a in range(0, rows.size, 65536):  # label matrices can be large: in blocks
-        block = run.train_split.read_labels(array, rows[a:a + 65536])
+    for a in range(reader.start, reader.stop, 65536):  # label matrices can be large: in blocks
+        block = reader.split.read_labels(array, np.arange(a, min(reader.stop, a + 65536)))
         most = max(most, max_positives_of(block if cols is None else block[:, cols]))
-    return make_train_step(run.model, run.optimizer, max_positives=most, mode=mode)
+    return TrainStep(model, optimizer, mode=mode, max_positives=most)
 
 
 def check_label_widths(split, label_spec: dict, task: TaskData, what: str) -> None:
     """Each label array read must have one column per label of the task (fail fast, before work)."""
-    from lesa.errors import ShapeError
-
     expected = {"seen": task.n_seen, "unseen": len(task.unseen_names)}
     for key, (array, cols) in label_spec.items():
         if array not in split.label_dims:
@@ -270,8 +258,7 @@ def check_test_split(cfg: Config, task: TaskData) -> None:
     split = open_split(cfg.data.test, "test")
     try:
         check_label_widths(split, task.test_labels, task, "test")
-        RangeReader(split, task.test_labels, preload="none", chunk_mb=cfg.data.chunk_mb, progress=False,
-                    name="test")
+        RangeReader(split, task.test_labels, preload="none", progress=False, name="test")
     finally:
         split.close()
 
@@ -281,25 +268,24 @@ def restore_resume_point(run: Training, path: Path) -> None:
     for key in ("optimizer_state", "schedule_state", "train_state"):
         if key not in payload:
             raise TrainingError(f"{path}: no {key}; it is not a resume checkpoint (use last.pt)")
-    saved_cfg = payload.get("config", {})
-    for section in ("model",):
-        if saved_cfg.get(section) and saved_cfg[section] != run.cfg.to_dict()[section]:
-            raise TrainingError(f"{path}: the [{section}] settings differ from the checkpoint's; resume "
-                                "with the configuration of the interrupted run")
+    saved_model = (payload.get("config") or {}).get("model")
+    if saved_model and saved_model != run.cfg.to_dict()["model"]:
+        raise TrainingError(f"{path}: the [model] settings differ from the checkpoint's; resume "
+                            f"with the run's own configuration: lesa train {run.out_dir} --resume")
     load_model_state(run.model, payload["model_state"], str(path))
     try:
         run.optimizer.load_state_dict(payload["optimizer_state"])
     except (ValueError, KeyError) as exc:
         raise TrainingError(f"{path}: the optimiser state does not fit this model ({exc})") from exc
     run.schedule.load_state_dict(payload["schedule_state"])
+    run.optimizer.set_lr(run.optimizer.lr)  # (a captured step reads the rate from a device tensor)
     run.state = TrainState.from_dict(payload["train_state"])
     set_rng_state(payload.get("rng_state"))
 
 
 def save_resume_point(run: Training, name: str = "last.pt") -> Path:
     return save_checkpoint(run.out_dir / name, run.model, config=run.cfg, optimizer=run.optimizer,
-                           schedule=run.schedule, train_state=run.state.to_dict(),
-                           label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
+                           schedule=run.schedule, train_state=run.state.to_dict(), label_names=run.label_names())
 
 
 def train_step(run: Training, batch) -> dict | None:
@@ -317,37 +303,20 @@ def train_step(run: Training, batch) -> dict | None:
             return None
         if n_keep < keep.numel():
             features, labels = features[keep], labels[keep]
-    run.model.train()
-    if run.fast_step is not None:
-        losses = run.fast_step(features, labels)
-        return {col: losses[key] for col, key in LOSS_COLUMNS}
-    if run.dist is not None and run.dist.active:  # DDP forward; losses of the global batch
-        out = run.dist.ddp(features)
-        losses = distributed.global_batch_losses(run.model, out, labels, run.dist)
-    else:
-        out = run.model(features)
-        losses = run.model.loss(out, labels)
-    total = losses["total"]
-    # On the CPU this check costs nothing: stop before the update and name the batch. On a GPU it
-    # would be a host sync per step; the loop's LossWatch finds the bad iteration instead.
-    if not total.is_cuda and not torch.isfinite(total):
+    try:
+        losses = run.step(features, labels)
+    except NonFiniteLoss as exc:
         raise TrainingError(
-            f"non-finite loss ({float(total.detach())}) at iteration {run.state.iteration} (records "
-            f"{batch.rows[:1].tolist()}..{batch.rows[-1:].tolist()}); the last good state is "
-            f"{run.out_dir / 'last.pt'} (iteration {_last_saved_iteration(run)}). Check the features "
-            "for NaN/inf, or lower train.lr"
-        )
-    run.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    run.optimizer.step()
-    return {col: losses[key].detach() for col, key in LOSS_COLUMNS}
+            f"{exc} at iteration {run.state.iteration} (records {batch.rows[:1].tolist()}.."
+            f"{batch.rows[-1:].tolist()}); {_last_good_state(run)}. Check the features for NaN/inf, or "
+            "lower train.lr") from None
+    return {col: losses[key] for col, key in LOSS_COLUMNS}
 
 
 class LossWatch:
     """The first iteration whose total loss was NaN or inf, kept on the loss's device so that a
     GPU loop needs no host sync per step. The loop asks before anything is saved and at every
-    evaluation, so last.pt and model_ES.pt only ever hold states reached by finite steps. Every
-    rank asks at the same iterations (under torchrun the losses are the global batch's)."""
+    evaluation, so last.pt and model_ES.pt only ever hold states reached by finite steps."""
 
     NONE = 2**62  # "no bad iteration yet"
 
@@ -359,24 +328,22 @@ class LossWatch:
         this = torch.where(torch.isfinite(total), self.NONE, iteration)
         self.first_bad = this if self.first_bad is None else torch.minimum(self.first_bad, this)
 
-    def raise_if_bad(self, run: "Training") -> None:
+    def raise_if_bad(self, run: Training) -> None:
         bad = self.NONE if self.first_bad is None else int(self.first_bad)  # the host sync, now and then
         if bad != self.NONE:
             raise TrainingError(
-                f"non-finite loss at iteration {bad} (found at iteration {run.state.iteration - 1}; "
-                "on a GPU the loss is checked before each save and evaluation); the last good state is "
-                f"{run.out_dir / 'last.pt'} (iteration {_last_saved_iteration(run)}). Check the features "
-                "for NaN/inf, or lower train.lr")
+                f"non-finite loss at iteration {bad} (found at iteration {run.state.iteration - 1}; on a GPU "
+                f"the loss is checked before each save and evaluation); {_last_good_state(run)}. Check the "
+                "features for NaN/inf, or lower train.lr")
 
 
-def _last_saved_iteration(run: Training):
+def _last_good_state(run: Training) -> str:
     path = run.out_dir / "last.pt"
-    if not path.exists():
-        return "none saved yet"
     try:
-        return load_checkpoint(path)["train_state"]["iteration"]
+        iteration = load_checkpoint(path)["train_state"]["iteration"]
     except Exception:
-        return "unknown"
+        return "no resume point was saved yet"
+    return f"the last good state is {path} (iteration {iteration})"
 
 
 def run_validation(run: Training) -> dict:
@@ -386,38 +353,61 @@ def run_validation(run: Training) -> dict:
 
 
 def _zs_quarter_test(run: Training, i: int, log) -> None:
-    """original (Open Images): zero-shot/generalised test at each quarter; printed, not saved."""
-    from lesa.evaluate import gzs_labels
+    """original (Open Images): zero-shot/generalised test at each quarter; printed and logged in
+    zs_test_log.csv."""
     from lesa import metrics
 
+    ev = run.cfg.evaluate
     split = open_split(run.cfg.data.test, "test")
     try:
-        reader = RangeReader(split, run.task.test_labels, preload="none", device=run.device,
-                             chunk_mb=run.cfg.data.chunk_mb, read_workers=0, name="test")
+        reader = RangeReader(split, run.task.test_labels, device=run.device, chunk_mb=run.cfg.data.chunk_mb,
+                             workers=run.cfg.data.workers, progress=False, name="test")
         scores, labels = predict(run.model, reader, run.cfg.data.eval_batch_size, heads=("zs_logits", "gzs_logits"))
     finally:
         split.close()
+    zs = metrics.topk_f1_many(scores["zs_logits"], labels["unseen"], ev.k)
+    gzs = metrics.topk_f1_many(scores["gzs_logits"], gzs_labels(labels), ev.k_gzs)
     row = [i, metrics.mean_average_precision(scores["zs_logits"], labels["unseen"]),
            metrics.mean_average_precision(scores["gzs_logits"], gzs_labels(labels))]
-    zs = metrics.topk_f1_many(scores["zs_logits"], labels["unseen"], run.cfg.evaluate.k)
-    gzs = metrics.topk_f1_many(scores["gzs_logits"], gzs_labels(labels), run.cfg.evaluate.k_gzs)
-    row += [zs[int(k)][0] for k in run.cfg.evaluate.k] + [gzs[int(k)][0] for k in run.cfg.evaluate.k_gzs]
-    cols = ["index", "mAP_zs", "mAP_gzs"] + [f"F1_{k}" for k in run.cfg.evaluate.k] + \
-        [f"g_F1_{k}" for k in run.cfg.evaluate.k_gzs]
+    row += [zs[int(k)][0] for k in ev.k] + [gzs[int(k)][0] for k in ev.k_gzs]
+    cols = ["index", "mAP_zs", "mAP_gzs"] + [f"F1_{k}" for k in ev.k] + [f"g_F1_{k}" for k in ev.k_gzs]
     path = run.out_dir / "zs_test_log.csv"
-    rows = []
-    if path.exists():
-        rows = [r[1:] for r in list(csv.reader(open(path)))[1:]]
-    rows.append(row)
-    atomic_write_text(path, log_csv_text(cols, rows))
-    log("zero-shot test at iteration {}: ".format(i) + ", ".join(f"{c} {v:.4f}" for c, v in zip(cols[1:], row[1:])))
+    rows = read_csv(path)[1] if path.exists() else []
+    write_csv(path, cols, rows + [row])
+    log(f"zero-shot test at iteration {i}: " + ", ".join(f"{c} {v:.4f}" for c, v in zip(cols[1:], row[1:])))
+
+
+class _CtrlC:
+    """The first Ctrl-C asks the loop to stop after the current iteration (it saves a resume point);
+    a second one stops at once. Only in the main thread of a single-process run."""
+
+    def __init__(self, enabled: bool):
+        self.requested = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nlesa: stopping after this iteration to save a resume point (Ctrl-C again to stop at once)",
+              flush=True)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, final_eval: bool = True,
           stop_after: int | None = None) -> dict:
     """Run (or resume) a training; returns ``{"out_dir", "iterations", "best", "summaries"}``.
 
-    ``stop_after``: stop (as if interrupted) once this many iterations are done — for tests.
+    ``stop_after``: stop (as if killed, nothing saved) once this many iterations are done — for tests.
     """
     from lesa import distributed
 
@@ -426,11 +416,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, f
     try:
         if not ctx.is_main:
             progress, log = False, (lambda *_: None)
-        run = build_training(cfg, resume=resume, progress=progress, shard=ctx.shard)
+        run = build_training(cfg, resume=resume, progress=progress, dist=ctx if ctx.active else None)
         try:
-            if ctx.active:
-                distributed.wrap_model(run.model, ctx)
-                run.dist = ctx
             return _train_loop(run, progress, log, final_eval, stop_after)
         finally:
             run.close()
@@ -449,57 +436,70 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "description.txt", description_text(cfg, run.task))
         atomic_write_text(out / "config.toml", dumps_config(cfg))
+        log(f"training {cfg.experiment.name}: {t.n_iters} iterations on {run.device}; outputs in {out}")
     columns = log_columns(run.task)
     monitor_col = columns.index(t.monitor)
-    eval_interval = cfg.eval_interval
     quarter = t.n_iters // 4
     stream = TrainStream(run.train_reader, run.plan, position=state.position, shard=run.shard)
     bar = tqdm(total=t.n_iters, initial=state.iteration, desc=f"train {cfg.experiment.name}", unit="it",
                disable=not progress, dynamic_ncols=True)
     watch = LossWatch()
-    tic = time.perf_counter()
+    tic = last_save = time.perf_counter()
+    ctrl_c = _CtrlC(enabled=run.dist is None)
     try:
-        while state.iteration < t.n_iters:
-            if stop_after is not None and state.iteration >= stop_after:
-                return {"out_dir": out, "iterations": state.iteration, "stopped": True}
-            i = state.iteration
-            batch = next(stream)
-            losses = train_step(run, batch)
-            state.iteration = i + 1
-            state.position = stream.position
-            bar.update(1)
-            if losses is None:  # original: `continue` — no evaluation on a skipped batch
-                continue
-            watch.record(losses["l"], i)
-            quarter_test = t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0
-            evaluation = i % eval_interval == 0 or i == t.n_iters - 1
-            checkpoint = t.checkpoint_every and (i + 1) % t.checkpoint_every == 0
-            if quarter_test or evaluation or checkpoint:
-                watch.raise_if_bad(run)
-            if quarter_test and run.is_main:
-                _zs_quarter_test(run, i, log)
-            if evaluation and not run.is_main:
-                distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
-            elif evaluation:
-                val = run_validation(run)
-                lr = run.schedule.step(val[t.monitor])
-                row = [i] + [f32(float(losses[c])) for c, _ in LOSS_COLUMNS] + [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
-                state.log_rows.append(row)
-                atomic_write_text(out / "log.csv", log_csv_text(columns, state.log_rows))
-                metric = row[monitor_col]
-                # original: save when the metric >= the column's max (which includes this row)
-                if not math.isnan(metric) and (state.best is None or metric >= state.best):
-                    state.best = metric
-                    save_checkpoint(out / "model_ES.pt", run.model, config=cfg,
-                                    label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
-                save_resume_point(run)
-                elapsed = time.perf_counter() - tic
-                tic = time.perf_counter()
-                msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
-                bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
-                distributed.share_learning_rate(run.dist, run.optimizer)
-            elif checkpoint and run.is_main:
-                save_resume_point(run)
+        with ctrl_c:
+            while state.iteration < t.n_iters:
+                if stop_after is not None and state.iteration >= stop_after:
+                    return {"out_dir": out, "iterations": state.iteration, "stopped": True}
+                if ctrl_c.requested:
+                    watch.raise_if_bad(run)
+                    save_resume_point(run)
+                    raise Interrupted(f"stopped at iteration {state.iteration} of {t.n_iters}; the resume point "
+                                      f"{out / 'last.pt'} holds it: continue with `lesa train {out} --resume`")
+                i = state.iteration
+                losses = train_step(run, next(stream))
+                state.iteration, state.position = i + 1, stream.position
+                bar.update(1)
+                if losses is None:  # original: `continue` — no evaluation on a skipped batch
+                    continue
+                watch.record(losses["l"], i)
+                quarter_test = t.zs_test_quarters and quarter > 0 and (i + 1) % quarter == 0
+                evaluation = i % cfg.eval_interval == 0 or i == t.n_iters - 1
+                checkpoint = (t.checkpoint_every and (i + 1) % t.checkpoint_every == 0) or (
+                    t.checkpoint_minutes and run.is_main and time.perf_counter() - last_save > 60 * t.checkpoint_minutes)
+                if quarter_test or evaluation or checkpoint:
+                    watch.raise_if_bad(run)
+                if quarter_test and run.is_main:
+                    _zs_quarter_test(run, i, log)
+                if evaluation and not run.is_main:
+                    distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
+                elif evaluation:
+                    val = run_validation(run)
+                    lr = run.schedule.step(val[t.monitor])
+                    row = [i] + [f32(float(losses[c])) for c, _ in LOSS_COLUMNS] + \
+                        [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
+                    state.log_rows.append(row)
+                    write_csv(out / "log.csv", columns, state.log_rows)
+                    metric = row[monitor_col]
+                    # original: save when the metric >= the column's max (which includes this row)
+                    if not math.isnan(metric) and (state.best is None or metric >= state.best):
+                        state.best = metric
+                        save_checkpoint(out / "model_ES.pt", run.model, config=cfg, label_names=run.label_names())
+                    save_resume_point(run)
+                    last_save = time.perf_counter()
+                    msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
+                    elapsed, tic = time.perf_counter() - tic, time.perf_counter()
+                    bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
+                    distributed.share_learning_rate(run.dist, run.optimizer)
+                elif checkpoint and run.is_main:
+                    save_resume_point(run)
+                    last_save = time.perf_counter()
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(f"stopped during iteration {state.iteration} of {t.n_iters}; "
+                          f"{_last_good_state(run)}: continue with `lesa train {out} --resume` (the "
+                          "iterations after it are done again)") from None
     finally:
         bar.close()
         stream.close()
@@ -507,8 +507,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
         distributed.barrier(run.dist)  # rank 0 saves and runs the test evaluation
         return {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
     save_checkpoint(out / "model.pt", run.model, config=cfg, optimizer=run.optimizer, schedule=run.schedule,
-                    train_state=state.to_dict(),
-                    label_names={"seen": run.task.seen_names, "unseen": run.task.unseen_names})
+                    train_state=state.to_dict(), label_names=run.label_names())
     save_resume_point(run)
     result = {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
     if final_eval:
@@ -519,14 +518,12 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
 
 def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
     """Test reports of the final model (F1_f_*) and of the early-stopping model (F1_ES_*)."""
-    from lesa.evaluate import load_model_for_task
-
     cfg, out = run.cfg, run.out_dir
     split = open_split(cfg.data.test, "test")
     summaries = {}
     try:
         reader = RangeReader(split, run.task.test_labels, preload=cfg.data.preload, device=run.device,
-                             chunk_mb=cfg.data.chunk_mb, read_workers=0, progress=progress,
+                             chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, progress=progress,
                              name="test")
         for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt")):
             if not (out / name).exists():

@@ -3,7 +3,7 @@ the model's outputs, losses and gradients, the golden four training steps throug
 mode, ``lesa train`` with ``train.step = "cuda_graph"`` against the eager loop, inference, and
 VGG-19 conv5_4 features (full float32, TF32, bfloat16, nvjpeg decoding).
 
-Training and scoring on a GPU run in full float32 (``lesa.train.set_tf32(False)``): the
+Training and scoring on a GPU run in full float32 (``lesa.device.set_tf32(False)``): the
 tolerances are the CPU tests'. Measured errors are printed (``pytest -s`` shows them)."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import test_golden_model
 from conftest import rel_err
 from lesa import TFRMSprop
 from lesa.fast_step import make_train_step, predict
-from lesa.train import set_precision, set_tf32
+from lesa.device import set_tf32
 from test_fast_step import golden_max_positives
 from test_golden_model import OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
 
@@ -45,7 +45,7 @@ def run_four_steps_on_the_gpu(golden, mode: str, precision: str = "fp32", **opti
     ``train.precision``; the model comes back on the CPU for the comparison with the original's
     checkpoint."""
     model = golden.model().cuda().train()
-    set_precision(precision, model)
+    set_tf32(precision == "tf32")
     optimizer = TFRMSprop(model.parameters(), lr=float(golden.expected["lr_per_step"][0]), **optimizer_options)
     step = make_train_step(model, optimizer, max_positives=golden_max_positives(golden), mode=mode)
     losses_per_step = []
@@ -147,7 +147,7 @@ def vgg_golden(golden_root):
 
 def test_vgg_features_on_the_gpu(vgg_golden):
     from lesa.features import decode_jpeg, vgg_preprocess_batch
-    from lesa.features.vgg import precision_context
+    from lesa.device import precision_context
 
     root, expected, names, model = vgg_golden
     images = [decode_jpeg((root / "images" / n).read_bytes(), n) for n in names]

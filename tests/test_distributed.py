@@ -182,15 +182,16 @@ def _grad_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
     from lesa import distributed
+    from lesa.step import step_losses
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         ctx = distributed.setup("cpu", 4)  # reuses the group
         model, features, labels = _model_and_batch()
-        distributed.wrap_model(model, ctx)
+        forward = distributed.wrap_model(model, ctx)
         part = np.array_split(np.arange(5), world)[rank]  # 3 + 2 images: an uneven split
-        losses = distributed.global_batch_losses(model, ctx.ddp(features[part]), labels[part], ctx)
+        losses = step_losses(model, features[part], labels[part], forward=forward, world_size=world)
         losses["total"].backward()
         if rank == 0:
             torch.save({"losses": {k: v.detach() for k, v in losses.items()},

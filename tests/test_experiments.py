@@ -106,21 +106,28 @@ def test_openimages_train_and_evaluate_scripts(data, tmp_path):
     assert {k: v["mAP"] for k, v in again.items()} == {k: v["mAP"] for k, v in first.items()}
 
 
-def test_lesa_synth_command(tmp_path):
+def test_lesa_synth_writes_a_data_folder_that_the_printed_command_trains_on(tmp_path, capsys):
+    import shlex
+
     from lesa.cli import main
     from lesa.datasets.h5 import open_features
 
-    assert main(["synth", str(tmp_path / "s"), "--preset", "tiny", "--n-train", "30", "--n-test", "10",
+    assert main(["synth", str(tmp_path / "s"), "--preset", "tiny", "--n-train", "60", "--n-test", "10",
                  "--dtype", "float16", "--no-progress"]) == 0
-    split = open_features(tmp_path / "s" / "train.h5")
-    assert len(split) == 30 and split.feature_dtype == "float16"
+    split = open_features(tmp_path / "s" / "features" / "NUS_WIDE_Train.h5")
+    assert len(split) == 60 and split.feature_dtype == "float16"
     assert split.label_dims == {"labels_1k": 24, "labels_81": 8}
-    lab = split.read_labels("labels_1k", range(30))
+    lab = split.read_labels("labels_1k", range(60))
     split.close()
-    tags = (tmp_path / "s" / "TagList1k.txt").read_text().split()
-    concepts = set((tmp_path / "s" / "Concepts81.txt").read_text().split())
+    tags = (tmp_path / "s" / "NUS_WIDE" / "NUS_WID_Tags" / "TagList1k.txt").read_text().split()
+    concepts = set((tmp_path / "s" / "NUS_WIDE" / "ConceptsList" / "Concepts81.txt").read_text().split())
     shared = [i for i, t in enumerate(tags) if t in concepts]
     assert len(shared) == 4 and (lab[:, shared] == 0).all()  # tags that are concepts are not seen labels
+    (command,) = [line[len("next: "):] for line in capsys.readouterr().out.splitlines() if line.startswith("next: ")]
+    argv = shlex.split(command)
+    assert argv[:3] == ["lesa", "train", "nus_wide_zero_shot"]  # the bundled configuration, as it is
+    assert main([*argv[1:], "--set", "train.n_iters=2", "--set", "train.device=cpu", "--no-progress"]) == 0
+    assert (tmp_path / "s" / "run" / "summary_f.json").exists()
 
 
 def test_real_label_files_give_the_papers_label_sets(shared_data):

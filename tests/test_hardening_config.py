@@ -111,7 +111,7 @@ def test_test_split_of_another_dataset_fails_before_training(oi_files, files, tm
     """An Open Images run given a NUS-WIDE test file: found out at the start, not after training."""
     cfg = _config(oi_files, tmp_path / "run", task="openimages")
     cfg.data.test = [str(files["test"])]
-    _fails_fast(cfg, r"test.h5.*no label array 'seen_labels'", tmp_path)
+    _fails_fast(cfg, r"_Test.h5.*no label array 'seen_labels'", tmp_path)
 
 
 def test_label_columns_do_not_match_the_label_list(files, tmp_path):

@@ -1,5 +1,6 @@
 """Streaming batches from HDF5 feature files: the original's order, shuffling, float16, preload,
-resumable positions, and bounded memory on a file several times larger than the bound."""
+resumable positions, the same batches whatever the number of DataLoader workers, errors from
+workers, and bounded memory on a file several times larger than the bound."""
 from __future__ import annotations
 
 import json
@@ -102,25 +103,78 @@ def test_evaluation_of_a_float16_file_scores_as_float32_batches(tmp_path):
     """Evaluation hands float16 batches to the model (no float32 copy of the batch): the scores are
     bit for bit those of the same batches converted to float32 first, in fp32 and in bf16."""
     from lesa.evaluate import predict
-    from lesa.features.vgg import precision_context
+    from lesa.device import precision_context
     from lesa.model import LESA, LESAConfig
 
     gen = torch.Generator().manual_seed(0)
     model = LESA(torch.randn(6, 300, generator=gen), torch.randn(3, 300, generator=gen), LESAConfig(n_attention=2))
-    s16 = open_features(write_file(tmp_path / "h.h5", 70, dtype="float16"))
+    s16 = open_features(write_file(tmp_path / "h.h5", 20, dtype="float16"))
     spec = {"seen": ("labels_1k", None), "unseen": ("labels_81", None)}
     for precision in ("fp32", "bf16"):
-        got, labels = predict(model, RangeReader(s16, spec, chunk_mb=1), 32, precision=precision)
-        as_float32 = torch.from_numpy(s16.read_features(np.arange(70), dtype=np.float16).astype(np.float32))
+        got, labels = predict(model, RangeReader(s16, spec, chunk_mb=1), 8, precision=precision)
+        as_float32 = torch.from_numpy(s16.read_features(np.arange(20), dtype=np.float16).astype(np.float32))
         with torch.no_grad():
             model.eval()
             with precision_context(precision, torch.device("cpu")):
-                want = {h: torch.cat([model.scores(as_float32[i:i + 32])[h] for i in range(0, 70, 32)])
+                want = {h: torch.cat([model.scores(as_float32[i:i + 8])[h] for i in range(0, 20, 8)])
                         for h in got}
         for head in got:
             np.testing.assert_array_equal(got[head], want[head].float().numpy(), err_msg=f"{precision} {head}")
-        assert labels["seen"].shape == (70, 6)
+        assert labels["seen"].shape == (20, 6)
     s16.close()
+
+
+def batches_of(reader, plan, n, shard=(0, 1), position=None):
+    stream = TrainStream(reader, plan, shard=shard, position=position)
+    try:
+        return [(b.rows.tolist(), rows_of(b), b.labels["y"].tolist()) for b in (next(stream) for _ in range(n))]
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_batches_do_not_depend_on_the_number_of_workers(tmp_path, dtype):
+    split = open_features(write_file(tmp_path / "w.h5", 230, dtype=dtype))
+    spec = {"y": ("labels_81", None)}
+    for plan, shard in ((BatchPlan(0, 230, 16), (0, 1)),
+                        (BatchPlan(10, 230, 16, shuffle=True, seed=5, block=8, buffer=48), (0, 1)),
+                        (BatchPlan(0, 230, 16), (1, 3))):  # this process's slice of every global batch
+        want = batches_of(RangeReader(split, spec, chunk_mb=1, workers=0), plan, 40, shard)
+        for workers in (1, 2):
+            assert batches_of(RangeReader(split, spec, chunk_mb=1, workers=workers), plan, 40, shard) == want
+        skip = plan.batches_per_epoch + 1  # resumed at epoch 1, batch 1
+        resumed = batches_of(RangeReader(split, spec, chunk_mb=1, workers=2), plan, 40 - skip, shard,
+                             position={"epoch": 1, "batch": 1})
+        assert resumed == want[skip:]
+    loaded = RangeReader(split, spec, chunk_mb=1, workers=2, preload="ram", progress=False)
+    streamed = list(RangeReader(split, spec, chunk_mb=1).iter_batches(50))
+    for a, b in zip(loaded.iter_batches(50), streamed):
+        assert torch.equal(a.features, b.features) and torch.equal(a.labels["y"], b.labels["y"])
+    split.close()
+
+
+def test_a_damaged_record_read_by_a_worker_is_the_same_data_error(tmp_path, monkeypatch):
+    """A worker's DataError reaches the training loop as it is, after every window before it."""
+    from lesa.datasets import h5
+
+    path = write_file(tmp_path / "bad.h5", 120)
+    real = h5.FeatureSplit.read_features_into
+
+    def damaged(self, start, out):  # record 70 fails its checksum
+        if start <= 70 < start + len(out):
+            raise DataError(f"{self.paths[0]}: cannot read rows 70..70 (checksum); the file is damaged")
+        return real(self, start, out)
+
+    monkeypatch.setattr(h5.FeatureSplit, "read_features_into", damaged)  # (inherited by forked workers)
+    split = open_features(path)
+    for workers in (0, 2):
+        seen = []
+        with pytest.raises(DataError, match=r"bad\.h5: cannot read rows 70") as info:
+            for batch in RangeReader(split, {"y": ("labels_81", None)}, chunk_mb=1, workers=workers).iter_batches(8):
+                seen += batch.rows.tolist()
+        assert "Traceback" not in str(info.value)
+        assert seen == list(range(len(seen))) and seen[-1] < 70
+    split.close()
 
 
 def test_errors_are_clear(split):

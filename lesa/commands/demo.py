@@ -18,14 +18,17 @@ def run_synth(args) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(spec, key, value)
+    from lesa.synth import next_command
+
     files = write_synthetic(args.out, spec, progress=not args.no_progress)
     for key, path in files.items():
         print(f"{key:20s} {path}")
+    print(f"next: {next_command(args.out, spec)}")
     return 0
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="train and evaluate on a planted synthetic dataset (CPU, ~1 min)",
+    p = subparsers.add_parser("demo", help="train and evaluate on a planted synthetic dataset (CPU, about a minute)",
                               description="Writes a small planted NUS-WIDE-like dataset, trains the zero-shot "
                                           "model, evaluates it and prints the table. Needs no downloads.")
     p.add_argument("--out", default="lesa_demo", help="output folder (default: ./lesa_demo)")
@@ -37,10 +40,12 @@ def add_commands(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_demo)
 
-    s = subparsers.add_parser("synth", help="write a planted synthetic dataset in the HDF5 layout",
-                              description="Writes label lists, a label-vector pickle and HDF5 feature files "
-                                          "with planted structure (streamed in chunks, any size).")
-    s.add_argument("out", help="output folder")
+    s = subparsers.add_parser("synth", help="write a planted synthetic dataset as a data folder",
+                              description="Writes a data folder (label lists, a label-vector pickle and HDF5 "
+                                          "feature files with planted structure, streamed in chunks, any size) "
+                                          "in the layout the bundled configurations read, and prints the "
+                                          "`lesa train` command for it.")
+    s.add_argument("out", help="the data folder to write")
     s.add_argument("--preset", choices=["demo", "tiny", "nus-wide", "openimages-small"],
                    help="sizes (nus-wide: the real NUS-WIDE split sizes, 1000 tags, 81 concepts)")
     s.add_argument("--kind", choices=["nus_wide", "openimages"])

@@ -15,7 +15,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", nargs="+", metavar="H5", help="validation feature file(s) (data.validation)")
     p.add_argument("--test", nargs="+", metavar="H5", help="test feature file(s) (data.test)")
     p.add_argument("--label-vectors", metavar="PKL", help="label-vector pickle (data.label_vectors)")
-    p.add_argument("--preload", choices=["none", "ram", "gpu", "auto"], help="data.preload")
+    p.add_argument("--preload", metavar="none|ram|gpu|auto", help="data.preload")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (train.device)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override any setting, e.g. --set train.n_iters=1000 (repeatable)")
@@ -70,6 +70,7 @@ def run(args) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"done: {result['iterations']} iterations; outputs in {result['out_dir']}")
+        print(f"next: lesa plot {result['out_dir']}")
     return 0
 
 
@@ -113,5 +114,7 @@ def add_commands(subparsers) -> None:
     add_config_arguments(p)
     p.add_argument("--n-iters", type=int, help="train.n_iters")
     p.add_argument("--shuffle", action="store_true", help="shuffle the training records (data.shuffle)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run from its last.pt: `lesa train RUN_DIR --resume` (or the configuration "
+                        "and --out it was started with); its settings cannot be changed")
     p.set_defaults(func=run)

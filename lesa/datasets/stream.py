@@ -1,52 +1,50 @@
-"""Streaming training and evaluation batches from HDF5 feature files (layout: ``lesa.datasets.h5``).
+"""Training and evaluation batches from HDF5 feature files (layout: ``lesa.datasets.h5``), read
+through ``torch.utils.data``.
 
 Reading behaviour
 -----------------
-- Default order is the original's: sequential and repeating. The training range is cut into
+- Order: the original's by default, sequential and repeating. The training range is cut into
   batches in file order; the last batch of an epoch holds the remainder (TF1: ``dataset.batch(32)
   .repeat()`` batches each pass separately), then the next epoch starts again at the first record.
-- ``shuffle=True``: each epoch the range is cut into blocks of contiguous records, the blocks are
-  permuted, and records are mixed within windows of ``shuffle_buffer`` records; the order is a pure
-  function of (seed, epoch), so a resumed run replays it exactly.
-- Streaming (``preload="none"``) reads contiguous runs of records, about ``chunk_mb`` MB at a time
-  (a window), ahead of the consumer: memory is bounded by a few windows whatever the file size; the
-  file is never read whole. float16 files are read as float16 and converted to float32 per training
-  batch; evaluation batches stay float16 (the model casts them slice by slice).
-  One background thread of this process reads, one window ahead; with ``read_workers`` > 0, batches
-  for a GPU and preloads are read by that many processes instead (``lesa.datasets.read_workers``:
-  HDF5 reads hold h5py's lock, so threads cannot read in parallel). Both give the same batches.
-- ``preload="ram"`` reads the range once into memory (in chunks, with a progress bar); ``"gpu"`` puts
-  it in GPU memory; ``"auto"`` picks the GPU, then RAM, when the data fits (GPU: 80 % of free
-  memory; RAM: 50 % of available memory), else streams. An explicit preload that cannot fit is a
-  ``ConfigError`` before any work.
+  ``shuffle=True``: each epoch the range is cut into blocks of contiguous records, the blocks are
+  permuted and records are mixed within windows of ``shuffle_buffer`` records; the order is a pure
+  function of (seed, epoch), so a resumed run replays it exactly (``BatchPlan``).
+- Streaming (``preload="none"``): consecutive batches are read together, as one *window* of about
+  ``chunk_mb`` MB in contiguous runs of records (``WindowReads``, a map-style ``Dataset`` whose
+  items are windows). A ``DataLoader`` with ``workers`` worker processes (0: in the training
+  process) reads windows ahead of the loop, two per worker, page-locked for a GPU, and returns
+  them in order: the batches are the same whatever the number of workers, and memory stays bounded
+  by a few windows whatever the file size. float16 files are read as float16; training batches are
+  converted to float32, evaluation batches reach the model as stored (it casts them itself).
+- ``preload="ram"`` reads the range once into memory (through the same loader, with a progress
+  bar); ``"gpu"`` puts it in GPU memory; ``"auto"`` picks the GPU, then RAM, when the data fits
+  (GPU: 80 % of free memory; RAM: 50 % of available memory), else streams. An explicit preload that
+  cannot fit is a ``ConfigError`` before any work.
 - ``shard=(rank, world_size)`` gives each process its slice of every global batch (DDP).
+- A damaged record is a ``DataError`` naming the file and the records, also when a worker read it.
 
 The position of the next batch, ``(epoch, batch)``, is saved in checkpoints so that training
 resumes on exactly the batch it would have read next.
 """
 from __future__ import annotations
 
-import atexit
-import copy
+import itertools
 import os
-import pickle
-import queue
-import threading
+import signal
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from lesa.datasets import read_workers as rw
 from lesa.datasets.h5 import FeatureSplit, open_features
 from lesa.errors import ConfigError, DataError
 from lesa.shapes import FEATURE_SHAPE
 
-RECORD_VALUES = FEATURE_SHAPE[0] * FEATURE_SHAPE[1]
-
 # A label spec: output key -> (label array name in the file, column indices or None = all columns)
 LabelSpec = Mapping[str, tuple[str, "np.ndarray | None"]]
+Window = Sequence[np.ndarray]  # the row indices of each batch read together
 
 
 def available_ram_bytes() -> int:
@@ -68,17 +66,13 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
     """Turn ``auto`` into gpu/ram/none, and refuse a preload that cannot fit (fail fast)."""
     if preload not in ("none", "ram", "gpu", "auto"):
         raise ConfigError(f"{where}: preload must be none, ram, gpu or auto; got {preload!r}")
-    gpu_free = 0
-    if device.type == "cuda" and torch.cuda.is_available():
-        gpu_free, _ = torch.cuda.mem_get_info(device)
+    gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
     # under torchrun every process of a node loads its own copy into the node's RAM
     ram = available_ram_bytes() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     if preload == "auto":
         if device.type == "cuda" and n_bytes < 0.8 * gpu_free:
             return "gpu"
-        if n_bytes < 0.5 * ram:
-            return "ram"
-        return "none"
+        return "ram" if n_bytes < 0.5 * ram else "none"
     if preload == "gpu":
         if device.type != "cuda":
             raise ConfigError(f"{where}: preload=gpu needs a CUDA device (device is {device}); "
@@ -104,24 +98,81 @@ def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
-class RangeReader:
-    """Reads records of ``split`` (features as stored + the labels of ``label_spec``).
+def read_rows(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Records ``rows`` (absolute, any order) -> ``(features (n,196,512) as stored, {key: (n, D)
+    int8})``. Each contiguous run of records is read straight into place (no temporary copy)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    feats = np.empty((uniq.size, *FEATURE_SHAPE), dtype=split.feature_dtype)
+    arrays = {array for array, _ in label_spec.values()}
+    raw = {a: np.empty((uniq.size, split.label_dims[a]), np.int8) for a in arrays}
+    pos = 0
+    for a, b in contiguous_runs(uniq):  # (a damaged record is a DataError naming file and rows)
+        split.read_features_into(a, feats[pos:pos + b - a])
+        for array in raw:
+            raw[array][pos:pos + b - a] = split.read_labels(array, np.arange(a, b))
+        pos += b - a
+    labels = {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
+    if uniq.size != rows.size or np.any(uniq != rows):
+        feats, labels = feats[inverse], {k: v[inverse] for k, v in labels.items()}
+    return feats, labels
 
-    With ``preload`` the records ``[start, stop)`` live in memory (RAM numpy arrays or GPU tensors)
-    and reads are slices of them; otherwise every read goes to the file in contiguous runs.
-    ``read_workers``: processes that read the file for a GPU's batches and for loading a preload
-    (-1: auto, 0: a thread of this process; see ``lesa.datasets.read_workers``).
-    """
+
+class WindowReads(Dataset):
+    """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of the rows of a
+    window (its batches, one after the other). Each process opens the files itself (h5py handles do
+    not survive a fork). In a worker, a ``DataError`` is returned as the item instead of raised, so
+    that the training process raises it as it is (a DataLoader would wrap it in the worker's
+    traceback)."""
+
+    def __init__(self, split: FeatureSplit, label_spec: LabelSpec):
+        self.paths, self.label_spec = list(split.paths), dict(label_spec)
+        self._split, self._pid = split, os.getpid()
+
+    def _opened(self) -> FeatureSplit:
+        if os.getpid() != self._pid:  # a worker process: its own handles
+            self._split, self._pid = open_features(self.paths), os.getpid()
+        return self._split
+
+    def __getitem__(self, window: Window):
+        rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
+        try:
+            feats, labels = read_rows(self._opened(), rows, self.label_spec)
+        except DataError as exc:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return exc
+        return torch.from_numpy(feats), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in labels.items()}
+
+
+def _worker_ignores_ctrl_c(_worker_id: int) -> None:
+    """Ctrl-C is the training process's to handle (it saves a resume point, then stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # (B, 196, 512) on the device: float32 (training), as stored (evaluation)
+    labels: dict[str, torch.Tensor]  # key -> (B, D) float32 in {-1, 0, 1}
+    rows: np.ndarray  # (B,) record indices in the file
+
+
+class RangeReader:
+    """Reads records ``[start, stop)`` of ``split``: features as stored and the labels of
+    ``label_spec``. With ``preload`` they live in memory (RAM numpy arrays or GPU tensors);
+    otherwise they are read window by window through a DataLoader with ``workers`` processes."""
 
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec, start: int = 0, stop: int | None = None,
                  preload: str = "none", device: str | torch.device = "cpu", chunk_mb: int = 64,
-                 progress: bool = True, name: str = "data", read_workers: int = -1):
+                 progress: bool = True, name: str = "data", workers: int = 0):
         self.split = split
         self.label_spec = dict(label_spec)
         self.start = int(start)
         self.stop = len(split) if stop is None else int(stop)
         self.device = torch.device(device)
         self.name = name
+        self.workers = int(workers)
         where = f"{split.paths[0]}"
         if not 0 <= self.start <= self.stop <= len(split):
             raise DataError(f"{where}: records [{self.start}, {self.stop}) are outside the file's "
@@ -133,265 +184,109 @@ class RangeReader:
             if cols is not None and len(cols) and int(np.max(cols)) >= split.label_dims[array]:
                 raise DataError(f"{where}: label array {array!r} has {split.label_dims[array]} columns; "
                                 f"the label list needs column {int(np.max(cols))}")
-        self.dtype = np.dtype(split.feature_dtype)
-        self.record_bytes = RECORD_VALUES * self.dtype.itemsize
-        self.chunk_records = max(1, int(chunk_mb * 2**20) // self.record_bytes)
-        n_bytes = (self.stop - self.start) * self.record_bytes
-        self.preload = resolve_preload(preload, n_bytes, self.device, where)
-        self.auto_workers = int(read_workers) == -1
-        self.read_workers = rw.check_read_workers(read_workers, where)
-        if self.device.type == "cuda" or self.preload != "none":  # processes will read: fail fast
-            self.workers_for(self.chunk_records)  # (an explicit count that /dev/shm cannot hold)
-        self._features = None
-        self._labels: dict[str, np.ndarray | torch.Tensor] = {}
+        record_bytes = FEATURE_SHAPE[0] * FEATURE_SHAPE[1] * np.dtype(split.feature_dtype).itemsize
+        self.chunk_records = max(1, int(chunk_mb * 2**20) // record_bytes)
+        self.preload = resolve_preload(preload, len(self) * record_bytes, self.device, where)
+        self._features = self._labels = None
         if self.preload != "none":
             self._load_all(progress)
 
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def reopened(self) -> "RangeReader":
-        """This reader on fresh handles of its files (``FeatureSplit`` pickles by path): for a reader
-        process, which must not use the handles it inherited."""
-        other = copy.copy(self)
-        other.split = pickle.loads(pickle.dumps(self.split))
-        return other
-
-    def workers_for(self, window_records: int) -> int:
-        """Reader processes for windows of ``window_records`` records (0: the reading thread)."""
-        return rw.workers_for(self.read_workers, self.auto_workers, window_records * self.record_bytes,
-                              str(self.split.paths[0]))
-
-    def _read_file(self, rows: np.ndarray, alloc=np.empty) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Rows (absolute, sorted, unique) straight from the file, contiguous runs as slices; the
-        features go to ``alloc(shape, dtype)`` (e.g. shared memory)."""
-        feats = alloc((rows.size, *FEATURE_SHAPE), self.dtype)
-        raw = {array: np.empty((rows.size, self.split.label_dims[array]), np.int8)
-               for array in {a for a, _ in self.label_spec.values()}}
-        pos = 0
-        for a, b in contiguous_runs(rows):
-            idx = np.arange(a, b)
-            try:
-                self.split.read_features_into(a, feats[pos:pos + b - a])
-                for array in raw:
-                    raw[array][pos:pos + b - a] = self.split.read_labels(array, idx)
-            except (OSError, RuntimeError, KeyError) as exc:  # h5py: damaged chunk, truncated file
-                raise DataError(f"{self.split.paths[0]}: records {a}..{b - 1} cannot be read ({exc}); the "
-                                "feature file is damaged — re-create it (lesa extract / convert-tfrecord)") from exc
-            pos += b - a
-        return feats, self._select_labels(raw)
-
-    def _select_labels(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {key: (raw[array] if cols is None else raw[array][:, cols])
-                for key, (array, cols) in self.label_spec.items()}
+    def read_windows(self, windows: Iterable[Window]) -> Iterator[tuple[Window, torch.Tensor, dict]]:
+        """``(window, features as stored, {key: labels})`` for each window of ``windows`` (a fresh
+        iterable, possibly endless), read ahead by the DataLoader, in order."""
+        # the loader takes windows from its own copy of the sequence, ahead of the consumer
+        mine, theirs = itertools.tee(windows)
+        loader = DataLoader(WindowReads(self.split, self.label_spec), sampler=theirs, batch_size=None,
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=2 if self.workers else None,
+                            worker_init_fn=_worker_ignores_ctrl_c if self.workers else None)
+        items = iter(loader)
+        try:
+            for window in mine:
+                item = next(items, None)
+                if item is None:
+                    return
+                if isinstance(item, DataError):
+                    raise item
+                yield (window, *item)
+        finally:
+            del items  # stops the workers
 
     def _load_all(self, progress: bool) -> None:
         from tqdm import tqdm
 
         n = len(self)
-        feats = np.empty((n, *FEATURE_SHAPE), dtype=self.dtype)
-        labels = None
-        bar = tqdm(total=n, desc=f"loading {self.name} into {self.preload.upper()}", unit="img",
-                   disable=not progress, leave=False)
+        feats = np.empty((n, *FEATURE_SHAPE), dtype=self.split.feature_dtype)
+        labels = {key: np.empty((n, len(cols) if cols is not None else self.split.label_dims[array]), np.int8)
+                  for key, (array, cols) in self.label_spec.items()}
         windows = [[np.arange(self.start + a, self.start + min(n, a + self.chunk_records))]
                    for a in range(0, n, self.chunk_records)]
-        def into_place(rows):  # (an ``alloc`` for _read_file: the preload's own rows)
-            return lambda shape, dtype: feats[rows[0] - self.start:rows[-1] + 1 - self.start]
-
-        in_place = not self.workers_for(self.chunk_records)
-        if in_place:  # read here, straight into place
-            chunks = ((w, *self._read_file(w[0], alloc=into_place(w[0]))) for w in windows)
-        else:  # read by processes in parallel, copied from their shared buffers
-            chunks = self.read_windows(lambda: iter(windows), self.chunk_records, batches=False)
-        for window, f, lab in chunks:
-            a = int(window[0][0]) - self.start
-            b = a + len(window[0])
-            if not in_place:
-                feats[a:b] = f
-            if labels is None:
-                labels = {k: np.empty((n, v.shape[1]), np.int8) for k, v in lab.items()}
-            for k, v in lab.items():
-                labels[k][a:b] = v
-            bar.update(b - a)
-        bar.close()
-        labels = labels or {k: np.empty((0, 0), np.int8) for k in self.label_spec}
+        with tqdm(total=n, desc=f"loading {self.name} into {self.preload.upper()}", unit="img",
+                  disable=not progress, leave=False) as bar:
+            for window, f, lab in self.read_windows(windows):
+                a = int(window[0][0]) - self.start
+                feats[a:a + len(f)] = f.numpy()
+                for k, v in lab.items():
+                    labels[k][a:a + len(v)] = v.numpy()
+                bar.update(len(f))
         if self.preload == "gpu":
             self._features = torch.from_numpy(feats).to(self.device)
             self._labels = {k: torch.from_numpy(v).to(self.device) for k, v in labels.items()}
         else:
-            self._features = feats
-            self._labels = labels
+            self._features, self._labels = torch.from_numpy(feats), {k: torch.from_numpy(v) for k, v in labels.items()}
 
-    def read(self, rows: np.ndarray, alloc=np.empty):
-        """Records ``rows`` (absolute indices, any order) -> (features, {key: labels}) as stored
-        (read from the file into ``alloc(shape, dtype)`` unless preloaded)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if self._features is not None:
-            local = rows - self.start
-            if self.preload == "gpu":
-                # pinned + non_blocking: a plain copy from pageable memory would wait for the GPU
-                # to finish the previous step (a host sync per batch)
-                idx = torch.from_numpy(local).pin_memory().to(self.device, non_blocking=True)
-                return self._features[idx], {k: v[idx] for k, v in self._labels.items()}
-            if local.size and local[-1] - local[0] + 1 == local.size and np.all(np.diff(local) == 1):
-                sl = slice(int(local[0]), int(local[-1]) + 1)  # a view, no copy
-                return self._features[sl], {k: v[sl] for k, v in self._labels.items()}
-            return self._features[local], {k: v[local] for k, v in self._labels.items()}
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        feats, labels = self._read_file(uniq, alloc)
-        if uniq.size == rows.size and np.all(uniq == rows):
-            return feats, labels
-        return feats[inverse], {k: v[inverse] for k, v in labels.items()}
+    def _from_memory(self, rows: np.ndarray):
+        local = np.asarray(rows, dtype=np.int64) - self.start
+        if local.size and local[-1] - local[0] + 1 == local.size and np.all(np.diff(local) == 1):
+            index = slice(int(local[0]), int(local[-1]) + 1)  # a view, no copy
+        elif self.preload == "gpu":
+            # pinned + non_blocking: a copy from pageable memory would wait for the queued GPU work
+            index = torch.from_numpy(local).pin_memory().to(self.device, non_blocking=True)
+        else:
+            index = torch.from_numpy(local)
+        return self._features[index], {k: v[index] for k, v in self._labels.items()}
 
-    def to_batch(self, feats, labels, rows, as_stored: bool = False) -> "Batch":
-        """Tensors on the device: features (B,196,512) float32 (``as_stored``: as the file stores
-        them, float32 or float16), labels float32 (B, D)."""
-        if not torch.is_tensor(feats):
-            feats = torch.from_numpy(np.ascontiguousarray(feats))
+    def to_batch(self, feats: torch.Tensor, labels: dict, rows, as_stored: bool = False) -> Batch:
+        """Tensors on the device: features float32 (``as_stored``: as the file stores them), labels float32."""
         feats = feats.to(self.device, non_blocking=True)
         if not as_stored:
             feats = feats.to(torch.float32)
-        out = {}
-        for k, v in labels.items():
-            if not torch.is_tensor(v):
-                v = torch.from_numpy(np.ascontiguousarray(v))
-            out[k] = v.to(self.device, non_blocking=True).to(torch.float32)
-        return Batch(features=feats, labels=out, rows=np.asarray(rows))
+        return Batch(feats, {k: v.to(self.device, non_blocking=True).to(torch.float32) for k, v in labels.items()},
+                     np.asarray(rows))
 
-    def read_windows(self, make_windows, window_records: int, batches: bool = True
-                     ) -> Iterator[tuple[Sequence[np.ndarray], np.ndarray | torch.Tensor, dict]]:
-        """``(window, features as stored, {key: labels})`` for each window (a list of row arrays
-        read in one go) of ``make_windows()``, in order, read ahead by reader processes or a thread.
-        ``window_records``: the windows' largest size. ``batches``: they become batches (page-locked
-        for a CUDA reader); otherwise they are copied into a preload.
-
-        Reader processes serve batches for a GPU and preloads; a CPU run's batches come from the
-        thread (its step is far slower than reading, and batches made from reused shared buffers
-        would need one more copy each). With processes, the features are reused once the next
-        window is asked for: copy what you keep."""
-        workers = self.workers_for(window_records) if self.device.type == "cuda" or not batches else 0
-        if workers:
-            return rw.worker_windows(self, make_windows, workers, pin=batches)
-        return _thread_windows(self, make_windows(), pin=batches)
-
-    def iter_batches(self, batch_size: int, progress: bool = False, desc: str = "") -> Iterator["Batch"]:
-        """All records ``[start, stop)`` in order, in batches (evaluation); reads ahead one chunk.
-        Features come as stored: the model casts a float16 batch itself, straight to what it
-        computes in (float32, or bfloat16 under bf16 autocast), slice by slice on the CPU, so no
-        float32 copy of the whole batch is made (the same scores bit for bit)."""
-        n = len(self)
-        windows = []
-        per_window = max(batch_size, (self.chunk_records // batch_size) * batch_size)
-        for a in range(0, n, per_window):
-            rows = np.arange(self.start + a, self.start + min(n, a + per_window))
-            windows.append([rows[i:i + batch_size] for i in range(0, rows.size, batch_size)])
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
-                   leave=False)
-        for batch in _prefetched(self, lambda: iter(windows), per_window, as_stored=True):
-            bar.update(len(batch.rows))
-            yield batch
-        bar.close()
-
-
-@dataclass
-class Batch:
-    features: torch.Tensor  # (B, 196, 512) on the device: float32 (training), as stored (evaluation)
-    labels: dict[str, torch.Tensor]  # key -> (B, D) float32 in {-1, 0, 1}
-    rows: np.ndarray  # (B,) record indices in the file
-
-
-_LIVE_PREFETCHERS: set = set()  # (stop event, thread) of prefetch threads still running
-
-
-@atexit.register
-def _stop_prefetchers() -> None:
-    """A stream left open at exit would keep its daemon thread inside h5py while the interpreter
-    tears modules down (which can crash the process): stop and join them first."""
-    for stop, thread in list(_LIVE_PREFETCHERS):
-        stop.set()
-    for stop, thread in list(_LIVE_PREFETCHERS):
-        thread.join(timeout=5)
-
-
-def _pinned(array: np.ndarray) -> torch.Tensor:
-    """A page-locked copy: its batches then go to the GPU without blocking (a copy from pageable
-    memory may wait for the GPU to finish its queued work: a host sync per batch)."""
-    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory()
-
-
-def _prefetched(reader: RangeReader, make_windows, window_records: int, as_stored: bool = False
-                ) -> Iterator[Batch]:
-    """Yield the batches of each window of ``make_windows()`` (a window is a list of batches: arrays
-    of row indices whose union is read in one go), read ahead (``RangeReader.read_windows``).
-    ``as_stored``: see ``RangeReader.to_batch``."""
-    if reader.preload != "none":
-        for window in make_windows():
-            for rows in window:
-                feats, labels = reader.read(rows)
-                yield reader.to_batch(feats, labels, rows, as_stored)
-        return
-    windows = reader.read_windows(make_windows, window_records)
-    try:
-        for window, feats, labels in windows:
+    def batches(self, windows: Iterable[Window], as_stored: bool = False) -> Iterator[Batch]:
+        """The batches of each window (a list of row arrays), in order."""
+        if self.preload != "none":
+            for window in windows:
+                for rows in window:
+                    yield self.to_batch(*self._from_memory(rows), rows, as_stored)
+            return
+        for window, feats, labels in self.read_windows(windows):
             pos = 0
             for rows in window:
                 b = len(rows)
-                yield reader.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows,
-                                      as_stored)
+                yield self.to_batch(feats[pos:pos + b], {k: v[pos:pos + b] for k, v in labels.items()}, rows,
+                                    as_stored)
                 pos += b
-    finally:
-        windows.close()  # stops the reading thread or processes
 
+    def iter_batches(self, batch_size: int, progress: bool = False, desc: str = "") -> Iterator[Batch]:
+        """All records in order, in batches, as stored (evaluation: the model casts a float16 batch
+        itself, slice by slice on the CPU, so no float32 copy of the whole batch is made)."""
+        from tqdm import tqdm
 
-def _thread_windows(reader: RangeReader, windows: Iterator, pin: bool = True):
-    """``RangeReader.read_windows`` in one background thread of this process, one window ahead.
-    Memory: the window being consumed + one read ahead."""
-    q: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    _END = object()
-
-    def work():
-        try:
-            for window in windows:
-                if stop.is_set():
-                    return
-                rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
-                feats, labels = reader.read(rows)
-                if pin and reader.device.type == "cuda":  # page-locked here, off the training loop's thread
-                    feats, labels = _pinned(feats), {k: _pinned(v) for k, v in labels.items()}
-                item = (window, feats, labels)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-            q.put(_END)
-        except BaseException as exc:  # hand the error to the consumer
-            q.put(exc)
-
-    thread = threading.Thread(target=work, daemon=True, name="lesa-prefetch")
-    thread.start()
-    _LIVE_PREFETCHERS.add((stop, thread))
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            thread.join(timeout=0.05)
-        _LIVE_PREFETCHERS.discard((stop, thread))
+        per_window = max(batch_size, (self.chunk_records // batch_size) * batch_size)
+        windows = []
+        for a in range(self.start, self.stop, per_window):
+            rows = np.arange(a, min(self.stop, a + per_window))
+            windows.append([rows[i:i + batch_size] for i in range(0, rows.size, batch_size)])
+        with tqdm(total=len(self), desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
+                  leave=False) as bar:
+            for batch in self.batches(windows, as_stored=True):
+                bar.update(len(batch.rows))
+                yield batch
 
 
 class BatchPlan:
@@ -453,21 +348,18 @@ class TrainStream:
     def position(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}
 
-    def _local(self, rows: np.ndarray) -> np.ndarray:
-        if self.world == 1:
-            return rows
-        return np.array_split(rows, self.world)[self.rank]
-
     @property
     def batches_per_window(self) -> int:
         return max(1, self.reader.chunk_records // self.plan.batch_size)
 
-    def _windows(self, epoch: int, batch: int):
+    def _windows(self, epoch: int, batch: int) -> Iterator[Window]:
         per_window = self.batches_per_window
         while True:
             while batch < self.plan.batches_per_epoch:
                 stop = min(self.plan.batches_per_epoch, batch + per_window)
-                yield [self._local(self.plan.batch_rows(epoch, b)) for b in range(batch, stop)]
+                rows = [self.plan.batch_rows(epoch, b) for b in range(batch, stop)]
+                # DDP: this process's slice of every global batch
+                yield rows if self.world == 1 else [np.array_split(r, self.world)[self.rank] for r in rows]
                 batch = stop
             epoch, batch = epoch + 1, 0
 
@@ -476,9 +368,7 @@ class TrainStream:
 
     def __next__(self) -> Batch:
         if self._iter is None:
-            epoch, batch = self.epoch, self.batch
-            self._iter = _prefetched(self.reader, lambda: self._windows(epoch, batch),
-                                     self.batches_per_window * self.plan.batch_size)
+            self._iter = self.reader.batches(self._windows(self.epoch, self.batch))
         out = next(self._iter)
         self.batch += 1
         if self.batch >= self.plan.batches_per_epoch:
