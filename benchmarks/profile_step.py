@@ -19,21 +19,20 @@ import torch
 def profile(precision: str, mode: str, steps: int = 10, top: int = 12) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from lesa.bench import nus_model, resident_nus_data, BATCH
-    from lesa.fast_step import make_train_step, max_positives_of
-    from lesa.train import set_precision
+    from lesa.device import set_tf32
+    from lesa.step import TrainStep
+    from run import N_SEEN, nus_batch, nus_model
 
-    features, labels = resident_nus_data(1024)
+    features, labels = nus_batch("cuda")
     model, opt = nus_model(device="cuda")
-    set_precision(precision, model)
-    step = make_train_step(model, opt, max_positives=max_positives_of(labels), mode=mode)
-    rows = torch.arange(BATCH, device="cuda")
+    set_tf32(precision == "tf32")
+    step = TrainStep(model, opt, mode=mode, max_positives=None if mode == "eager" else N_SEEN)
     for _ in range(5):
-        step(features[rows].float(), labels[rows].float())
+        step(features, labels)
     torch.cuda.synchronize()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            step(features[rows].float(), labels[rows].float())
+            step(features, labels)
         torch.cuda.synchronize()
     _print_kernels(prof, steps, f"{precision}, mode {mode}", "step", top)
 
@@ -41,12 +40,12 @@ def profile(precision: str, mode: str, steps: int = 10, top: int = 12) -> None:
 def profile_inference(precision: str, batch: int = 4096, repeats: int = 5, top: int = 12) -> None:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    from lesa.bench import nus_model, resident_nus_data
-    from lesa.fast_step import predict
-    from lesa.train import set_tf32
+    from lesa.device import set_tf32
+    from lesa.evaluate import predict
+    from run import nus_model
 
     set_tf32(False)
-    features, _ = resident_nus_data(batch)  # float16 on the GPU, as the inference bench
+    features = torch.relu(torch.randn(batch, 196, 512, device="cuda")).half()  # as a GPU preload holds them
     model, _ = nus_model(device="cuda")
     for _ in range(2):
         predict(model, features, batch_size=batch, precision=precision)
@@ -76,9 +75,9 @@ def _print_kernels(prof, repeats: int, title: str, per: str, top: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precision", nargs="+", choices=["fp32", "tf32", "tf32x3", "bf16"],
-                        help="default: fp32 tf32 tf32x3 (step), fp32 tf32 bf16 (--inference)")
-    parser.add_argument("--mode", default="eager", help="a lesa.fast_step mode (default eager)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "tf32", "bf16"],
+                        help="default: fp32 tf32 (step), fp32 tf32 bf16 (--inference)")
+    parser.add_argument("--mode", default="eager", help="a train.step mode (default eager)")
     parser.add_argument("--inference", action="store_true", help="profile inference at batch 4,096 instead")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(0))
@@ -86,9 +85,9 @@ def main() -> None:
         for precision in args.precision or ["fp32", "tf32", "bf16"]:
             profile_inference(precision)
         return
-    for precision in args.precision or ["fp32", "tf32", "tf32x3"]:
+    for precision in args.precision or ["fp32", "tf32"]:
         if precision == "bf16":
-            parser.error("bf16 is an inference precision (--inference); training uses fp32, tf32 or tf32x3")
+            parser.error("bf16 is an inference precision (--inference); training uses fp32 or tf32")
         profile(precision, args.mode)
 
 

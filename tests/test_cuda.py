@@ -1,5 +1,5 @@
 """The CUDA paths against the goldens (skipped without a GPU; run them on a machine with one):
-the model's outputs, losses and gradients, the golden four training steps through every fast-step
+the model's outputs, losses and gradients, the golden four training steps through every step
 mode, ``lesa train`` with ``train.step = "cuda_graph"`` against the eager loop, inference, and
 VGG-19 conv5_4 features (full float32, TF32, bfloat16, nvjpeg decoding).
 
@@ -13,10 +13,8 @@ import torch
 
 import test_golden_model
 from conftest import rel_err
-from lesa import TFRMSprop
-from lesa.fast_step import make_train_step, predict
 from lesa.device import set_tf32
-from test_fast_step import golden_max_positives
+from lesa.evaluate import predict
 from test_golden_model import OUTPUTS, golden  # noqa: F401  (the parametrised golden fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,41 +38,20 @@ def test_golden_outputs_losses_and_gradients_on_the_gpu(golden):  # noqa: F811
     test_golden_model.check_training_mode(golden, model.train(), *(t.cuda() for t in golden.batch(0)))
 
 
-def run_four_steps_on_the_gpu(golden, mode: str, precision: str = "fp32", **optimizer_options):
-    """test_golden_model.run_four_steps on the GPU through make_train_step(mode) at
-    ``train.precision``; the model comes back on the CPU for the comparison with the original's
-    checkpoint."""
-    model = golden.model().cuda().train()
-    set_tf32(precision == "tf32")
-    optimizer = TFRMSprop(model.parameters(), lr=float(golden.expected["lr_per_step"][0]), **optimizer_options)
-    step = make_train_step(model, optimizer, max_positives=golden_max_positives(golden), mode=mode)
-    losses_per_step = []
-    for i in range(4):  # the learning rate changes between steps: the captured graph must see it
-        optimizer.param_groups[0]["lr"] = float(golden.expected["lr_per_step"][i])
-        features, labels = golden.batch(i)
-        losses_per_step.append({k: v.item() for k, v in step(features.cuda(), labels.cuda()).items()})
-    assert step.mode == mode
-    return model.cpu(), losses_per_step
-
-
 @pytest.mark.parametrize("mode", GPU_MODES)
-def test_golden_four_steps_on_the_gpu(golden, mode, monkeypatch):  # noqa: F811
-    if mode.startswith("compile") and golden.cfg["T"] != 10:
-        pytest.skip("compilation is slow: the paper's setting is enough")
-    monkeypatch.setattr(test_golden_model, "run_four_steps",
-                        lambda g, **options: run_four_steps_on_the_gpu(g, mode, **options))
-    test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, foreach=False)
+def test_golden_four_steps_on_the_gpu(golden, mode):  # noqa: F811
+    test_golden_model.test_four_training_steps_reach_the_originals_weights(golden, mode, device="cuda")
 
 
 def test_predict_on_the_gpu_equals_the_cpu(golden):  # noqa: F811
     model = golden.model()
     features = torch.tensor(golden.inputs["eval_features"])
-    cpu = predict(model, features, batch_size=3)
-    gpu = predict(model.cuda(), features, batch_size=3)
+    cpu, _ = predict(model, features, batch_size=3)
+    gpu, _ = predict(model.cuda(), features, batch_size=3)
     for head in cpu:
         assert rel_err(gpu[head], cpu[head]) <= 1e-5, head
     for precision, bound in (("tf32", 1e-2), ("bf16", 5e-2)):
-        fast = predict(model, features, batch_size=3, precision=precision)
+        fast, _ = predict(model, features, batch_size=3, precision=precision)
         err = max(rel_err(fast[h], cpu[h]) for h in cpu)
         print(f"\n[cuda] inference {precision} vs fp32 scores: {err:.2e} relative")
         assert err <= bound, precision
@@ -114,9 +91,9 @@ def test_lesa_train_fast_step_on_the_gpu_equals_eager(tmp_path, step, preload):
             assert float(x) == pytest.approx(float(y), rel=1e-3, abs=1e-5)
 
 
-def test_streamed_gpu_batches_from_reader_processes_equal_the_threads(tmp_path):
-    """A CUDA reader's batches (page-locked windows from reused shared buffers) equal the thread's,
-    while the consumer keeps several batches alive on the GPU."""
+def test_streamed_gpu_batches_from_worker_processes_equal_the_main_process(tmp_path):
+    """A CUDA reader's batches (page-locked windows from DataLoader workers) equal those read in the
+    training process, while the consumer keeps several batches alive on the GPU."""
     from lesa.datasets.h5 import open_features
     from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
     from test_stream import write_file
@@ -126,7 +103,7 @@ def test_streamed_gpu_batches_from_reader_processes_equal_the_threads(tmp_path):
     got = {}
     for workers in (0, 2):
         stream = TrainStream(RangeReader(split, {"y": ("labels_81", None)}, chunk_mb=1, device="cuda",
-                                         read_workers=workers), plan)
+                                         workers=workers), plan)
         got[workers] = [next(stream) for _ in range(40)]
         stream.close()
     for a, b in zip(got[0], got[2]):

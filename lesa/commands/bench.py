@@ -1,39 +1,29 @@
-"""``lesa bench``: the speed benchmarks (``lesa.bench``) as one markdown table."""
+"""``lesa bench``: the speed benchmarks of ``benchmarks/run.py`` (in a source checkout)."""
 from __future__ import annotations
 
-import argparse
-import sys
-
-
-SECTIONS = ["step", "ranking", "evaluation", "inference", "reading", "schedule"]  # lesa.bench.SECTIONS (kept light: no torch import)
-
-
-def _add_bench(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="measure training step, ranking loss, evaluation, inference and feature-file reading speed",
-        description=(
-            "Print one markdown table: each figure, the baseline it is compared with (measured in the "
-            "same run, or a recorded figure where that cannot run here, marked as such) and the ratio. "
-            "GPU rows run when a CUDA device is present, else they read 'not measured'."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes and fewer repetitions (about a minute on 2 cores)")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), metavar="SECTION",
-                        help=f"run only these sections ({', '.join(SECTIONS)})")
-    parser.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
-    parser.set_defaults(func=run_bench)
+import runpy
+from pathlib import Path
 
 
 def run_bench(args) -> int:
-    from lesa.bench import run
+    from lesa.errors import ConfigError
 
-    table = run(quick=args.quick, only=args.only, progress=lambda m: print(m, file=sys.stderr))
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
-    return 0
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise ConfigError("the benchmarks are not installed with the package: in a clone of the repository, run "
+                          "`python benchmarks/run.py` (or `pip install -e .` there, then `lesa bench`)")
+    argv = (["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else []) + \
+        (["--baseline", args.baseline] if args.baseline else []) + (["--out", args.out] if args.out else [])
+    return runpy.run_path(str(script))["main"](argv)
 
 
 def add_commands(subparsers) -> None:
-    _add_bench(subparsers)
+    parser = subparsers.add_parser(
+        "bench", help="measure training step, reading, evaluation and inference speed (source checkout)",
+        description="Runs benchmarks/run.py of the source checkout: each figure next to a baseline measured in "
+                    "the same run, and their ratio.")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repetitions")
+    parser.add_argument("--only", nargs="+", metavar="SECTION", help="step, reading, evaluation, inference")
+    parser.add_argument("--baseline", metavar="DIR", help="another lesa checkout, measured alternately with this one")
+    parser.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    parser.set_defaults(func=run_bench)

@@ -84,6 +84,7 @@ def add_commands(subparsers) -> None:
                    help="the released model.ckpt prefix (its .index and .data-00000-of-00001 files)")
     r.add_argument("--data-dir", metavar="DIR", help="the data folder (data.dir, default ./data)")
     r.add_argument("--test", nargs="+", metavar="H5", help="NUS-WIDE test features (data.test)")
+    r.add_argument("--label-vectors", metavar="PKL", help="the NUS-WIDE label-vector pickle (data.label_vectors)")
     r.add_argument("--out", default="results/released_nus_wide", help="where the reports go")
     r.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE")
     r.add_argument("--overwrite", action="store_true", help="replace earlier reports in --out")
