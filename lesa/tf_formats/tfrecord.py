@@ -74,7 +74,8 @@ class _Pieces:
             if piece is None:
                 break
             self.buffer += piece
-        out = bytes(self.buffer[:n])
+        with memoryview(self.buffer) as view:
+            out = bytes(view[:n])
         del self.buffer[:n]
         return out
 
