@@ -29,10 +29,11 @@ from lesa.tf_formats.sstable import SSTable
 
 DT_STRING, DT_BFLOAT16, DT_HALF = 7, 14, 19
 TF_DTYPES = {  # TF DataType enum -> NumPy dtype of the stored values (little-endian)
-    1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 7: "O",  # float double int32 uint8 int16 int8 string
-    8: "<c8", 9: "<i8", 10: "?", 11: "i1", 12: "u1", 13: "<i4",  # complex64 int64 bool qint8 quint8 qint32
-    14: "<u2", 15: "<i2", 16: "<u2", 17: "<u2", 18: "<c16", 19: "<f2",  # bfloat16 (its bits) qint16 quint16
-    22: "<u4", 23: "<u8",  # uint32 uint64                                 # uint16 complex128 half
+    1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1",  # float, double, int32, uint8, int16, int8
+    7: "O", 8: "<c8", 9: "<i8", 10: "?",  # string, complex64, int64, bool
+    11: "i1", 12: "u1", 13: "<i4", 15: "<i2", 16: "<u2",  # qint8, quint8, qint32, qint16, quint16
+    14: "<u2", 17: "<u2", 18: "<c16", 19: "<f2",  # bfloat16 (its bits), uint16, complex128, half
+    22: "<u4", 23: "<u8",  # uint32, uint64
 }
 UNSUPPORTED = {20: "resource", 21: "variant"}
 # TensorProto field holding the values of each dtype (V1), and how they are encoded; others: int_val (7)
@@ -179,10 +180,10 @@ class _Bundle:
         entry = _Entry(_int(fields, 1), _last_shape(fields, 2), _int(fields, 3), _int(fields, 4),
                        _int(fields, 5), crcs[-1] if crcs else None)
         storage = _storage(entry.dtype, self.where, name)
-        problem = None
         if 7 in fields:
             raise CheckpointError(f"{self.where}: tensor {name!r} is a partitioned variable; "
                                   "partitioned (sliced) tensors are not supported")
+        problem = None
         if not 0 <= entry.shard < self.num_shards:
             problem = f"names shard {entry.shard} of {self.num_shards}"
         elif entry.offset < 0 or entry.size < 0:
