@@ -22,36 +22,32 @@ from lesa.errors import CheckpointError
 from lesa.model import LESA, LESAConfig
 
 CONV_W = "conv/conv/weights"
-CONV_B = "conv/conv/biases"
 BN = "conv/conv/batch_normalization/"
 W1 = "attention_layer/w_att_1"
 W2 = "attention_layer/w_att_2"
 W = "prediction_frac/W"
 VECS = "vecs"
+TF_NAMES = {  # TF variable -> LESA state_dict key (the model has those its configuration needs)
+    CONV_W: "conv.weight", "conv/conv/biases": "conv.bias",
+    BN + "gamma": "bn.weight", BN + "beta": "bn.bias",
+    BN + "moving_mean": "bn.running_mean", BN + "moving_variance": "bn.running_var",
+    W1: "w_att_1", W2: "w_att_2", W: "W", VECS: "vecs",
+}
 
 
-def _tf_to_torch_names(model: LESA) -> dict[str, tuple[str, object]]:
-    """TF name -> (torch state_dict key, converter from the TF array to the torch layout)."""
-    same = np.asarray
-    names = {W1: ("w_att_1", same), W2: ("w_att_2", same), W: ("W", same)}
-    if model.conv is not None:
-        # TF1 conv kernels are HWIO; torch wants OIHW
-        names[CONV_W] = ("conv.weight", lambda a: np.transpose(a, (3, 2, 0, 1)))
-        if model.conv.bias is not None:
-            names[CONV_B] = ("conv.bias", same)
-    if model.bn is not None:
-        for tf_name, key in (("gamma", "weight"), ("beta", "bias"),
-                             ("moving_mean", "running_mean"), ("moving_variance", "running_var")):
-            names[BN + tf_name] = (f"bn.{key}", same)
-    if model.vecs is not None:
-        names[VECS] = ("vecs", same)
-    return names
+def _hwio_to_oihw(array):
+    return np.transpose(array, (3, 2, 0, 1))  # TF1 conv kernels are HWIO; torch wants OIHW
+
+
+def tf_variables(model: LESA) -> dict[str, tuple[str, object]]:
+    """The model's variables: TF name -> (state_dict key, converter from the TF array to torch's layout)."""
+    state = model.state_dict()
+    return {name: (key, _hwio_to_oihw if name == CONV_W else np.asarray)
+            for name, key in TF_NAMES.items() if key in state}
 
 
 def is_model_variable(name: str) -> bool:
-    return name in (CONV_W, CONV_B, W1, W2, W, VECS) or (
-        name.startswith(BN) and "RMSProp" not in name
-    )
+    return name in TF_NAMES
 
 
 def load_tf_weights(model: LESA, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> dict:
@@ -59,7 +55,7 @@ def load_tf_weights(model: LESA, tensors: dict[str, np.ndarray], source: str = "
 
     Raises CheckpointError listing every missing tensor and every shape mismatch.
     """
-    wanted = _tf_to_torch_names(model)
+    wanted = tf_variables(model)
     state = model.state_dict()
     missing = [n for n in wanted if n not in tensors]
     mismatched = []
@@ -103,14 +99,12 @@ def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LE
     ``shapes`` maps TF names to shapes (``lesa.tf_formats.list_tf_checkpoint`` gives them).
     Loss weights cannot be seen in a checkpoint: they come from ``base`` (default: the paper's).
     """
-    if W1 not in shapes or W2 not in shapes or W not in shapes:
-        raise CheckpointError(
-            "not a LESA checkpoint: it lacks the attention/prediction variables "
-            f"{[n for n in (W1, W2, W) if n not in shapes]} (found {sorted(shapes)[:8]}...)"
-        )
+    missing = [n for n in (W1, W2, W) if n not in shapes]
+    if missing:
+        raise CheckpointError(f"not a LESA checkpoint: it lacks the attention/prediction variables {missing} "
+                              f"(found {sorted(shapes)[:8]}...)")
     values = (base or LESAConfig()).to_dict()
-    w1 = tuple(shapes[W1])
-    values["separate_w1"] = len(w1) == 3
+    values["separate_w1"] = len(shapes[W1]) == 3
     values["n_attention"] = int(tuple(shapes[W2])[-1])
     values["conv"] = CONV_W in shapes
     values["batchnorm"] = (BN + "gamma") in shapes
@@ -131,20 +125,19 @@ def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfi
     """
     from lesa.tf_formats import list_tf_checkpoint, read_tf_checkpoint
 
-    shapes = {name: tuple(info[1]) for name, info in list_tf_checkpoint(path).items()}
+    shapes = {name: info.shape for name, info in list_tf_checkpoint(path).items()}
     config = infer_config(shapes, base)
     dim = shapes[W][1]
-    if seen_vecs is None and VECS not in shapes and placeholder_seen:
+    if VECS in shapes:
+        if seen_vecs is not None and tuple(np.shape(seen_vecs)) != shapes[VECS]:
+            raise CheckpointError(f"{path}: holds {shapes[VECS][0]} trainable seen vectors but "
+                                  f"{np.shape(seen_vecs)[0]} were given; is it the right configuration?")
+    elif seen_vecs is None:
+        if not placeholder_seen:
+            raise CheckpointError(f"{path}: the label vectors were constants of the original graph and are "
+                                  "not in the checkpoint; pass the experiment's seen_vecs (`lesa import-tf` "
+                                  "reads them with --config CONFIG --data-dir DIR, or --vectors PKL)")
         seen_vecs = np.zeros((1, dim), np.float32)
-    if seen_vecs is None:
-        if VECS not in shapes:
-            raise CheckpointError(
-                f"{path}: the label vectors were constants of the original graph and are not in the "
-                "checkpoint; give the experiment configuration (--config) so they are read from "
-                "the label-vector pickle")
-    elif VECS in shapes and tuple(np.shape(seen_vecs)) != shapes[VECS]:
-        raise CheckpointError(f"{path}: holds {shapes[VECS][0]} trainable seen vectors but "
-                              f"{np.shape(seen_vecs)[0]} were given; is it the right configuration?")
     tensors = read_tf_checkpoint(path)
     if seen_vecs is None:
         seen_vecs = tensors[VECS]
@@ -156,16 +149,3 @@ def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfi
     model = LESA(seen_vecs, unseen_vecs, config)
     extras = load_tf_weights(model, tensors, source=str(path))
     return model, extras
-
-
-def tf_named_weights(model: LESA) -> dict[str, np.ndarray]:
-    """The model's variables under the original's TF names and layouts (inverse of loading);
-    with ``lesa.tf_formats.write_tf_checkpoint`` this writes a checkpoint the original can read."""
-    state = model.state_dict()
-    out = {}
-    for tf_name, (key, _) in _tf_to_torch_names(model).items():
-        array = state[key].detach().cpu().numpy()
-        if tf_name == CONV_W:
-            array = np.transpose(array, (2, 3, 1, 0))  # OIHW -> HWIO
-        out[tf_name] = np.ascontiguousarray(array, dtype=np.float32)
-    return out

@@ -96,7 +96,7 @@ def random_vgg(seed: int = 0):
 def random_vgg_checkpoint(tmp_path_factory) -> Path:
     """``random_vgg()`` written as a TF-slim ``vgg_19.ckpt`` (V2 bundle, HWIO kernels) for --vgg."""
     from lesa.features.vgg import conv_names
-    from lesa.tf_formats.checkpoint_writer import write_tf_checkpoint
+    from tf_writers import write_tf_checkpoint
 
     folder = tmp_path_factory.getbasetemp() / "vgg19_random"
     prefix = folder / "vgg_19.ckpt"

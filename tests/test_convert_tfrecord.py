@@ -9,7 +9,7 @@ from lesa.cli import main
 from lesa.datasets.h5 import open_features, partial_path
 from lesa.datasets.tfrecord_source import convert_tfrecords, split_from_filename
 from lesa.errors import ConfigError, TFRecordError
-from lesa.tf_formats import encode_example, write_tfrecords
+from tf_writers import encode_example, write_tfrecords
 
 GOLDEN = {  # expected.npz prefix -> (file, --dataset, split from the name, {h5 label: npz key})
     "nus": ("NUS_WIDE_Test_full_feature_ZLIB.tfrecords", "nus-wide", "Test",
@@ -91,17 +91,74 @@ def test_corrupted_input_keeps_earlier_records_then_resume(tmp_path):
     _assert_h5(out, records)
 
 
-def test_argument_errors(tmp_path):
+def test_argument_errors(tmp_path, capsys):
     records = _oi_records(1)
     src = tmp_path / "features.tfrecords"
     _write_oi(src, records)
-    with pytest.raises(ConfigError, match="--split"):
-        convert_tfrecords([src], tmp_path / "o.h5", progress=False)
-    assert main(["convert-tfrecord", "--dataset", "openimages", str(src)]) == 1  # no output path
+    assert main(["convert-tfrecord", "--dataset", "openimages", str(tmp_path / "o.h5")]) == 1  # no input
+    assert "needs the TFRecord file(s)" in capsys.readouterr().err
     assert main(["convert-tfrecord", "--dataset", "nus-wide", "--split", "x", str(src), str(tmp_path / "o.h5")]) == 1
+    assert "pass the matching --dataset" in capsys.readouterr().err
     assert not (tmp_path / "o.h5").exists()
     assert split_from_filename("NUS_WIDE_Train_full_feature_ZLIB.tfrecords") == "Train"
     assert split_from_filename("OI_seen_unseen_test_feature_2018_04_ZLIB.tfrecords") == "test"
+    assert split_from_filename("validation_feature_2018_04_ZLIB.tfrecords") == "validation"
+    assert split_from_filename("features.tfrecords") is None
+
+
+def test_split_is_metadata_a_renamed_file_converts(tmp_path, capsys):
+    records = _oi_records(3, seed=2)
+    src = tmp_path / "features.tfrecords"  # a name that tells nothing
+    _write_oi(src, records)
+    # with an output: the split is stored as unknown, the input's name always
+    summary = convert_tfrecords([src, src], tmp_path / "o.h5", dataset="openimages", progress=False)
+    assert summary.split == "unknown"
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f.attrs["split"] == "unknown" and f.attrs["source_files"] == "features.tfrecords\nfeatures.tfrecords"
+    # without one it has nowhere to go: the message names both fixes, nothing is written
+    data = tmp_path / "data"
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--data-dir", str(data), str(src)]) == 1
+    err = capsys.readouterr().err
+    assert "--split NAME" in err and "OUT.h5" in err and not data.exists()
+    # --split: into the data folder, where the configuration looks
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--split", "validation", "--no-progress",
+                 "--data-dir", str(data), str(src)]) == 0
+    out = data / "features" / "OpenImages_validation.h5"
+    _assert_h5(out, records)
+    next_line = capsys.readouterr().out.splitlines()[-1]
+    assert next_line == f"next: lesa train openimages_train --data-dir {data}"
+
+
+def _write_oi_test(path, n, seed=0):
+    rng = np.random.default_rng(seed)
+    write_tfrecords(path, [encode_example({
+        "img_id": f"t{i}".encode(), "feature": rng.random((196, 512), dtype=np.float32).tobytes(),
+        "seen_label": rng.integers(-1, 2, 12).astype(np.int32).tobytes(),
+        "unseen_label": rng.integers(-1, 2, 5).astype(np.int32).tobytes()}) for i in range(n)])
+
+
+def test_default_output_and_the_next_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_oi_test(tmp_path / "renamed.tfrecords", 2)  # the records tell: Open Images test
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--no-progress", "renamed.tfrecords"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    with open_features(tmp_path / "data" / "features" / "OpenImages_test.h5") as data:
+        assert data.attrs["split"] == "test" and data.attrs["source_files"] == "renamed.tfrecords"
+        assert data.label_dims == {"seen_labels": 12, "unseen_labels": 5}
+    # no training file yet: evaluating is what the test split is good for
+    assert out[-1] == "next: lesa evaluate openimages_evaluate --checkpoint CKPT --data-dir data"
+    _write_oi(tmp_path / "train_feature_2018_04_ZLIB.tfrecords", _oi_records(2))
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--no-progress",
+                 "train_feature_2018_04_ZLIB.tfrecords"]) == 0
+    assert (tmp_path / "data" / "features" / "OpenImages_train.h5").is_file()
+    assert capsys.readouterr().out.splitlines()[-1] == "next: lesa train openimages_train --data-dir data"
+    # an explicit --split wins over the records; an explicit output gets the flag that points at it
+    assert main(["convert-tfrecord", "--dataset", "openimages", "--no-progress", "--split", "validation",
+                 "renamed.tfrecords", "mine.h5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "next: lesa train openimages_train --data-dir data --validation mine.h5"
+    with open_features(tmp_path / "mine.h5") as data:
+        assert data.attrs["split"] == "validation"
 
 
 @pytest.mark.parametrize("prefix", sorted(GOLDEN))
@@ -114,7 +171,7 @@ def test_golden_conversion_exact(golden_root, tmp_path, prefix):
     ids = [str(i) for i in expected[f"{prefix}/img_ids"]]
     with open_features(out) as data:
         assert data.img_ids == ids
-        assert data.attrs["split"] == split
+        assert data.attrs["split"] == split and data.attrs["source_files"] == name
         feats, labels = data.read(np.arange(len(ids)))
     for i in range(len(ids)):
         assert np.array_equal(feats[i], expected[f"{prefix}/{i}/feature"])

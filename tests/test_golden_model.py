@@ -12,7 +12,7 @@ import torch
 from conftest import rel_err
 from lesa import LESA, LESAConfig, TFRMSprop, load_tf_checkpoint, read_tf_checkpoint
 from lesa.step import TrainStep, max_positives_of
-from lesa.tf_weights import _tf_to_torch_names, is_model_variable
+from lesa.tf_weights import is_model_variable, tf_variables
 
 LOSS_NAMES = {"total": "loss", "rank": "loss_rank", "att_dist": "loss_att_dist",
               "att_span": "loss_att_span", "att_global": "loss_att_global",
@@ -78,7 +78,7 @@ def check_training_mode(golden, model, features, labels):
         assert rel_err(losses[ours].item(), golden.expected[f"step0_train/{theirs}"]) <= 1e-5, ours
     losses["total"].backward()
     params = dict(model.named_parameters())
-    for tf_name, (key, to_torch) in _tf_to_torch_names(model).items():
+    for tf_name, (key, to_torch) in tf_variables(model).items():
         if f"grad0/{tf_name}" not in golden.expected.files:
             continue
         reference = to_torch(golden.expected[f"grad0/{tf_name}"])
@@ -120,7 +120,7 @@ def test_four_training_steps_reach_the_originals_weights(golden, mode, device="c
     initial = read_tf_checkpoint(golden.root / "init" / "model.ckpt")
     state = model.state_dict()
     compared = 0
-    for tf_name, (key, to_torch) in _tf_to_torch_names(model).items():
+    for tf_name, (key, to_torch) in tf_variables(model).items():
         ours = state[key].numpy()
         ref = to_torch(final[tf_name])
         start = to_torch(initial[tf_name])
@@ -131,7 +131,7 @@ def test_four_training_steps_reach_the_originals_weights(golden, mode, device="c
             assert rel_err(ours, ref) <= 1e-5, tf_name
         compared += 1
     model_variables = [n for n in final if is_model_variable(n)]
-    assert compared == len(model_variables), sorted(set(model_variables) - set(_tf_to_torch_names(model)))
+    assert compared == len(model_variables), sorted(set(model_variables) - set(tf_variables(model)))
     assert float(final["Variable"]) == pytest.approx(golden.expected["lr_per_step"][-1])
 
     model.eval()

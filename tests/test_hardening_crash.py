@@ -31,7 +31,7 @@ from lesa.checkpoint import load_checkpoint
 from lesa.datasets.h5 import open_features, partial_path
 from lesa.experiment import dumps_config
 from lesa.synth import SynthSpec, config_for, write_synthetic
-from lesa.tf_formats import encode_example, write_tfrecords
+from tf_writers import encode_example, write_tfrecords
 
 FAULTS: collections.Counter = collections.Counter()
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -18,8 +18,7 @@ from lesa import LESA, metrics
 from lesa.datasets.embeddings import load_vector_pair, read_label_list
 from lesa.datasets.h5 import FeatureWriter
 from lesa.tasks import nus_wide_seen_unseen
-from lesa.tf_formats import write_tf_checkpoint
-from lesa.tf_weights import tf_named_weights
+from tf_writers import tf_named_weights, write_tf_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cramjam
+
 from lesa.errors import CheckpointError
 from lesa.tf_formats import list_tf_checkpoint, read_tf_checkpoint
-from lesa.tf_formats.checkpoint_writer import write_tf_checkpoint, write_tf_checkpoint_v1
 from lesa.tf_formats.crc32c import crc32c, mask
-from lesa.tf_formats.protowire import encode_fixed32_field, encode_length_field, encode_varint_field
-from lesa.tf_formats.sstable import write_table
+from lesa.tf_formats.sstable import SSTable
+from tf_writers import (encode_fixed32_field, encode_length_field, encode_varint, encode_varint_field, write_table,
+                        write_tf_checkpoint, write_tf_checkpoint_v1)
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -191,8 +193,6 @@ def test_v1_roundtrip_with_slices(tmp_path):
 
 
 def test_v1_missing_slice_detected(tmp_path):
-    from lesa.tf_formats.sstable import SSTable
-
     tensors = {"w": np.arange(12, dtype=np.float32).reshape(6, 2)}
     path = write_tf_checkpoint_v1(tmp_path / "v1.ckpt", tensors, split_rows=2)
     with SSTable(path) as table:
@@ -354,28 +354,27 @@ def test_golden_vgg19_v1(golden_root):
 
 # ---------------------------------------------------------------- snappy-compressed table blocks
 
-def test_snappy_decompressor_copies_and_errors():
-    from lesa.tf_formats.snappy import SnappyError, compress_literal, decompress
-
-    # literal "abcd", then copy (1-byte offset form) offset 4 length 8, then copy (2-byte form)
-    # offset 2 length 5 (overlapping: repeats the pattern)
-    stream = bytes([17]) + bytes([3 << 2]) + b"abcd" + bytes([((8 - 4) << 2) | 1, 4]) + bytes([((5 - 1) << 2) | 2, 2, 0])
-    assert decompress(stream, 100) == b"abcdabcdabcd" + b"cdcdc"
-    data = bytes(range(256)) * 300
-    assert decompress(compress_literal(data), len(data)) == data
-    for bad in [stream[:-1], bytes([17]) + bytes([((8 - 4) << 2) | 1, 4]), b"\xff" * 11, stream[:1] + stream[1:] + b"\0"]:
-        with pytest.raises(SnappyError):
-            decompress(bad, 100)
-    with pytest.raises(SnappyError, match="more than the allowed"):
-        decompress(compress_literal(data), 10)
+def _v1_items(tmp_path, tensors):
+    plain = write_tf_checkpoint_v1(tmp_path / "plain.ckpt", tensors)
+    with SSTable(plain) as table:
+        return [(bytes(k), bytes(v)) for k, v in table.items()]
 
 
 def test_v1_table_with_snappy_blocks(tmp_path):
-    from lesa.tf_formats.sstable import SSTable
-
-    tensors = {"a": np.arange(30, dtype=np.float32).reshape(5, 6), "b": np.array([1.5, 2.5])}
-    plain = write_tf_checkpoint_v1(tmp_path / "plain.ckpt", tensors)
-    with SSTable(plain) as table:
-        items = [(bytes(k), bytes(v)) for k, v in table.items()]
-    write_table(tmp_path / "snappy.ckpt", items, snappy_blocks=True)
+    tensors = {"a": np.arange(30, dtype=np.float32).reshape(5, 6), "b": np.array([1.5, 2.5]),
+               "c": np.zeros((40, 50), np.float32)}  # compresses into back-references
+    write_table(tmp_path / "snappy.ckpt", _v1_items(tmp_path, tensors), compress=cramjam.snappy.compress_raw)
     assert_same(read_tf_checkpoint(tmp_path / "snappy.ckpt"), tensors)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda block: encode_varint(1 << 40) + block, "declares 1099511627776 bytes, more than the allowed"),
+    (lambda block: bytes(cramjam.snappy.compress_raw(block))[:-3], "corrupted snappy block"),
+    (lambda block: bytes(cramjam.snappy.compress_raw(block)) + b"\0", "corrupted snappy block"),
+])
+def test_bad_snappy_block_named(tmp_path, damage, message):
+    # the checksum is right (it covers the stored bytes): only decompressing can tell
+    write_table(tmp_path / "bad.ckpt", _v1_items(tmp_path, {"a": np.ones(64, np.float32)}), compress=damage)
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_tf_checkpoint(tmp_path / "bad.ckpt")
+    assert "bad.ckpt" in str(info.value)

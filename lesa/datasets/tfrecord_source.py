@@ -13,6 +13,7 @@ seen_labels, unseen_labels. The schema is recognised from the keys of the first 
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from lesa import layout
 from lesa.datasets.h5 import FeatureWriter, partial_path
 from lesa.shapes import FEATURE_SHAPE
 from lesa.errors import ConfigError, TFRecordError
@@ -169,11 +171,21 @@ def relative_img_id(img_id: str) -> str:
 def split_from_filename(path) -> str | None:
     """The split an original feature file holds, from its name (NUS_WIDE_Train_..., train_feature_...)."""
     name = Path(path).name
-    match = re.match(r"NUS_WIDE_([A-Za-z]+)_", name)
-    if match:
-        return match.group(1)
-    match = re.match(r"(?:OI_seen_unseen_)?(train|validation|test)_feature", name)
+    match = re.match(r"NUS_WIDE_([A-Za-z]+)_", name) or re.match(r"(?:OI_seen_unseen_)?(train|validation|test)_feature", name)
     return match.group(1) if match else None
+
+
+UNKNOWN_SPLIT = "unknown"
+
+
+def split_of(inputs: Sequence, schema: Schema, split: str | None = None) -> str:
+    """The split a conversion stores: ``split`` if given, else what the records tell (Open Images test
+    records carry seen and unseen labels), else the first input's file name, else ``"unknown"``."""
+    if split:
+        return split
+    if schema.name == "openimages_test":
+        return "test"
+    return split_from_filename(inputs[0]) or UNKNOWN_SPLIT
 
 
 @dataclass
@@ -182,15 +194,20 @@ class ConvertSummary:
     n_records: int
     n_skipped: int  # already in the file of a resumed conversion
     schema: str
+    dataset: str  # nus_wide or openimages
+    split: str
     label_dims: dict
 
 
-def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: str | None = None,
+def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, split: str | None = None,
                       dtype: str = "float32", compression: str | None = None, batch_size: int = 256,
                       resume: bool = False, overwrite: bool = False, progress: bool = True,
-                      img_ids: str = "original") -> ConvertSummary:
+                      img_ids: str = "original", data_dir=None) -> ConvertSummary:
     """Stream the original's TFRecord feature files into one HDF5 split file (``lesa.datasets.h5``).
 
+    out: the HDF5 file; default ``features/<dataset>_<split>.h5`` in the data folder ``data_dir``
+    (where the configurations look). split: see ``split_of``; the input file names are stored in
+    the attribute ``source_files``.
     A corrupted or truncated input stops the conversion with ``TFRecordError`` after every record
     before the bad one was written to ``OUT.partial``; the file is not marked complete and not
     renamed (``resume=True`` continues it once the input is fixed).
@@ -205,9 +222,6 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
     for path in inputs:
         if not path.is_file():
             raise TFRecordError(f"TFRecord file not found: {path}")
-    split = split or split_from_filename(inputs[0])
-    if not split:
-        raise ConfigError(f"cannot tell the split from the file name {inputs[0].name}; pass --split NAME")
     _dataset_name(dataset)  # validate before any work
     if img_ids not in IMG_ID_STYLES:
         raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
@@ -218,13 +232,21 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
     first = next(records, None)
     if first is None:
         raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
-    schema = detect_schema({"img_id", "feature", *_tf_keys(first.labels)})
-    writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype,
-                           attrs={"source": "tfrecord", "backbone": "vgg19_conv54", "img_id_style": img_ids},
+    schema = next(s for s in SCHEMAS if {name for _, name, _ in s.labels} == set(first.labels))
+    split = split_of(inputs, schema, split)
+    if out is None:
+        if split == UNKNOWN_SPLIT:
+            raise ConfigError(f"cannot tell which split {inputs[0].name} holds (its records and its name do "
+                              "not say); pass --split NAME (e.g. Train, Test, train, validation, test) to "
+                              "write it to the data folder's features/, or give the output file OUT.h5 "
+                              "after the inputs")
+        out = layout.resolve(layout.features_file(schema.dataset, split), data_dir)
+    attrs = {"source": "tfrecord", "source_files": "\n".join(p.name for p in inputs),
+             "backbone": "vgg19_conv54", "img_id_style": img_ids}
+    writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype, attrs=attrs,
                            resume=resume, overwrite=overwrite)
     done = writer.done_ids if resume else []
-    n_seen = 0
-    n_new = 0
+    n_seen = n_new = 0
     batch: list[FeatureRecord] = []
 
     def flush():
@@ -234,18 +256,16 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
 
     bar = tqdm(desc=f"convert {Path(out).name}", unit="rec", disable=not progress)
     try:
-        for record in _chain(first, records):
+        for record in itertools.chain([first], records):
             record = record._replace(img_id=rename(record.img_id))
             if n_seen < len(done):
                 if record.img_id != done[n_seen]:
                     raise TFRecordError(f"{partial_path(out)} (resume): record {n_seen} is {record.img_id!r} in "
                                         f"the input but {done[n_seen]!r} in the file; convert without --resume")
-                n_seen += 1
-                bar.update()
-                continue
-            batch.append(record)
+            else:
+                batch.append(record)
+                n_new += 1
             n_seen += 1
-            n_new += 1
             bar.update()
             if len(batch) >= batch_size:
                 flush()
@@ -260,14 +280,4 @@ def convert_tfrecords(inputs: Sequence, out, dataset: str | None = None, split: 
     finally:
         bar.close()
         writer.close()
-    return ConvertSummary(Path(out), n_new, len(done), schema.name, dict(label_dims))
-
-
-def _tf_keys(labels: dict) -> list[str]:
-    names = {h5: key for schema in SCHEMAS for key, h5, _ in schema.labels}
-    return [names[name] for name in labels]
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
+    return ConvertSummary(Path(out), n_new, len(done), schema.name, schema.dataset, split, dict(label_dims))
