@@ -234,7 +234,7 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     from lesa.experiment import check_config
     from lesa.tasks import load_task
 
-    check_config(cfg, for_training=False)
+    check_config(cfg, splits=("test",))
     dev = pick_device(device or cfg.train.device)
     task = load_task(cfg)
     out_dir = Path(out_dir or cfg.out_dir).absolute()

@@ -386,10 +386,11 @@ def check_choices(cfg: Config) -> None:
             raise ConfigError(f"{cfg.source}: {dotted} = {value!r}; choose one of {', '.join(choices)}")
 
 
-def check_config(cfg: Config, for_training: bool = True) -> None:
-    """Fail fast: every value in range and every file present, before anything is loaded. Data
-    paths are made absolute first (``resolve_data_paths``); NUS-WIDE's label lists, when not given,
-    are found in ``data.nus_wide`` (either layout)."""
+def check_config(cfg: Config, splits=("train", "validation", "test")) -> None:
+    """Fail fast: every value in range and every file present (the label files, and the feature files
+    of ``splits``: a validation file only where one is set), before anything is loaded. Data paths
+    are made absolute first (``resolve_data_paths``); NUS-WIDE's label lists, when not given, are
+    found in ``data.nus_wide`` (either layout)."""
     resolve_data_paths(cfg)
     check_choices(cfg)
     e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
@@ -420,8 +421,12 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
             if not getattr(d, key):
                 try:
                     setattr(d, key, str(layout.nus_wide_file(d.nus_wide, key)))
-                except DataError as exc:
-                    raise ConfigError(f"{src}: data.{key}: {exc}") from exc
+                except DataError:
+                    places = " or ".join(str(Path(d.nus_wide) / p) for p in layout.NUS_WIDE_FILES[key])
+                    raise ConfigError(
+                        f"{src}: data.{key}: NUS-WIDE's {Path(layout.NUS_WIDE_FILES[key][0]).name} not found (looked "
+                        f"for {places}); unzip NUS-WIDE's metadata ({layout.NUS_WIDE_DOWNLOAD}) into {d.nus_wide}, "
+                        f"point --data-dir at the folder holding NUS_WIDE/, or pass --set data.{key}=PATH") from None
         _need_file(cfg, "tag_list", "NUS-WIDE TagList1k.txt")
         _need_file(cfg, "concepts", "NUS-WIDE Concepts81.txt")
     else:
@@ -432,9 +437,9 @@ def check_config(cfg: Config, for_training: bool = True) -> None:
         if d.class_descriptions:
             _need_file(cfg, "class_descriptions", "Open Images class-descriptions.csv")
     _need_file(cfg, "label_vectors", "label-vector pickle")
-    splits = (["train", "test"] + (["validation"] if d.validation else [])) if for_training else ["test"]
     for split in splits:
-        _need_split(cfg, split)
+        if split != "validation" or d.validation:
+            _need_split(cfg, split)
 
 
 def resume_differences(saved: Config, wanted: Config) -> list[str]:

@@ -155,7 +155,7 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 def build_training(cfg: Config, resume: bool = False, progress: bool = True, dist=None) -> Training:
     """Check the configuration, open the data, build model/optimiser/schedule/step (restored on
     resume). ``dist``: the ``lesa.distributed.DistContext`` under torchrun."""
-    check_config(cfg, for_training=True)
+    check_config(cfg)
     t, d = cfg.train, cfg.data
     out_dir = cfg.out_dir
     last = out_dir / "last.pt"

@@ -129,7 +129,7 @@ def test_training_range_empty_after_validation(files, tmp_path):
 
 @pytest.mark.parametrize("key,value,match", [
     ("data.label_vectors", "missing.pkl", r"data.label_vectors.*missing.pkl.*does not exist"),
-    ("data.tag_list", "", r"data.tag_list: NUS-WIDE TagList1k.txt not found; looked for"),
+    ("data.tag_list", "", r"data.tag_list: NUS-WIDE.s TagList1k.txt not found \(looked for"),
     ("data.train", ["nothing*.h5"], r"no feature files match"),
     ("train.batch_size", 0, r"train.batch_size = 0"),
     ("train.lr", -1.0, r"train.lr"),

@@ -76,7 +76,7 @@ def test_import_tf_with_the_configuration_and_its_data_folder(golden_root, share
     shutil.rmtree(data / "NUS_WIDE")
     assert main(["import-tf", str(ckpt), "--out", str(tmp_path / "n.pt"), "--config", "nus_wide_zero_shot",
                  "--data-dir", str(data)]) == 1
-    assert "TagList1k.txt is not in" in capsys.readouterr().err
+    assert "TagList1k.txt not found (looked for" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
 
 

@@ -139,26 +139,11 @@ def label_config(args):
     """The configuration of ``args.config`` with its label files found and checked (import-tf reads
     those, no feature files)."""
     from lesa.commands.train import config_from_args
-    from lesa.errors import DataError
-    from lesa.experiment import WHERE_FROM
+    from lesa.experiment import check_config
 
     cfg = config_from_args(argparse.Namespace(config=args.config, set=args.set, data_dir=args.data_dir,
                                               label_vectors=args.label_vectors))
-    d = cfg.data
-    if cfg.experiment.task.startswith("nus_wide"):
-        for key in ("tag_list", "concepts"):
-            try:
-                setattr(d, key, getattr(d, key) or str(layout.nus_wide_file(d.nus_wide, key)))
-            except DataError:
-                raise ConfigError(f"{cfg.source}: NUS-WIDE's {Path(layout.NUS_WIDE_FILES[key][0]).name} is not in "
-                                  f"{d.nus_wide} (as unzipped: {layout.NUS_WIDE_FILES[key][0]}); put NUS-WIDE's "
-                                  f"metadata ({layout.NUS_WIDE_DOWNLOAD}) there, point --data-dir at the folder "
-                                  f"holding NUS_WIDE/, or pass --set data.{key}=PATH") from None
-    for key in ("label_vectors", *WHERE_FROM):
-        path = getattr(d, key)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"{cfg.source}: data.{key}: {path} does not exist; get it from {WHERE_FROM[key]} "
-                              f"({layout.missing_hint(Path(path), d.dir)})")
+    check_config(cfg, splits=())
     return cfg
 
 
