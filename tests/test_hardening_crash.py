@@ -4,9 +4,8 @@ What must hold after every kill:
 - no checkpoint (``last.pt``, ``model_ES.pt``, ``model.pt``) is half-written under its final name: each
   one present loads and validates (``load_checkpoint``); no converted file is under ``OUT.h5`` unless
   it is complete;
-- resuming (``--resume`` when a resume point exists, a fresh start otherwise) ends with files equal to
-  an uninterrupted run's: the same weights bit for bit, the same log and test reports; the same
-  converted HDF5 contents.
+- resuming ends with the same converted HDF5 contents as an uninterrupted run.
+The kills land at counted points (the n-th HDF5 flush of the child process), never after a delay.
 
 (kill -9 of `lesa train` is covered by test_train_crash.py, of `lesa extract` by test_extract_crash.py,
 of the downloader by test_download.py.)
@@ -16,21 +15,16 @@ from __future__ import annotations
 
 import collections
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lesa.checkpoint import load_checkpoint
 from lesa.datasets.h5 import open_features, partial_path
-from lesa.experiment import dumps_config
-from lesa.synth import SynthSpec, config_for, write_synthetic
 from tf_writers import encode_example, write_tfrecords
 
 FAULTS: collections.Counter = collections.Counter()
@@ -48,24 +42,6 @@ def _report_counts():
 
         with open(report, "a") as f:
             f.write(json.dumps({"module": "crash", "counts": dict(FAULTS)}) + "\n")
-
-
-def run_killed(cmd, kill_after: float, cwd=None) -> bool:
-    """Start ``cmd``; SIGKILL it ``kill_after`` seconds later. True if it was killed (still running)."""
-    proc = subprocess.Popen(cmd, env=ENV, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        proc.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return True
-    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-    return False
-
-
-def run_ok(cmd, cwd=None) -> None:
-    out = subprocess.run(cmd, env=ENV, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_checkpoint_write_killed_midway_keeps_the_previous_one(tmp_path):
@@ -98,12 +74,31 @@ def test_checkpoint_write_killed_midway_keeps_the_previous_one(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # TFRecord -> HDF5 conversion
 # ---------------------------------------------------------------------------------------------------
-CONVERT_SCRIPT = """
-import sys
-from lesa.datasets.tfrecord_source import convert_tfrecords
-convert_tfrecords([sys.argv[1]], sys.argv[2], dataset="openimages", batch_size=3, resume=sys.argv[3] == "1",
-                  progress=False)
+CONVERT = """
+import os, signal, sys
+import h5py
+n, calls = int(sys.argv[1]), [0]
+real_flush = h5py.File.flush
+def flush(self):  # an append flushes twice: its data, then the counter that makes it count
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_flush(self)
+h5py.File.flush = flush
+if sys.argv[2] == "library":
+    from lesa.datasets.tfrecord_source import convert_tfrecords
+    convert_tfrecords([sys.argv[3]], sys.argv[4], dataset="openimages", batch_size=3, resume=sys.argv[5] == "1",
+                      progress=False)
+else:
+    from lesa.cli import main
+    sys.exit(main(["convert-tfrecord", "--dataset", "openimages", "--no-progress", *sys.argv[3:]]))
 """
+
+
+def convert(kill_at: int, *args):
+    """The conversion in a child process, killed (SIGKILL) at its ``kill_at``-th HDF5 flush (0: never)."""
+    return subprocess.run([sys.executable, "-c", CONVERT, str(kill_at), *args], env=ENV, capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -137,44 +132,27 @@ def _same_h5(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_kill9_during_conversion_then_resume_equals_uninterrupted(tfrecord_input, tmp_path):
-    ref = tmp_path / "ref.h5"
-    t0 = time.monotonic()
-    run_ok([sys.executable, "-c", CONVERT_SCRIPT, str(tfrecord_input), str(ref), "0"])
-    duration = time.monotonic() - t0
-
-    out = tmp_path / "out.h5"
-    rng = random.Random(9)
-    kills = 0
-    for attempt in range(4):
-        cmd = [sys.executable, "-c", CONVERT_SCRIPT, str(tfrecord_input), str(out), "1" if attempt else "0"]
-        if run_killed(cmd, kill_after=rng.uniform(0.4, 0.95) * duration):
-            kills += 1
-            FAULTS["kill -9 during convert-tfrecord"] += 1
-            if out.exists():  # killed after the rename: the file under the final name is complete
-                _same_h5(out, ref)
-                break
-            # never a complete-looking partial file under the final name
-            assert not out.exists()
-        else:
-            break
-    if not out.exists():
-        run_ok([sys.executable, "-c", CONVERT_SCRIPT, str(tfrecord_input), str(out), "1"])
-    assert kills >= 1, "no kill landed: the conversion finished first"
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    assert convert(0, "library", str(tfrecord_input), str(ref), "0").returncode == 0
+    # killed between an append's data and its counter, at a clean boundary, and mid-way again
+    for attempt, kill_at in enumerate((7, 10, 25)):
+        killed = convert(kill_at, "library", str(tfrecord_input), str(out), "1" if attempt else "0")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        FAULTS["kill -9 during convert-tfrecord"] += 1
+        assert not out.exists()  # never a partial file under the final name
+    assert convert(0, "library", str(tfrecord_input), str(out), "1").returncode == 0
     assert not partial_path(out).exists()
     _same_h5(out, ref)
 
 
 @pytest.mark.slow
 def test_kill9_lesa_convert_tfrecord_cli_then_resume(tfrecord_input, tmp_path):
-    """The same through the `lesa convert-tfrecord` command (its default batch of 256 records)."""
-    ref = tmp_path / "ref.h5"
-    cli = [sys.executable, "-m", "lesa", "convert-tfrecord", "--dataset", "openimages", "--no-progress"]
-    t0 = time.monotonic()
-    run_ok([*cli, str(tfrecord_input), str(ref)])
-    duration = time.monotonic() - t0
-    out = tmp_path / "out.h5"
-    killed = run_killed([*cli, str(tfrecord_input), str(out)], kill_after=0.7 * duration)
-    FAULTS["kill -9 during convert-tfrecord"] += int(killed)
-    if not out.exists():
-        run_ok([*cli, "--resume", str(tfrecord_input), str(out)])
+    """The same through the `lesa convert-tfrecord` command."""
+    ref, out = tmp_path / "ref.h5", tmp_path / "out.h5"
+    assert convert(0, "cli", str(tfrecord_input), str(ref)).returncode == 0
+    killed = convert(3, "cli", str(tfrecord_input), str(out))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    FAULTS["kill -9 during convert-tfrecord"] += 1
+    done = convert(0, "cli", "--resume", str(tfrecord_input), str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
     _same_h5(out, ref)
