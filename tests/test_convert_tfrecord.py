@@ -8,7 +8,7 @@ import pytest
 from lesa.cli import main
 from lesa.datasets.h5 import open_features, partial_path
 from lesa.datasets.tfrecord_source import convert_tfrecords, split_from_filename
-from lesa.errors import ConfigError, TFRecordError
+from lesa.errors import TFRecordError
 from tf_writers import encode_example, write_tfrecords
 
 GOLDEN = {  # expected.npz prefix -> (file, --dataset, split from the name, {h5 label: npz key})
