@@ -97,9 +97,8 @@ def _short_number(value: float, _pos=None) -> str:
     return f"{value:g}"
 
 
-def plot_training_curves(log_csv: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                         *, iteration_column: str | None = None, ncols: int = 3) -> Path:
-    """One panel per numeric column of ``log_csv`` against its iteration column.
+def plot_training_curves(log_csv: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+    """One panel per numeric column of ``log_csv`` against its iteration column (else the row).
 
     A panel whose values are positive and span more than two decades has a log y axis (the
     attention losses start in the thousands); a metric's best value is marked. Writes
@@ -112,10 +111,7 @@ def plot_training_curves(log_csv: str | os.PathLike, out_path: str | os.PathLike
     columns = read_columns(log_csv)
     numeric = {name: arr for name, values in columns.items()
                if (arr := _numbers(values)) is not None and np.isfinite(arr).any()}
-    if iteration_column is None:
-        iteration_column = next((c for c in ITERATION_COLUMNS if c in numeric), None)
-    elif iteration_column not in numeric:
-        raise DataError(f"{log_csv}: no numeric column '{iteration_column}' (columns: {', '.join(columns)})")
+    iteration_column = next((c for c in ITERATION_COLUMNS if c in numeric), None)
     if iteration_column is not None:
         iterations, x_label = numeric.pop(iteration_column), iteration_column
     else:
@@ -125,7 +121,7 @@ def plot_training_curves(log_csv: str | os.PathLike, out_path: str | os.PathLike
                         f"(columns: {', '.join(columns)})")
 
     names = sorted(numeric, key=lambda n: list(KIND_COLOURS).index(_kind(n)))  # stable: file order kept
-    ncols = max(1, min(ncols, len(names)))
+    ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(4.2 * ncols, 2.9 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()

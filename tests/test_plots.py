@@ -134,6 +134,17 @@ def test_generalised_report_without_names_degrades_with_a_note(tmp_path):
     assert _pixels_of(plot_class_ap(report), "tab:grey") > 0.01  # one colour: groups unknown
 
 
+def test_open_images_reports_are_split_by_their_names(tmp_path):
+    """Open Images: seen (F1_f), zero-shot (F1_f_zs) and generalised (F1_f_gzs: unseen first) reports."""
+    seen = _write_report(tmp_path / "F1_f_test.csv", [0.5, 0.4], ["Dog", "Cat"])
+    _write_report(tmp_path / "F1_f_zs_test.csv", [0.3, 0.2, 0.1], ["Lynx", "Okapi", "Yak"])
+    generalised = _write_report(tmp_path / "F1_f_gzs_test.csv", [0.3, 0.2, 0.1, 0.5, 0.4],
+                                ["Lynx", "Okapi", "Yak", "Dog", "Cat"])
+    assert class_names(seen, read_columns(seen)) == (["Dog", "Cat"], ["seen"] * 2, "")
+    names, groups, note = class_names(generalised, read_columns(generalised))
+    assert names[3] == "Dog" and groups == ["unseen"] * 3 + ["seen"] * 2 and note == ""
+
+
 def test_plot_run_finds_log_and_reports(tmp_path):
     _write_log(tmp_path / "log.csv")
     _zero_shot_run(tmp_path, checkpoint=True)
