@@ -14,7 +14,6 @@ Rendering uses matplotlib's ``Figure`` directly (the Agg canvas, no pyplot state
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
