@@ -1,29 +1,22 @@
-"""Zero-shot tagging of new images with any label names (``lesa tag``).
+"""Zero-shot tagging of new images with any label names (``lesa tag``; ``lesa visualize`` draws it).
 
-    image file --decode_jpeg--> uint8 (H, W, 3) --vgg_preprocess--> crop (3, 224, 224)
-        --VGG19Conv54--> features (196, 512) --LESA--> scores of the user's labels (L,)
+    image file --decode_jpeg--> uint8 (H, W, 3) --vgg_preprocess_batch--> crop (3, 224, 224)
+        --VGG19Conv54--> features (196, 512) --LESA--> scores of the labels (L,)
 
-The user's label names become the model's *unseen* label vectors (``model.set_unseen_vecs``),
-built from a GloVe-format text file (``lesa.datasets.embeddings.vectors_from_glove``; multi-word
-labels are the mean of their words). The ranking is ``zs_logits``: for each label, the best of the
-T attention heads' scores. The same pass gives what ``lesa visualize`` draws: the attention maps
-``alphas (T, 196)`` and the per-head scores ``(T, L)``.
+The user's label names become the model's *unseen* labels (``model.set_unseen_vecs``), their
+vectors built from a GloVe text file (``lesa.datasets.embeddings.vectors_from_glove``: a
+multi-word label is the mean of its words; a label none of whose words is in the file is dropped
+with a warning). A label's score is the best of the T attention heads' scores (``zs_logits``); the
+same pass gives what the attention figures draw: the maps ``alphas (T, 196)`` and each head's
+scores ``(T, L)``. Without label names, the checkpoint's own seen / unseen / all labels are scored
+(native checkpoints saved with their names).
 
-Checkpoints:
-
-- native ``.pt`` (``lesa.checkpoint``): the weights, the label vectors the model was trained with
-  and, when saved by ``lesa train``, the seen/unseen label names;
-- the original's TF checkpoint (the ``model.ckpt`` prefix): weights only. When the label vectors
-  were fixed during training (the paper's setting) they are not in the file, and neither are the
-  label names. Scoring the user's labels needs neither: the seen vectors only enter the seen
-  scores, so the model is built with a placeholder ``(1, dim_w2v)`` of zeros (``dim_w2v`` read
-  from ``prediction_frac/W``); with trainable vectors the file's ``vecs (C, dim)`` are loaded.
-
-The word-vector dimension must be the model's (300 for the paper's GloVe/word2vec vectors): a model
-trained with 300-d vectors cannot score 50-d ones. Everything runs in inference mode (batch-norm
-moving statistics) without randomness, so the same command always gives the same numbers. (The
-convolution algorithms may depend on the batch: an image tagged alone or among others
-(``--batch-size``) can differ in the last float32 digits.)
+Checkpoints are read by ``lesa.checkpoint.load_model``: a native ``.pt`` or the original's TF
+``model.ckpt``, whose fixed label vectors are not in the file; a zero placeholder stands in for
+the seen ones, which feed nothing but the seen scores. The word vectors must have the model's
+dimension (300 for the paper's). Everything runs in inference mode without randomness: the same
+command gives the same numbers (an image tagged alone or in a batch may differ in the last
+float32 digits, as convolution algorithms depend on the batch).
 """
 from __future__ import annotations
 
@@ -31,35 +24,22 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from lesa.checkpoint import LoadedModel, load_model
-from lesa.errors import ConfigError, ImageError, ShapeError
+from lesa.checkpoint import LoadedModel
+from lesa.errors import CheckpointError, ConfigError, ImageError, ShapeError
 
 LABEL_SETS = ("unseen", "seen", "all")
 
 
-# -- models -------------------------------------------------------------------------------------
-def load_lesa(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """A LESA in eval mode from a native ``.pt`` checkpoint or an original TF checkpoint (see the
-    module doc: without the seen vectors of a TF checkpoint, a zero placeholder stands in)."""
-    loaded = load_model(path, device=device, placeholder_seen=True)
-    loaded.model.eval()
-    return loaded
-
-
-# -- label names and vectors ------------------------------------------------------------------
+# -- labels -------------------------------------------------------------------------------------
 def parse_labels(text: str) -> list[str]:
     """``"beach, dog, sunset"`` -> ``["beach", "dog", "sunset"]`` (commas or new lines; duplicates
     and empty items dropped, order kept)."""
-    labels: list[str] = []
-    for item in re.split(r"[,\n]", text):
-        item = " ".join(item.split())
-        if item and item not in labels:
-            labels.append(item)
+    labels = [label for label in dict.fromkeys(" ".join(item.split()) for item in re.split(r"[,\n]", text)) if label]
     if not labels:
         raise ConfigError(f"no label names in {text!r}; give them as --labels \"beach, dog, sunset\"")
     return labels
@@ -74,48 +54,55 @@ def read_labels_file(path: str | os.PathLike) -> list[str]:
 
 @dataclass
 class LabelVectors:
-    names: list[str]
+    names: list[str]  # the labels kept, in the user's order
     vectors: np.ndarray  # (L, dim) raw word vectors
-    missing_words: dict[str, list[str]]  # label -> its words absent from the GloVe file
-    source: str
+    missing_words: dict[str, list[str]]  # kept label -> its words not in the GloVe file
+    dropped: list[str]  # labels none of whose words is in the GloVe file
 
 
 def label_vectors(names: Sequence[str], glove_path: str | os.PathLike, dim_w2v: int) -> LabelVectors:
-    """Vectors of ``names`` from a GloVe text file, checked against the model's dimension."""
+    """Vectors of ``names`` from a GloVe text file, checked against the model's dimension; labels
+    none of whose words is in the file are dropped (``DataError`` when no label is left)."""
     from lesa.datasets.embeddings import vectors_from_glove
 
-    built = vectors_from_glove(glove_path, list(names))
-    dim = built.vectors.shape[1]
-    if dim != dim_w2v:
+    built = vectors_from_glove(glove_path, list(names), allow_missing_labels=True)
+    if built.vectors.shape[1] != dim_w2v:
         raise ShapeError(
-            f"{glove_path} holds {dim}-d word vectors but the model was trained with {dim_w2v}-d label "
-            f"vectors; use a GloVe file of dimension {dim_w2v} (the paper's: glove-wiki-gigaword-300, "
-            "i.e. glove.6B.300d.txt)")
-    return LabelVectors(list(names), built.vectors, built.missing_words, str(glove_path))
+            f"{glove_path} holds {built.vectors.shape[1]}-d word vectors but the model was trained with "
+            f"{dim_w2v}-d label vectors; pass a GloVe file of dimension {dim_w2v} to --embeddings "
+            "(the paper's: glove.6B.300d.txt, i.e. glove-wiki-gigaword-300)")
+    keep = [i for i, name in enumerate(names) if name not in built.unknown_labels]
+    return LabelVectors([names[i] for i in keep], built.vectors[keep],
+                        {n: w for n, w in built.missing_words.items() if n not in built.unknown_labels},
+                        built.unknown_labels)
 
 
-# -- VGG-19 features --------------------------------------------------------------------------
-def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision: bool = False,
-             torchvision_weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-    """VGG19Conv54 from a TF-slim ``vgg_19.ckpt`` or from torchvision's ImageNet weights."""
+# -- VGG-19 ---------------------------------------------------------------------------------------
+def load_vgg(vgg_path: str | os.PathLike | None = None, torchvision_weights: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu"):
+    """VGG19Conv54 from the TF-slim ``vgg_19.ckpt`` (``vgg_path``, as the original) or else from
+    torchvision's ImageNet weights (``torchvision_weights``: a local .pth; None: torch's download)."""
     from lesa.device import channels_last_by_default
-    from lesa.features.vgg import VGG19Conv54
+    from lesa.features import VGG19Conv54
 
-    use_torchvision = torchvision or torchvision_weights is not None
-    if (vgg_path is None) == (not use_torchvision):
-        raise ConfigError("choose the VGG-19 weights: --vgg vgg_19.ckpt (TF-slim, as the original) "
-                          "or --torchvision (torchvision's ImageNet weights), not both")
-    if vgg_path is not None:
-        vgg = VGG19Conv54.from_tf_slim(vgg_path)
-    else:
-        vgg = VGG19Conv54.from_torchvision(torchvision_weights)
+    try:
+        vgg = VGG19Conv54.from_tf_slim(vgg_path) if vgg_path else VGG19Conv54.from_torchvision(torchvision_weights)
+    except CheckpointError as exc:
+        if vgg_path or torchvision_weights:
+            raise
+        from torchvision.models import VGG19_Weights
+
+        raise CheckpointError(  # the download failed (no network): name this command's flags
+            f"cannot download torchvision's VGG-19 weights ({exc.__cause__ or exc}); download "
+            f"{VGG19_Weights.IMAGENET1K_V1.url} where there is network and pass it with "
+            "--torchvision-weights PATH, or use the TF-slim weights: --vgg vgg_19.ckpt") from exc
     layout = torch.channels_last if channels_last_by_default(device, "fp32") else torch.contiguous_format
     return vgg.to(device).to(memory_format=layout).eval()
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as the original's extraction did -> uint8 (H, W, 3)."""
-    from lesa.features.jpeg import decode_jpeg
+    """An image file decoded as the original's extraction did -> uint8 (H, W, 3)."""
+    from lesa.features import decode_jpeg
 
     try:
         data = Path(path).read_bytes()
@@ -124,69 +111,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return decode_jpeg(data, name=str(path))
 
 
-@dataclass
-class ImageFeatures:
-    image: str
-    crop: np.ndarray  # (3, 224, 224) float32, VGG-preprocessed (RGB means subtracted)
-    features: torch.Tensor  # (196, 512)
-
-
-@torch.no_grad()
-def image_features(vgg, paths: Iterable, device: str | torch.device = "cpu", batch_size: int = 8,
-                   errors: list | None = None) -> Iterator[ImageFeatures]:
-    """Decode, preprocess and run VGG-19 on ``paths`` in batches; yields one ``ImageFeatures`` each.
-
-    With ``errors`` a list, images that cannot be used are appended as ``(path, ImageError)`` and
-    skipped; otherwise the error is raised.
-    """
-    from lesa.features.preprocess import vgg_preprocess_batch
-
-    def flush(batch):
-        crops = vgg_preprocess_batch([im for _, im in batch], device=device)  # (B, 3, 224, 224)
-        feats = vgg(crops).float()  # (B, 196, 512)
-        for (p, _), crop, f in zip(batch, crops, feats):
-            yield ImageFeatures(str(p), crop.cpu().numpy(), f)
-
-    batch = []
-    for p in paths:
-        try:
-            image = read_image(p)
-            if image.shape[0] < 1 or image.shape[1] < 1:
-                raise ImageError(f"{p}: empty image")
-        except ImageError as exc:
-            if errors is None:
-                raise
-            errors.append((str(p), exc))
-            continue
-        batch.append((p, image))
-        if len(batch) == batch_size:
-            yield from flush(batch)
-            batch = []
-    if batch:
-        yield from flush(batch)
-
-
-# -- scores ------------------------------------------------------------------------------------
-@torch.no_grad()
-def label_scores(model, features: torch.Tensor, label_set: str = "unseen"):
-    """Scores of one label set for ``features (B, 196, 512)``.
-
-    Returns ``scores (B, L)``, ``head_scores (B, T, L)`` (each head's score; ``scores`` is their max
-    over T) and ``alphas (B, T, 196)``. ``label_set``: "unseen" (zs_logits: the labels given to
-    ``set_unseen_vecs``), "seen" (logits: the training labels), "all" (gzs_logits, unseen first).
-    """
-    if label_set not in LABEL_SETS:
-        raise ConfigError(f"label set {label_set!r} is not one of {LABEL_SETS}")
-    out = model(features)
-    if label_set == "unseen":
-        heads, scores = out.zs_att_logits, out.zs_logits
-    elif label_set == "seen":
-        heads, scores = out.att_logits, out.logits
-    else:
-        heads, scores = torch.cat([out.zs_att_logits, out.att_logits], dim=2), out.gzs_logits
-    return scores, heads, out.alphas
-
-
+# -- tagging --------------------------------------------------------------------------------------
 def ranking(scores: np.ndarray) -> np.ndarray:
     """Label indices by decreasing score; ties keep the label order (deterministic)."""
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
@@ -204,76 +129,78 @@ class ImageTags:
     crop: np.ndarray | None = None  # (3, 224, 224) preprocessed crop (for figures)
 
     def ranked(self, top: int | None = None) -> list[tuple[str, float]]:
-        order = ranking(self.scores)[: top if top else None]
-        return [(self.names[i], float(self.scores[i])) for i in order]
+        return [(self.names[i], float(self.scores[i])) for i in ranking(self.scores)[: top or None]]
 
     def to_json(self, top: int | None = None) -> dict:
-        return {
-            "image": self.image,
-            "tags": [{"label": n, "score": s} for n, s in self.ranked(top)],
-            "scores": {n: float(s) for n, s in zip(self.names, self.scores)},
-        }
+        return {"image": self.image,
+                "tags": [{"label": n, "score": s} for n, s in self.ranked(top)],
+                "scores": {n: float(s) for n, s in zip(self.names, self.scores)}}
 
 
 class Tagger:
-    """Scores images against a label set with a LESA model and a VGG-19 feature extractor.
+    """Scores images with a LESA model (``lesa.checkpoint.load_model``) and a VGG-19 (``load_vgg``).
 
-    ``label_set="unseen"`` with ``labels`` (a ``LabelVectors``): the user's labels, set as the model's
-    unseen vectors. Without ``labels``: the checkpoint's own "seen", "unseen" or "all" labels.
+    With ``labels`` (a ``LabelVectors``): the user's labels, set as the model's unseen ones.
+    Without: the checkpoint's own ``label_set`` ("seen", "unseen", or "all": unseen first).
     """
 
     def __init__(self, loaded: LoadedModel, vgg, labels: LabelVectors | None = None,
                  label_set: str = "unseen", device: str | torch.device = "cpu", batch_size: int = 8):
         if label_set not in LABEL_SETS:
-            raise ConfigError(f"label set {label_set!r} is not one of {LABEL_SETS}")
-        self.model = loaded.model.to(device).eval()
-        self.vgg = vgg.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
+            raise ConfigError(f"label set {label_set!r} is not one of {', '.join(LABEL_SETS)}")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        self.model, self.vgg = loaded.model.to(device).eval(), vgg.to(device).eval()
+        self.device, self.batch_size = device, batch_size
         if labels is not None:
-            if label_set != "unseen":
-                raise ConfigError("given label names are scored as the unseen (zero-shot) set; "
-                                  "--label-set applies only to the checkpoint's own labels")
             self.model.set_unseen_vecs(labels.vectors)
-            self.names = list(labels.names)
+            label_set, self.names = "unseen", list(labels.names)
         else:
             seen, unseen = loaded.seen_names, loaded.unseen_names
-            names = {"seen": seen, "unseen": unseen, "all": unseen + seen if seen and unseen else []}
-            self.names = names[label_set]
+            self.names = {"seen": seen, "unseen": unseen, "all": unseen + seen if seen and unseen else []}[label_set]
             if not self.names:
                 raise ConfigError(
                     f"{loaded.source} holds no names for its {label_set} labels (TF checkpoints and "
-                    "checkpoints saved without label names); pass --labels/--labels-file with --embeddings")
+                    "checkpoints saved without label names); pass --labels or --labels-file with --embeddings")
         self.label_set = label_set
+
+    @torch.no_grad()
+    def _score(self, images: list) -> tuple:
+        """uint8 images -> crops (B, 3, 224, 224), scores (B, L), head scores (B, T, L), alphas (B, T, 196)."""
+        from lesa.features import vgg_preprocess_batch
+
+        crops = vgg_preprocess_batch(images, device=self.device)
+        out = self.model(self.vgg(crops).float())
+        scores, heads = {
+            "unseen": (out.zs_logits, out.zs_att_logits),
+            "seen": (out.logits, out.att_logits),
+            "all": (out.gzs_logits, torch.cat([out.zs_att_logits, out.att_logits], dim=2)),
+        }[self.label_set]
+        return [t.cpu().numpy() for t in (crops, scores, heads, out.alphas)]
 
     def tag(self, paths: Sequence, keep_crops: bool = False, errors: list | None = None,
             progress: bool = False) -> Iterator[ImageTags]:
-        """Yields one ``ImageTags`` per usable image, in input order (``errors``: see
-        ``image_features``; ``progress``: a tqdm bar on stderr when there are several images)."""
+        """One ``ImageTags`` per usable image, in input order. With ``errors`` a list, images that
+        cannot be read are appended as ``(path, ImageError)`` and skipped, else the error is raised;
+        ``progress``: a tqdm bar on stderr when there are several images."""
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), desc="tagging", unit="img", disable=not progress or len(paths) < 2)
-        try:
-            features = image_features(self.vgg, paths, self.device, self.batch_size, errors=errors)
-            for done, item in enumerate(features, 1):
-                bar.update(done + len(errors or ()) - bar.n)  # images scored or skipped so far
-                scores, heads, alphas = label_scores(self.model, item.features[None], self.label_set)
-                yield ImageTags(
-                    image=item.image,
-                    names=self.names,
-                    scores=scores[0].cpu().numpy(),  # (L,)
-                    head_scores=heads[0].cpu().numpy(),  # (T, L)
-                    alphas=alphas[0].cpu().numpy(),  # (T, 196)
-                    crop=item.crop if keep_crops else None,
-                )
-            bar.update(len(paths) - bar.n)
-        finally:
-            bar.close()
-
-
-def tags_json(results: Sequence[ImageTags], top: int | None, **info) -> dict:
-    """The JSON document of ``lesa tag --json``: run information and each image's ranked tags."""
-    return {**info, "images": [r.to_json(top) for r in results]}
+        batch: list[tuple[str, np.ndarray]] = []
+        with tqdm(total=len(paths), desc="tagging", unit="img", disable=not progress or len(paths) < 2) as bar:
+            for i, path in enumerate(paths):
+                try:
+                    batch.append((str(path), read_image(path)))
+                except ImageError as exc:
+                    if errors is None:
+                        raise
+                    errors.append((str(path), exc))
+                if batch and (len(batch) == self.batch_size or i == len(paths) - 1):
+                    crops, scores, heads, alphas = self._score([image for _, image in batch])
+                    for b, (name, _) in enumerate(batch):
+                        yield ImageTags(name, self.names, scores[b], heads[b], alphas[b],
+                                        crops[b] if keep_crops else None)
+                    batch = []
+                bar.update(1)
 
 
 def figure_path(base: str | os.PathLike, image: str, images: Sequence[str]) -> Path:
@@ -282,9 +209,8 @@ def figure_path(base: str | os.PathLike, image: str, images: Sequence[str]) -> P
     base = Path(base)
     if len(images) == 1:
         return base
-    stems = [Path(str(p)).stem for p in images]
     stem = Path(image).stem
-    if stems.count(stem) > 1:
+    if [Path(str(p)).stem for p in images].count(stem) > 1:
         stem = f"{[str(p) for p in images].index(str(image)):03d}-{stem}"
     return base.with_name(f"{base.stem}-{stem}{base.suffix or '.png'}")
 
@@ -293,6 +219,4 @@ def format_tags(result: ImageTags, top: int | None) -> str:
     """Plain-text ranking of one image, for the terminal."""
     ranked = result.ranked(top)
     width = max(len(n) for n, _ in ranked)
-    lines = [result.image]
-    lines += [f"  {i:>3}. {n:<{width}}  {s:+.4f}" for i, (n, s) in enumerate(ranked, 1)]
-    return "\n".join(lines)
+    return "\n".join([result.image] + [f"  {i:>3}. {n:<{width}}  {s:+.4f}" for i, (n, s) in enumerate(ranked, 1)])

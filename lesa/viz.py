@@ -14,7 +14,6 @@ Rendering uses matplotlib's ``Figure`` directly (the Agg canvas, no pyplot state
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +31,7 @@ from lesa.tag import ranking
 
 def display_crop(crop) -> np.ndarray:
     """Preprocessed crop ``(3, 224, 224)`` (means subtracted) -> displayable uint8 ``(224, 224, 3)``."""
-    crop = np.asarray(crop.detach().cpu() if torch.is_tensor(crop) else crop, dtype=np.float32)
+    crop = np.asarray(crop, dtype=np.float32)
     if crop.ndim != 3 or crop.shape[0] != 3:
         raise ShapeError(f"expected a preprocessed crop (3, H, W), got {crop.shape}")
     rgb = crop.transpose(1, 2, 0) + np.asarray(RGB_MEAN, dtype=np.float32)
@@ -116,17 +115,10 @@ def attention_figure(crop, alphas, head_scores, scores, names: Sequence[str], to
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG atomically (never a half-written file under ``path``)."""
-    from lesa.files import atomic_write
-
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-
-
 def save_attention_figure(path, result, top: int = 5, title: str | None = None, dpi: int = 100) -> Path:
-    """The attention figure of one ``lesa.tag.ImageTags`` (needs its crop) written to ``path``."""
-    if result.crop is None:
-        raise ValueError("the tagging result has no crop; tag with keep_crops=True")
+    """The attention figure of one ``lesa.tag.ImageTags`` (tagged with ``keep_crops=True``), as a PNG."""
+    from lesa.plots import save_figure
+
     fig = attention_figure(result.crop, result.alphas, result.head_scores, result.scores, result.names,
-                           top=top, title=title if title is not None else Path(result.image).name)
+                           top=top, title=Path(result.image).name if title is None else title)
     return save_figure(fig, path, dpi=dpi)

@@ -86,10 +86,13 @@ def test_glove_multiword_average_and_missing(tmp_path):
     np.testing.assert_allclose(got.vectors[2], [1, 0, 0])
     assert got.missing_words == {"cat_unicorn": ["unicorn"]}
     assert "unicorn" in got.report()
-    with pytest.raises(DataError, match="unicorn"):
+    with pytest.raises(DataError, match="'unicorn'; .*--allow-missing"):
         vectors_from_glove(glove, ["cat", "unicorn"])
-    allowed = vectors_from_glove(glove, ["cat", "unicorn"], allow_missing_labels=True)
-    assert not allowed.vectors[1].any()
+    allowed = vectors_from_glove(glove, ["cat", "unicorn", "&"], allow_missing_labels=True)
+    assert not allowed.vectors[1:].any() and allowed.unknown_labels == ["unicorn", "&"]
+    assert "zero vectors" in allowed.report() and "(no word)" in allowed.report()
+    with pytest.raises(DataError, match="none of the words"):
+        vectors_from_glove(glove, ["unicorn"], allow_missing_labels=True)
     (tmp_path / "bad.txt").write_text("cat 1 0 0\nsky 0 x 0\n")
     with pytest.raises(DataError, match="line 2"):
         vectors_from_glove(tmp_path / "bad.txt", ["sky"])
@@ -104,7 +107,7 @@ def test_label_list_errors(tmp_path):
         read_label_list(tmp_path / "gap.txt")
 
 
-def test_build_vectors_command(tmp_path):
+def test_build_vectors_command(tmp_path, capsys):
     from lesa.cli import main
 
     (tmp_path / "glove.txt").write_text("cat 1 0\ndog 0 1\nhot 1 1\n")
@@ -117,3 +120,10 @@ def test_build_vectors_command(tmp_path):
     a, b = load_vector_pair(tmp_path / "v.pkl", dim=2)
     np.testing.assert_allclose(a, [[1, 0], [0.5, 1]])
     np.testing.assert_allclose(b, [[0, 1]])
+    # a label no word of which is in the file: refused, naming the flag that allows it
+    (tmp_path / "tags.txt").write_text("cat\nunicorn\n")
+    argv = ["build-vectors", "--glove", str(tmp_path / "glove.txt"), "--first", str(tmp_path / "tags.txt"),
+            "--second", str(tmp_path / "tags.txt"), "--out", str(tmp_path / "w.pkl")]
+    assert main(argv) == 1 and "--allow-missing" in capsys.readouterr().err
+    assert main(argv + ["--allow-missing"]) == 0
+    assert not load_vector_pair(tmp_path / "w.pkl", dim=2)[0][1].any()

@@ -3,6 +3,7 @@ trained with 50-d label vectors; rankings must be the model's own zs_logits, and
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from conftest import rel_err
 from lesa.errors import ConfigError, LesaError, ShapeError
-from lesa.tag import Tagger, label_vectors, load_lesa, parse_labels, ranking
+from lesa.checkpoint import load_model
+from lesa.tag import Tagger, label_vectors, parse_labels, ranking
 from tag_helpers import (SEEN, TAGS, glove_arrays, glove_text, glove_vector, photos, random_vgg,
                          random_vgg_checkpoint, tiny_checkpoint)
 
@@ -41,7 +43,6 @@ _FEATURES: dict = {}
 def expected_scores(checkpoint_path, image_path, labels) -> np.ndarray:
     """zs_logits computed directly: decode, preprocess, random_vgg(), LESA with the labels' GloVe
     means (the features of each photo are computed once per session)."""
-    from lesa.checkpoint import load_model
     from lesa.features import decode_jpeg, vgg_preprocess
 
     model = load_model(checkpoint_path).model.eval()
@@ -60,14 +61,21 @@ def test_parse_labels():
 
 
 def test_glove_dimension_must_match_the_model(glove):
-    with pytest.raises(ShapeError, match="300"):
+    with pytest.raises(ShapeError, match="--embeddings"):
         label_vectors(["cat", "dog"], glove, dim_w2v=300)
-    with pytest.raises(LesaError, match="qqqzzx"):  # a label none of whose words is known
-        label_vectors(["cat", "qqqzzx"], glove, dim_w2v=50)
+
+
+def test_labels_without_known_words_are_dropped(glove):
+    got = label_vectors(["cat", "qqqzzx", "coffee qqqzzy", "-"], glove, dim_w2v=50)
+    assert got.names == ["cat", "coffee qqqzzy"] and got.dropped == ["qqqzzx", "-"]
+    assert got.missing_words == {"coffee qqqzzy": ["qqqzzy"]} and got.vectors.shape == (2, 50)
+    with pytest.raises(LesaError, match="qqqzzx") as caught:  # no label left
+        label_vectors(["qqqzzx", "-"], glove, dim_w2v=50)
+    assert "allow_missing" not in str(caught.value)
 
 
 def test_tags_are_the_model_zero_shot_scores(checkpoint, glove, images, vgg):
-    loaded = load_lesa(checkpoint)
+    loaded = load_model(checkpoint, placeholder_seen=True)
     assert loaded.seen_names == SEEN and loaded.dim_w2v == 50
     labels = label_vectors(TAGS, glove, loaded.dim_w2v)
     assert labels.missing_words == {}
@@ -91,7 +99,7 @@ def test_tags_are_the_model_zero_shot_scores(checkpoint, glove, images, vgg):
 
 
 def test_checkpoint_labels_need_names(checkpoint, vgg):
-    loaded = load_lesa(checkpoint)
+    loaded = load_model(checkpoint, placeholder_seen=True)
     assert Tagger(loaded, vgg, label_set="seen").names == SEEN
     assert Tagger(loaded, vgg, label_set="all").names == SEEN[:3] + SEEN
     loaded.seen_names = []
@@ -110,7 +118,7 @@ def test_cli_tag_json_deterministic_and_ranked(checkpoint, glove, images, tmp_pa
     outputs = []
     for run in range(2):
         out = tmp_path / f"tags{run}.json"
-        rc = main(["tag", *inputs, "--checkpoint", str(checkpoint), "--labels", ", ".join(TAGS),
+        rc = main(["tag", *inputs, "--checkpoint", str(checkpoint), "--labels", ", ".join(TAGS + ["qqqzzx"]),
                    "--embeddings", str(glove), "--vgg", str(random_vgg_checkpoint(tmp_path_factory)),
                    "--device", "cpu", "--top", "3", "--json", str(out), "--attention", str(tmp_path / f"att{run}.png"),
                    "--no-progress"])
@@ -118,6 +126,7 @@ def test_cli_tag_json_deterministic_and_ranked(checkpoint, glove, images, tmp_pa
         outputs.append(out.read_text())
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err
+    assert "left out: qqqzzx" in captured.err  # the label no GloVe word spells is dropped
     assert outputs[0] == outputs[1]
 
     doc = json.loads(outputs[0])
@@ -154,13 +163,55 @@ def test_tf_checkpoint_scores_without_its_label_vectors(golden_root):
     root = golden_root("model_nus")
     inputs = np.load(root / "inputs.npz")
     prefix = root / "final" / "model.ckpt"
-    loaded = load_lesa(str(prefix) + ".index")
+    loaded = load_model(str(prefix) + ".index", placeholder_seen=True)
     assert loaded.model.n_seen == 1 and loaded.dim_w2v == 300 and loaded.seen_names == []
     reference = LESA(inputs["seen_vecs"], inputs["unseen_vecs"])
     load_tf_checkpoint(reference, prefix)
     reference.eval()
-    loaded.model.set_unseen_vecs(inputs["unseen_vecs"])
+    loaded.model.eval().set_unseen_vecs(inputs["unseen_vecs"])
     features = torch.as_tensor(inputs["eval_features"])
     with torch.no_grad():
         np.testing.assert_array_equal(loaded.model(features).zs_logits.numpy(),
                                       reference(features).zs_logits.numpy())
+
+
+def _flags(text: str) -> set:
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+
+
+def test_every_message_names_flags_the_command_has(checkpoint, glove, images, tmp_path, tmp_path_factory,
+                                                   capsys, golden_root):
+    """Failures of `lesa tag` / `lesa visualize` end in one message whose fix names only flags
+    that command has (its --help lists them)."""
+    from lesa.cli import main
+
+    vgg = ["--vgg", str(random_vgg_checkpoint(tmp_path_factory)), "--device", "cpu"]
+    model = ["--checkpoint", str(checkpoint)]
+    tf_model = ["--checkpoint", str(golden_root("model_nus") / "final" / "model.ckpt")]
+    photo = str(images[0])
+    cases = {
+        "tag": [
+            [photo, *model, *vgg, "--labels", "qqqzzx, -", "--embeddings", str(glove)],  # no label left
+            [photo, *model, *vgg, "--labels", "cat", "--embeddings", str(tmp_path / "none.txt")],
+            [photo, *model, *vgg, "--labels", "cat", "--embeddings", str(glove), "--top", "-1"],
+            [photo, *model, *vgg, "--labels", "cat", "--embeddings", str(glove), "--batch-size", "0"],
+            [photo, *model, *vgg, "--labels", " , ", "--embeddings", str(glove)],
+            [photo, "--checkpoint", str(tmp_path / "none.pt"), *vgg, "--labels", "cat", "--embeddings", str(glove)],
+        ],
+        "visualize": [
+            [photo, *tf_model, *vgg, "--out", str(tmp_path / "a.png")],  # a TF checkpoint has no names
+            [photo, *model, *vgg, "--labels", "cat", "--out", str(tmp_path / "a.png")],  # no --embeddings
+            [photo, *model, *vgg, "--dpi", "0", "--out", str(tmp_path / "a.png")],
+            [str(tmp_path / "missing.jpg"), *model, *vgg, "--out", str(tmp_path / "a.png")],
+        ],
+    }
+    for command, runs in cases.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        known = _flags(capsys.readouterr().out)
+        for argv in runs:
+            assert main([command, *argv]) == 1, argv
+            err = capsys.readouterr().err
+            assert err.startswith("lesa: error: ") and err.count("lesa: error") == 1, err
+            assert _flags(err) <= known, (argv, err)
+    assert not (tmp_path / "a.png").exists()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lesa.viz import (attention_figure, display_crop, head_titles, labels_per_head, save_figure,
-                      upsample_alphas)
+from lesa.plots import save_figure
+from lesa.viz import attention_figure, display_crop, head_titles, labels_per_head, upsample_alphas
 from tag_helpers import SEEN, photos, random_vgg_checkpoint, tiny_checkpoint
 
 

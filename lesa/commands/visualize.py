@@ -83,34 +83,43 @@ def _add_tag(subparsers) -> None:
     parser.set_defaults(func=run_tag)
 
 
+def _warn(message: str) -> None:
+    print(f"lesa: warning: {message}", file=sys.stderr)
+
+
 def _tagger(args, label_set: str = "unseen"):
     """Model, VGG-19 and labels from the arguments -> a ``lesa.tag.Tagger``."""
-    from lesa.errors import ConfigError
-    from lesa.tag import Tagger, label_vectors, load_lesa, load_vgg, parse_labels, read_labels_file
+    from lesa.checkpoint import load_model
     from lesa.device import pick_device
+    from lesa.errors import ConfigError
+    from lesa.tag import Tagger, label_vectors, load_vgg, parse_labels, read_labels_file
 
     if args.top < 0:
         raise ConfigError(f"--top must be >= 0, got {args.top}")
     device = pick_device(args.device)
-    loaded = load_lesa(args.checkpoint, device=device)
+    loaded = load_model(args.checkpoint, device=device, placeholder_seen=True)
     labels = None
     if args.labels is not None or args.labels_file is not None:
         if not args.embeddings:
             raise ConfigError("label names need --embeddings GLOVE_TXT to turn them into word vectors")
         names = parse_labels(args.labels) if args.labels is not None else read_labels_file(args.labels_file)
         labels = label_vectors(names, args.embeddings, loaded.dim_w2v)
+        if labels.dropped:
+            _warn(f"no word of these labels is in {args.embeddings}, left out: {', '.join(labels.dropped)}")
         if labels.missing_words:
             lost = "; ".join(f"{k}: {', '.join(v)}" for k, v in labels.missing_words.items())
-            print(f"lesa: warning: words not in {args.embeddings} (left out of their label's mean): {lost}",
-                  file=sys.stderr)
-    vgg = load_vgg(args.vgg, args.torchvision, args.torchvision_weights, device=device)
+            _warn(f"words not in {args.embeddings} (left out of their label's mean): {lost}")
+    vgg = load_vgg(args.vgg, args.torchvision_weights, device=device)
     return Tagger(loaded, vgg, labels, label_set=label_set, device=device,
                   batch_size=getattr(args, "batch_size", 8)), labels
 
 
 def run_visualize(args) -> int:
+    from lesa.errors import ConfigError
     from lesa.viz import save_attention_figure
 
+    if args.dpi < 1:
+        raise ConfigError(f"--dpi must be at least 1, got {args.dpi}")
     label_set = "unseen" if (args.labels is not None or args.labels_file is not None) else args.label_set
     tagger, _ = _tagger(args, label_set)
     (result,) = tagger.tag([args.image], keep_crops=True)
@@ -122,34 +131,34 @@ def run_visualize(args) -> int:
 def run_plot(args) -> int:
     from lesa.plots import plot_run
 
-    for path in plot_run(args.run_dir):
+    for path in plot_run(args.run_dir, log=lambda note: print(f"lesa: note: {note}", file=sys.stderr)):
         print(f"wrote {path}")
     return 0
 
 
 def run_tag(args) -> int:
     from lesa.files import atomic_write_text
-    from lesa.tag import figure_path, format_tags, tags_json
+    from lesa.tag import figure_path, format_tags
     from lesa.viz import save_attention_figure
 
     tagger, labels = _tagger(args)
     top = args.top or None
     errors: list = []
     results = []
-    drawing = args.attention is not None
-    for i, result in enumerate(tagger.tag(args.images, keep_crops=drawing, errors=errors,
-                                          progress=not args.no_progress)):
-        if drawing:
-            save_attention_figure(figure_path(args.attention, result.image, args.images),
-                                  result, top=top or len(result.names))
+    for result in tagger.tag(args.images, keep_crops=args.attention is not None, errors=errors,
+                             progress=not args.no_progress):
+        if args.attention is not None:
+            save_attention_figure(figure_path(args.attention, result.image, args.images), result,
+                                  top=top or len(result.names))
             result.crop = None
         results.append(result)
     for result in results:
         print(format_tags(result, top))
     if args.json:
-        doc = tags_json(results, top, checkpoint=str(args.checkpoint), embeddings=str(args.embeddings),
-                        vgg=tagger.vgg.source, labels=labels.names, missing_words=labels.missing_words,
-                        failed={path: str(exc) for path, exc in errors})
+        doc = {"checkpoint": str(args.checkpoint), "embeddings": str(args.embeddings),
+               "vgg": tagger.vgg.source, "labels": labels.names, "missing_words": labels.missing_words,
+               "failed": {path: str(exc) for path, exc in errors},
+               "images": [r.to_json(top) for r in results]}
         atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.json}")
     for path, exc in errors:

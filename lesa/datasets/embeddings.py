@@ -13,7 +13,6 @@ their words and missing words are reported.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -54,11 +53,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise DataError(
             f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
             "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
-            "numpy arrays, or build them with `vectors_from_glove`"
+            "numpy arrays, or build them from GloVe with `lesa build-vectors`"
         )
-
-    def persistent_load(self, pid):
-        raise DataError(f"{self._path}: the pickle uses persistent ids; not a label-vector pickle")
 
 
 def load_pickle(path: str | os.PathLike):
@@ -72,9 +68,9 @@ def load_pickle(path: str | os.PathLike):
     size = path.stat().st_size
     if size > MAX_PICKLE_BYTES:
         raise DataError(f"{path}: {size} bytes is too large for a label-vector pickle")
-    data = path.read_bytes()
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), path).load()
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f, path).load()
     except DataError:
         raise
     except MemoryError as exc:
@@ -164,13 +160,15 @@ class GloveVectors:
 
     vectors: np.ndarray
     labels: list[str]
-    missing_words: dict[str, list[str]] = field(default_factory=dict)  # label -> words not found
+    missing_words: dict[str, list[str]] = field(default_factory=dict)  # label -> its words not found
+    unknown_labels: list[str] = field(default_factory=list)  # no word found: zero vectors
 
     def report(self) -> str:
-        if not self.missing_words:
+        if not self.missing_words and not self.unknown_labels:
             return f"all {len(self.labels)} labels found"
-        lines = [f"{len(self.missing_words)} of {len(self.labels)} labels have words missing from GloVe:"]
-        lines += [f"  {label}: {', '.join(words)}" for label, words in self.missing_words.items()]
+        lines = [f"{len(self.missing_words)} of {len(self.labels)} labels have words missing from GloVe "
+                 f"({len(self.unknown_labels)} all of them: zero vectors):"]
+        lines += [f"  {label}: {', '.join(words) or '(no word)'}" for label, words in self.missing_words.items()]
         return "\n".join(lines)
 
 
@@ -179,21 +177,23 @@ def label_words(label: str) -> list[str]:
     return [w for w in re.split(r"[\s_\-/&,()]+", label.lower()) if w]
 
 
+def _preview(names: Sequence[str], n: int = 20) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (" ..." if len(names) > n else "")
+
+
 def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim: int | None = None,
                        allow_missing_labels: bool = False) -> GloveVectors:
     """Label vectors ``(L, dim)`` from a GloVe text file; multi-word labels are the mean of their words.
 
     The file is streamed once (only the needed words are kept). Words not in the file are reported
-    in ``missing_words``; a label none of whose words is found raises ``DataError`` listing them
-    (or, with ``allow_missing_labels``, gets a zero vector — the model cannot use such a label).
+    in ``missing_words``. Labels none of whose words is found (``unknown_labels``) raise
+    ``DataError`` naming them, or with ``allow_missing_labels`` get zero vectors (the model cannot
+    use such a label: ``lesa tag`` drops them). ``DataError`` also when no label word is found.
     """
     glove_path = Path(glove_path)
     if not glove_path.exists():
         raise DataError(f"GloVe file {glove_path} not found")
     words_of = {label: label_words(label) for label in labels}
-    for label, words in words_of.items():
-        if not words:
-            raise DataError(f"label {label!r} has no words to look up in {glove_path}")
     wanted = {w for words in words_of.values() for w in words}
     found: dict[str, np.ndarray] = {}
     with open(glove_path, "r", encoding="utf-8", errors="replace") as f:
@@ -218,23 +218,21 @@ def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim
             if len(found) == len(wanted):
                 break
     if dim is None:
-        raise DataError(f"{glove_path}: none of the {len(wanted)} label words was found; wrong file?")
+        raise DataError(f"{glove_path}: none of the words of the {len(labels)} label(s) ({_preview(labels)}) "
+                        "is in the file; give labels in words the file has, or another GloVe text file "
+                        "('word v1 ... vD' per line)")
     vectors = np.zeros((len(labels), dim), dtype=np.float32)
-    missing: dict[str, list[str]] = {}
-    empty = []
+    missing = {label: [w for w in words if w not in found] for label, words in words_of.items()}
     for i, label in enumerate(labels):
-        words = words_of[label]
-        got = [found[w] for w in words if w in found]
-        lost = [w for w in words if w not in found]
-        if lost:
-            missing[label] = lost
+        got = [found[w] for w in words_of[label] if w in found]
         if got:
             vectors[i] = np.mean(got, axis=0)
-        else:
-            empty.append(label)
-    if empty and not allow_missing_labels:
+    unknown = [label for label in labels if len(missing[label]) == len(words_of[label])]
+    if unknown and not allow_missing_labels:
         raise DataError(
-            f"{glove_path}: no word of {len(empty)} label(s) is in the file: {', '.join(empty[:20])}"
-            f"{' ...' if len(empty) > 20 else ''}; rename these labels or pass allow_missing_labels"
-        )
-    return GloveVectors(vectors=vectors, labels=list(labels), missing_words=missing)
+            f"{glove_path}: no word of {len(unknown)} label(s) is in the file: {_preview(unknown)}; rename "
+            "these labels in words the file has, or give them zero vectors (`lesa build-vectors "
+            "--allow-missing`; allow_missing_labels=True in Python)")
+    return GloveVectors(vectors=vectors, labels=list(labels),
+                        missing_words={label: lost for label, lost in missing.items() if lost or label in unknown},
+                        unknown_labels=unknown)
