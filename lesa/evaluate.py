@@ -122,25 +122,29 @@ def make_table(name: str, title: str, scores: np.ndarray, labels: np.ndarray, ks
     return ReportTable(name=name, title=title, columns=columns, rows=rows, summary=summary)
 
 
+def report_heads(task) -> tuple[str, ...]:
+    """The heads a task's test reports read."""
+    return {"nus_wide_zero_shot": ("zs_logits", "gzs_logits"), "nus_wide_multilabel": ("logits",)}.get(task.task, HEADS)
+
+
 def test_tables(task, scores: dict, labels: dict, ev) -> list[ReportTable]:
-    """The report tables of ``task`` (a ``TaskData``) for the test split."""
+    """The report tables of ``task`` (a ``TaskData``) for the test split: those whose head is in
+    ``scores`` (``logits`` seen, ``zs_logits`` unseen, ``gzs_logits`` unseen + seen)."""
+    U, C = len(task.unseen_names), task.n_seen
     if task.task == "nus_wide_zero_shot":
-        return [
-            make_table("81", f"zero-shot ({len(task.unseen_names)} unseen)", scores["zs_logits"], labels["unseen"], ev.k, names=task.unseen_names),
-            make_table("1k", f"generalised ({len(task.unseen_names)}+{task.n_seen})",
-                       scores["gzs_logits"], gzs_labels(labels), ev.k_gzs, prefix="g_", ap_column="aP"),
-        ]
-    if task.task == "nus_wide_multilabel":
-        return [make_table("", f"multi-label ({task.n_seen})", scores["logits"], labels["seen"], ev.k,
-                           names=task.seen_names)]
-    return [
-        make_table("", f"seen ({task.n_seen})", scores["logits"], labels["seen"], ev.k_seen,
-                   names=task.seen_names),
-        make_table("zs", f"zero-shot ({len(task.unseen_names)} unseen)", scores["zs_logits"],
-                   labels["unseen"], ev.k, names=task.unseen_names),
-        make_table("gzs", f"generalised ({len(task.unseen_names)}+{task.n_seen})", scores["gzs_logits"],
-                   gzs_labels(labels), ev.k_gzs, names=task.unseen_names + task.seen_names, prefix="g_"),
-    ]
+        tables = [("zs_logits", "81", f"zero-shot ({U} unseen)", "unseen", ev.k, task.unseen_names, {}),
+                  ("gzs_logits", "1k", f"generalised ({U}+{C})", "gzs", ev.k_gzs, None,
+                   {"prefix": "g_", "ap_column": "aP"})]
+    elif task.task == "nus_wide_multilabel":
+        tables = [("logits", "", f"multi-label ({C})", "seen", ev.k, task.seen_names, {})]
+    else:
+        tables = [("logits", "", f"seen ({C})", "seen", ev.k_seen, task.seen_names, {}),
+                  ("zs_logits", "zs", f"zero-shot ({U} unseen)", "unseen", ev.k, task.unseen_names, {}),
+                  ("gzs_logits", "gzs", f"generalised ({U}+{C})", "gzs", ev.k_gzs,
+                   task.unseen_names + task.seen_names, {"prefix": "g_"})]
+    return [make_table(name, title, scores[head], gzs_labels(labels) if key == "gzs" else labels[key], ks,
+                       names=names, **options)
+            for head, name, title, key, ks, names, options in tables if head in scores]
 
 
 def validation_metrics(task, scores: dict, labels: dict, k: int) -> dict:
@@ -205,11 +209,14 @@ def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint:
                    save_scores: str | None = None, progress: bool = True) -> dict:
     """Score the test split, write the reports of ``tag`` ('f', 'ES', ...), return the summary."""
     precision = cfg.evaluate.precision
-    scores, labels = predict(model, test_reader, cfg.data.eval_batch_size, progress=progress,
+    heads = report_heads(task)
+    scores, labels = predict(model, test_reader, cfg.data.eval_batch_size, heads=heads, progress=progress,
                              desc=f"test ({tag})", precision=precision)
-    if save_scores:
-        np.savez(save_scores, **scores, **{f"labels_{k}": v for k, v in labels.items()},
-                 rows=np.arange(test_reader.start, test_reader.stop))
+    if save_scores:  # what `lesa score` reads: the heads, with the images' ids and the labels' names
+        names = {"logits": task.seen_names, "zs_logits": task.unseen_names,
+                 "gzs_logits": task.unseen_names + task.seen_names}
+        np.savez(save_scores, **scores, **{f"names_{h}": np.array(names[h]) for h in heads},
+                 img_ids=np.array(test_reader.split.img_ids[test_reader.start:test_reader.stop]))
     tables = test_tables(task, scores, labels, cfg.evaluate)
     return write_reports(out_dir, tag, tables, extra={"checkpoint": str(checkpoint), "task": task.task,
                                                       "precision": precision,

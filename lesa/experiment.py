@@ -386,11 +386,12 @@ def check_choices(cfg: Config) -> None:
             raise ConfigError(f"{cfg.source}: {dotted} = {value!r}; choose one of {', '.join(choices)}")
 
 
-def check_config(cfg: Config, splits=("train", "validation", "test")) -> None:
+def check_config(cfg: Config, splits=("train", "validation", "test"), vectors: bool = True) -> None:
     """Fail fast: every value in range and every file present (the label files, and the feature files
     of ``splits``: a validation file only where one is set), before anything is loaded. Data paths
     are made absolute first (``resolve_data_paths``); NUS-WIDE's label lists, when not given, are
-    found in ``data.nus_wide`` (either layout)."""
+    found in ``data.nus_wide`` (either layout). ``vectors``: the label-vector pickle is needed
+    (scoring another method's predictions needs only the label lists)."""
     resolve_data_paths(cfg)
     check_choices(cfg)
     e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
@@ -436,7 +437,8 @@ def check_config(cfg: Config, splits=("train", "validation", "test")) -> None:
             _need_file(cfg, "top_unseen", "Open Images top_400_unseen.csv")
         if d.class_descriptions:
             _need_file(cfg, "class_descriptions", "Open Images class-descriptions.csv")
-    _need_file(cfg, "label_vectors", "label-vector pickle")
+    if vectors:
+        _need_file(cfg, "label_vectors", "label-vector pickle")
     for split in splits:
         if split != "validation" or d.validation:
             _need_split(cfg, split)

@@ -90,22 +90,30 @@ def read_class_descriptions(path) -> dict[str, str]:
     return names
 
 
-def _check_vecs(vecs: np.ndarray, n: int, path, what: str) -> None:
+def _check_vecs(vecs: np.ndarray | None, n: int, path, what: str) -> None:
+    if vecs is None:
+        return
     if vecs.shape[0] != n:
         raise ShapeError(f"{path}: {what} has {vecs.shape[0]} vectors but there are {n} labels; "
                          "the label-vector file does not belong to these label lists")
 
 
-def load_task(cfg) -> TaskData:
-    """Build the ``TaskData`` of ``cfg.experiment.task`` from the files named in ``cfg.data``."""
+def load_task(cfg, vectors: bool = True) -> TaskData:
+    """Build the ``TaskData`` of ``cfg.experiment.task`` from the files named in ``cfg.data``
+    (``vectors=False``: the label lists only, zero vectors, e.g. to score predictions)."""
     d = cfg.data
     task = cfg.experiment.task
-    first, second = load_vector_pair(d.label_vectors, dim=None)
+    first, second = load_vector_pair(d.label_vectors, dim=None) if vectors else (None, None)
+
+    def or_zeros(vecs, n: int) -> np.ndarray:  # (without the pickle: placeholders of the right length)
+        return np.zeros((n, 1), np.float32) if vecs is None else vecs
+
     if task.startswith("nus_wide"):
         tag1k = read_label_list(d.tag_list)
         tag81 = read_label_list(d.concepts)
+        _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
+        second = or_zeros(second, len(tag81))
         if task == "nus_wide_multilabel":
-            _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
             return TaskData(
                 task=task, seen_names=tag81, unseen_names=["<none>"], seen_vecs=second,
                 unseen_vecs=np.zeros((1, second.shape[1]), np.float32),
@@ -115,7 +123,7 @@ def load_task(cfg) -> TaskData:
                 has_unseen=False,
             )
         _check_vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
-        _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
+        first = or_zeros(first, len(tag1k))
         seen_idx, _ = nus_wide_seen_unseen(tag1k, tag81)
         if seen_idx.size == 0:
             raise DataError(f"{d.tag_list}: every tag is also a concept of {d.concepts}; no seen labels")
@@ -130,6 +138,7 @@ def load_task(cfg) -> TaskData:
         unseen_ids = load_label_ids_pickle(d.unseen_label_ids)
         _check_vecs(first, len(seen_ids), d.label_vectors, "the first array (seen vectors)")
         _check_vecs(second, len(unseen_ids), d.label_vectors, "the second array (unseen vectors)")
+        first, second = or_zeros(first, len(seen_ids)), or_zeros(second, len(unseen_ids))
         names = read_class_descriptions(d.class_descriptions) if d.class_descriptions else {}
         seen_names = [names.get(i, i) for i in seen_ids]
         unseen_names = [names.get(i, i) for i in unseen_ids]

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 COMMANDS = ("demo", "synth", "extract", "merge-shards", "train", "evaluate", "evaluate-released", "import-tf",
-            "convert-tfrecord", "visualize", "plot", "tag", "download", "bench", "build-vectors")
+            "convert-tfrecord", "visualize", "plot", "tag", "download", "bench", "build-vectors", "score")
 
 
 def test_every_command_is_listed_and_help_needs_no_torch():

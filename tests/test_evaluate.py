@@ -88,3 +88,73 @@ def test_golden_tf_checkpoint_through_lesa_evaluate(golden_root, tmp_path):
         assert (out / name).exists()
     header = (out / "F1_f_gzs_test.csv").read_text().splitlines()[0]
     assert header == ",classes,g_F1_3,g_P_3,g_R_3,ap"
+
+
+def _evaluate_with_scores(golden_root, tmp_path):
+    root = golden_root("model_nus")
+    inputs = dict(np.load(root / "inputs.npz"))
+    _write_golden_eval_data(tmp_path, inputs)
+    label_sets = ["--set", f"data.seen_label_ids={tmp_path / 'seen.txt'}",
+                  "--set", f"data.unseen_label_ids={tmp_path / 'unseen.pkl'}",
+                  "--set", "data.top_unseen=''", "--set", "data.class_descriptions=''"]
+    assert main(["evaluate", "openimages_evaluate", "--checkpoint", str(root / "final" / "model.ckpt"),
+                 "--test", str(tmp_path / "test.h5"), "--label-vectors", str(tmp_path / "vecs.pkl"),
+                 "--out", str(tmp_path / "eval"), "--save-scores", str(tmp_path / "scores.npz"), "--device", "cpu",
+                 "--no-progress", *label_sets]) == 0
+    return label_sets
+
+
+def test_lesa_score_reproduces_lesa_evaluate_bit_for_bit(golden_root, tmp_path, capsys):
+    label_sets = _evaluate_with_scores(golden_root, tmp_path)
+    assert main(["score", str(tmp_path / "scores.npz"), "--labels", str(tmp_path / "test.h5"),
+                 "--out", str(tmp_path / "scored"), *label_sets]) == 0
+    assert "rows matched to the split by image id" in capsys.readouterr().out
+    for name in ("F1_f_test.csv", "F1_f_zs_test.csv", "F1_f_gzs_test.csv"):
+        assert (tmp_path / "scored" / name).read_bytes() == (tmp_path / "eval" / name).read_bytes(), name
+    a, b = (json.loads((tmp_path / d / "summary_f.json").read_text())["reports"] for d in ("eval", "scored"))
+    assert a == b
+
+
+def test_lesa_score_of_another_methods_matrix(golden_root, tmp_path, capsys):
+    """A bare matrix (no ids, no names) in the split's and the task's order, then the same scores with
+    their images and labels shuffled and named: the same reports."""
+    label_sets = _evaluate_with_scores(golden_root, tmp_path)
+    saved = np.load(tmp_path / "scores.npz")
+    gzs = saved["gzs_logits"]  # (5, 6 + 16): unseen first
+    np.save(tmp_path / "plain.npy", gzs)
+    assert main(["score", str(tmp_path / "plain.npy"), "--labels", str(tmp_path / "test.h5"), "--task", "openimages",
+                 "--out", str(tmp_path / "plain"), *label_sets]) == 0
+    out = capsys.readouterr().out
+    assert "rows in the split's order" in out and "the unseen labels, then the seen" in out
+    rows, cols = np.array([3, 0, 4, 1, 2]), np.random.default_rng(0).permutation(gzs.shape[1])
+    names = saved["names_gzs_logits"]
+    np.savez(tmp_path / "named.npz", scores=gzs[rows][:, cols], img_ids=saved["img_ids"][rows],
+             label_names=names[cols])
+    assert main(["score", str(tmp_path / "named.npz"), "--labels", str(tmp_path / "test.h5"),
+                 "--out", str(tmp_path / "named"), *label_sets]) == 0
+    for name in ("F1_f_test.csv", "F1_f_zs_test.csv", "F1_f_gzs_test.csv"):
+        assert (tmp_path / "named" / name).read_bytes() == (tmp_path / "eval" / name).read_bytes(), name
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "eval" / name).read_bytes(), name
+
+
+def test_lesa_score_refuses_bad_predictions_clearly(golden_root, tmp_path, capsys):
+    label_sets = _evaluate_with_scores(golden_root, tmp_path)
+    saved = np.load(tmp_path / "scores.npz")
+    gzs, ids = saved["gzs_logits"].copy(), saved["img_ids"]
+
+    def refused(name, match, **arrays):
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        assert main(["score", str(tmp_path / f"{name}.npz"), "--labels", str(tmp_path / "test.h5"),
+                     "--out", str(tmp_path / name), *label_sets]) == 1
+        err = capsys.readouterr().err
+        assert match in err, err
+
+    nan = gzs.copy()
+    nan[2, 5] = np.nan
+    refused("nan", "1 NaN or infinite scores, e.g. at (image 2, label 5)", scores=nan)
+    refused("shape", "7 score columns", scores=gzs[:, :7])
+    refused("rows", "4 rows of scores but the split has 5 images", scores=gzs[:4])
+    refused("missing", "1 of the split's images have no scores, e.g. 'img4'", scores=gzs[:4], img_ids=ids[:4])
+    refused("twice", "image id 'img0' appears twice", scores=gzs, img_ids=np.array([ids[0]] * 5))
+    refused("label", "label 'zebra' is not a label of openimages", scores=gzs[:, :1],
+            label_names=np.array(["zebra"]))

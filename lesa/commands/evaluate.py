@@ -1,4 +1,5 @@
-"""``lesa evaluate CONFIG --checkpoint PATH``: test reports of native (.pt) or TF (model.ckpt) checkpoints."""
+"""``lesa evaluate`` (test reports of native or TF checkpoints), ``lesa evaluate-released`` and ``lesa score``
+(the same protocol for any method's predictions)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,6 +56,33 @@ def run_released(args) -> int:
     return 0
 
 
+TASK_CONFIGS = {"nus_wide_zero_shot": "nus_wide_zero_shot", "nus_wide_multilabel": "nus_wide_multilabel",
+                "openimages": "openimages_evaluate"}
+
+
+def run_score(args) -> int:
+    from lesa.commands.train import config_from_args
+    from lesa.datasets.h5 import open_features
+    from lesa.experiment import set_value
+    from lesa.score import score
+
+    if not args.config:
+        task = args.task
+        if task is None:  # the split says which dataset it is
+            with open_features(args.labels) as split:
+                task = "openimages" if split.attrs.get("dataset") == "openimages" else "nus_wide_zero_shot"
+        args.config = TASK_CONFIGS.get(task, task)
+    cfg = config_from_args(args)
+    if args.task:
+        set_value(cfg, "experiment.task", args.task, where="command line")
+    if args.k:
+        for key in ("k", "k_gzs", "k_seen"):
+            set_value(cfg, f"evaluate.{key}", args.k, where="command line")
+    out = args.out or str(Path(args.predictions).with_suffix("")) + "_reports"
+    score(cfg, args.predictions, args.labels, out, tag=args.tag, overwrite=args.overwrite)
+    return 0
+
+
 def add_commands(subparsers) -> None:
     from lesa.commands.train import add_config_arguments
 
@@ -90,3 +118,22 @@ def add_commands(subparsers) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace earlier reports in --out")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=run_released)
+
+    sc = subparsers.add_parser(
+        "score", help="the exact evaluation protocol for any method's predictions",
+        description="Score a matrix of predictions (images x labels: .npy, .npz or HDF5, with img_ids and "
+                    "label_names when it has them) against a lesa HDF5 split with the protocol of `lesa "
+                    "evaluate`: the same table, CSV and JSON reports. Rows are matched by image id (or taken "
+                    "in the split's order), columns by label name (or taken in the task's order).")
+    sc.add_argument("predictions", metavar="PREDICTIONS", help="scores: .npy, .npz (lesa evaluate --save-scores "
+                                                                 "too) or .h5 with a 'scores' array")
+    sc.add_argument("--labels", required=True, metavar="SPLIT.h5", help="the split's lesa HDF5 file (its labels)")
+    sc.add_argument("--task", help="nus_wide_zero_shot, nus_wide_multilabel or openimages (default: from the split)")
+    sc.add_argument("--config", help="configuration giving the label lists and K values (default: the task's)")
+    sc.add_argument("--data-dir", metavar="DIR", help="the data folder holding the label lists (default ./data)")
+    sc.add_argument("--k", nargs="+", type=int, help="the K of every report (default: the configuration's)")
+    sc.add_argument("--out", help="where the reports go (default: PREDICTIONS_reports/)")
+    sc.add_argument("--tag", default="f", help="report file tag: F1_<tag>_*_test.csv")
+    sc.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE")
+    sc.add_argument("--overwrite", action="store_true", help="replace earlier reports of the same tag in --out")
+    sc.set_defaults(func=run_score)

@@ -119,6 +119,17 @@ def read_rows(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec
     return feats, labels
 
 
+def read_labels(split: FeatureSplit, label_spec: LabelSpec, block: int = 65536) -> dict[str, np.ndarray]:
+    """The labels of every record, ``{key: (N, D) int8}`` (no features read)."""
+    out = {key: [] for key in label_spec}
+    for a in range(0, len(split), block):
+        rows = np.arange(a, min(len(split), a + block))
+        for key, (array, cols) in label_spec.items():
+            values = split.read_labels(array, rows)
+            out[key].append(values if cols is None else values[:, cols])
+    return {key: np.concatenate(v) if v else np.zeros((0, 0), np.int8) for key, v in out.items()}
+
+
 class WindowReads(Dataset):
     """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of the rows of a
     window (its batches, one after the other). Each process opens the files itself (h5py handles do
