@@ -114,7 +114,7 @@ class VGG19Conv54(nn.Module):
         path = Path(path)
         if not path.exists() and not Path(str(path) + ".index").exists():
             raise CheckpointError(f"{path}: VGG-19 checkpoint not found; download {TF_SLIM_URL} and unpack it "
-                                  "into model/ (`tar -xzf vgg_19_2016_08_28.tar.gz -C model` gives "
+                                  "into model/ (`mkdir -p model && tar -xzf vgg_19_2016_08_28.tar.gz -C model` gives "
                                   "model/vgg_19.ckpt, where `lesa extract` looks by default), or give its "
                                   "path (`lesa extract --weights`, `lesa tag` / `lesa visualize --vgg`)")
         from lesa.tf_formats.checkpoint import read_tf_checkpoint
