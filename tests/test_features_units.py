@@ -207,7 +207,7 @@ def test_torchvision_weights_offline_name_each_commands_flag(monkeypatch):
 def test_gpu_decoder_fallbacks_run_on_cpu(tmp_path):
     """The decoder=gpu routing (nvjpeg for complete RGB JPEGs, the exact decoder for the rest)
     exercised with torchvision's CPU decoder."""
-    from lesa.features.extract import image_loader, model_input
+    from lesa.features.extract import gpu_decode, image_loader, model_input
 
     image = smooth_image(260, 270)
     good = simplejpeg.encode_jpeg(image, quality=90)
@@ -222,6 +222,9 @@ def test_gpu_decoder_fallbacks_run_on_cpu(tmp_path):
     (batch,) = image_loader(paths, range(6), "gpu", 8, 0, torch.device("cpu"))
     assert batch.nvjpeg == [True, False, False, False, False] and [f[:2] for f in batch.failures] == [(5, "unreadable")]
     assert batch.pixels.numpy().tobytes() == b"".join(blobs)
+    positions, images, failures = gpu_decode(batch, torch.device("cpu"))
+    assert positions == [0, 2] and [image.shape for image in images] == [(260, 270, 3)] * 2
+    np.testing.assert_array_equal(images[1].numpy(), image)  # the PNG, by the exact decoder
     positions, x, failures = model_input(batch, torch.device("cpu"))
     assert positions == [0, 2] and x.shape == (2, 3, 224, 224)
     assert sorted((p, r) for p, r, _ in failures) == [(1, "truncated"), (3, "cmyk"), (4, "not_image"), (5, "unreadable")]

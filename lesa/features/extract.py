@@ -6,7 +6,7 @@
    and decode them (``decode_jpeg``, TF1's pixels); each batch (``Batch``) carries only the window of
    pixels the crop reads (``pack_crops``). With ``decoder="gpu"`` they only read the files.
 2. ``model_input``: a batch -> float32 (B, 3, 224, 224) on the device (TF-slim preprocessing; with
-   ``decoder="gpu"``, nvjpeg decodes first).
+   ``decoder="gpu"``, ``gpu_decode`` first: nvjpeg).
 3. VGG19Conv54 at ``options.precision`` -> features (B, 196, 512).
 4. ``FeatureWriter.append`` with the batch's labels; ``finish()`` names the file when all is written.
 
@@ -244,7 +244,13 @@ def model_input(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS
     """``(positions, images (B, 3, 224, 224) float32 on device, failures)`` of a batch."""
     if not batch.sizes:  # decoded in the workers
         return batch.positions, vgg_preprocess_packed(batch.pixels, batch.plan, device), batch.failures
-    # decoder="gpu": nvjpeg where it may, the exact decoder for the rest and for what nvjpeg refuses
+    positions, images, failures = gpu_decode(batch, device, max_pixels)
+    return positions, vgg_preprocess_batch(images, device), failures
+
+
+def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS):
+    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)`` of the batch's
+    files; nvjpeg where it may, the exact decoder for the rest and for what nvjpeg refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg as nvjpeg
 
     files = batch.pixels.split(batch.sizes)
@@ -267,7 +273,7 @@ def model_input(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS
             continue
         positions.append(pos)
         images.append(image)
-    return positions, vgg_preprocess_batch(images, device), failures
+    return positions, images, failures
 
 
 # -- 3. + 4. the run ------------------------------------------------------------------------------
