@@ -19,6 +19,13 @@ COMMAND = {"nus_wide": "nus-wide", "openimages": "openimages"}
 TRAIN_CONFIG = {"nus_wide": "nus_wide_zero_shot", "openimages": "openimages_train"}
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default where there is one (the data folder's are in the help texts)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="the data folder (default ./data) the other paths default to")
     parser.add_argument("--out", metavar="FILE.h5",
@@ -64,7 +71,7 @@ def add_commands(subparsers) -> None:
                     "a split, writing features (N,196,512), image ids and labels to one HDF5 file.")
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     nus = datasets.add_parser(
-        "nus-wide", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "nus-wide", formatter_class=_Help,
         help="NUS-WIDE Train/Test (labels_1k, labels_81)",
         description="ROOT (default DATA/NUS_WIDE) holds NUS-WIDE's metadata as its zip files unpack "
                     "(ImageList/, NUS_WID_Tags/, ConceptsList/, Groundtruth/AllLabels/) or as the "
@@ -79,7 +86,7 @@ def add_commands(subparsers) -> None:
     nus.set_defaults(func=run_nus_wide)
 
     oi = datasets.add_parser(
-        "openimages", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "openimages", formatter_class=_Help,
         help="Open Images 2018_04 train/validation (labels) or test (seen_labels, unseen_labels)",
         description="ROOT (default DATA/OpenImages/2018_04) holds <split>-annotations-human-imagelabels.csv, "
                     "classes-trainable.txt and (test) unseen_labels.pkl; the images are "
