@@ -2,8 +2,13 @@
 extract_images_VGG_feature_2_TFRecord.py (train/validation) and
 extract_test_seen_unseen_images_VGG_feature_2_TFRecord.py (test: seen and unseen labels)).
 
-    python extract_data/extract_openimages.py --root data/OpenImages/2018_04 --split train \
-        --images-dir image_data/train --weights model/vgg_19/vgg_19.ckpt --out features/oi_train.h5
+    python extract_data/extract_openimages.py --split train   # then validation, test
+
+reads the label files in data/OpenImages/2018_04 and the images in
+data/OpenImages/image_data/<split> (where download_imgs/download_openimages.py puts them), loads
+the VGG-19 weights from model/vgg_19.ckpt and writes data/features/OpenImages_<split>.h5, where
+`lesa train openimages_train` looks. --data-dir, --root, --images-dir, --weights and --out change
+those places.
 
 Same as `lesa extract openimages ...`; see `--help` for every option.
 """

@@ -368,6 +368,22 @@ def test_cli_end_to_end(server, tmp_path, capsys):
                  "--csv", str(tmp_path / "nope.csv")]) == 1
 
 
+def test_cli_defaults_to_the_data_folder(server, tmp_path, capsys):
+    """Without --out and --csv: the list from DATA/OpenImages/2018_04, the images into
+    DATA/OpenImages/image_data/<split>, where `lesa extract openimages` looks; it says so."""
+    from lesa.cli import main
+
+    data = tmp_path / "data"
+    csv_path = data / "OpenImages" / "2018_04" / "validation-images-with-rotation.csv"
+    csv_path.parent.mkdir(parents=True)
+    _write_csv(csv_path, _good_rows(server)[:2], header=HEADER_2018)
+    assert main(["download", "openimages", "--split", "validation", "--data-dir", str(data),
+                 "--workers", "2", "--timeout", "2", "--no-progress"]) == 0
+    assert len(list((data / "OpenImages" / "image_data" / "validation").glob("*.jpg"))) == 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"next: lesa extract openimages --split validation --data-dir {data}"
+
+
 def test_verify_existing_replaces_broken_files_and_stale_partials_go(server, tmp_path):
     rows = _good_rows(server)[:2]
     csv_path = _write_csv(tmp_path / "images.csv", rows)

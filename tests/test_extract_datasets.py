@@ -7,6 +7,7 @@ missing file and a tiny file. VGG-19 runs with seeded random weights (same archi
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,22 @@ def jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="RGB")
 
 
-def build_nus_tree(root: Path, shared_data) -> dict:
+def build_nus_tree(root: Path, shared_data, unzipped: bool = False) -> dict:
     """A NUS-WIDE tree of 12 images: Train has 5 good photos, a placeholder, a tiny file, a truncated
-    JPEG, a missing file and a zero-byte file; Test has 2 good photos."""
+    JPEG, a missing file and a zero-byte file; Test has 2 good photos. Metadata in the original's
+    layout (Concepts81.txt, AllLabels/ at the top) or, ``unzipped``, as NUS-WIDE's zip files unpack."""
     tags = shared_data("nus_wide", "TagList1k.txt").read_bytes()
     concepts_bytes = shared_data("nus_wide", "Concepts81.txt").read_bytes()
     placeholder = shared_data("flickr_unavailable_placeholder.jpg").read_bytes()
     concepts = [c.strip() for c in concepts_bytes.decode().splitlines() if c.strip()]
     (root / "NUS_WID_Tags").mkdir(parents=True)
     (root / "ImageList").mkdir()
-    (root / "AllLabels").mkdir()
+    concepts_file = root / "ConceptsList" / "Concepts81.txt" if unzipped else root / "Concepts81.txt"
+    all_labels = root / "Groundtruth" / "AllLabels" if unzipped else root / "AllLabels"
+    concepts_file.parent.mkdir(exist_ok=True)
+    all_labels.mkdir(parents=True)
     (root / "NUS_WID_Tags" / "TagList1k.txt").write_bytes(tags)
-    (root / "Concepts81.txt").write_bytes(concepts_bytes)
+    concepts_file.write_bytes(concepts_bytes)
     pics = photos()
     good = [jpeg(p) for p in pics]
     files = {  # name -> bytes (None: missing)
@@ -77,7 +82,7 @@ def build_nus_tree(root: Path, shared_data) -> dict:
     (root / "NUS_WID_Tags" / "AllTags1k.txt").write_text(
         "".join("\t".join(map(str, row)) + "\t" + crlf for row in tags01), newline="")
     for j, c in enumerate(concepts):
-        (root / "AllLabels" / f"Labels_{c}.txt").write_text(
+        (all_labels / f"Labels_{c}.txt").write_text(
             "".join(f"{v}{crlf}" for v in concept01[:, j]), newline="")
     return {"full": full, "train": train, "test": test, "tags01": tags01, "concept01": concept01,
             "tags": [t.strip() for t in tags.decode().splitlines() if t.strip()], "concepts": concepts}
@@ -251,8 +256,8 @@ def build_oi_tree(root: Path, shared_data) -> dict:
             ("000b", seen[7185], 1), ("000b", unseen[2593], 0), ("000c", seen[1], 1), ("000d", seen[2], 1),
             ("000e", seen[3], 0)]
     for split in ("validation", "test"):
-        folder = root / split
-        folder.mkdir()
+        folder = root.parent / "image_data" / split  # the data folder's layout
+        folder.mkdir(parents=True)
         for name, content in images.items():
             if content is not None:
                 (folder / f"{name}.jpg").write_bytes(content)
@@ -264,10 +269,11 @@ def build_oi_tree(root: Path, shared_data) -> dict:
 
 
 def test_openimages_validation_and_test(tmp_path, shared_data, model):
-    meta = build_oi_tree(tmp_path / "oi", shared_data)
+    root = tmp_path / "OpenImages" / "2018_04"
+    meta = build_oi_tree(root, shared_data)
     seen, unseen = meta["seen"], meta["unseen"]
     assert len(seen) == 7186 and len(unseen) == 2594
-    val = load_openimages_split(tmp_path / "oi", "validation")
+    val = load_openimages_split(root, "validation")
     assert val.img_ids == ["000a", "000b", "000d", "000e"] and val.skipped == {"missing": ["000c"]}
     out = tmp_path / "val.h5"
     summary = extract_features(openimages_source(val), out, model, batch_size=8, workers=0, progress=False)
@@ -279,7 +285,7 @@ def test_openimages_validation_and_test(tmp_path, shared_data, model):
     expected[0, 0], expected[0, 5], expected[1, 7185], expected[2, 3] = 1, -1, 1, -1
     np.testing.assert_array_equal(labels["labels"], expected)
 
-    test = load_openimages_split(tmp_path / "oi", "test")
+    test = load_openimages_split(root, "test")
     out = tmp_path / "test.h5"
     extract_features(openimages_source(test), out, model, batch_size=8, workers=0, progress=False)
     with open_features(out) as f:
@@ -327,3 +333,68 @@ def test_nus_wide_01_matrix_parser(tmp_path):
         (tmp_path / "c.txt").write_text(bad)
         with pytest.raises(DataError, match=message):
             read_01_matrix(tmp_path / "c.txt", 2)
+
+
+# -- the command, with the data folder's defaults ------------------------------------------------
+CLI = ["--backbone", "random", "--device", "cpu", "--workers", "0", "--batch-size", "8", "--no-progress"]
+
+
+def test_cli_defaults_to_the_data_folder_and_names_the_next_command(tmp_path, shared_data, capsys):
+    """NUS-WIDE as its zip files unpack, in DATA/NUS_WIDE: `lesa extract nus-wide --split S
+    --data-dir DATA` needs no other folder flag, writes DATA/features/NUS_WIDE_S.h5 (where the
+    configurations look) and ends with the next command."""
+    from lesa.cli import main
+
+    data = tmp_path / "data"
+    build_nus_tree(data / "NUS_WIDE", shared_data, unzipped=True)
+    assert main(["extract", "nus-wide", "--split", "Test", "--data-dir", str(data), *CLI]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"next: lesa extract nus-wide --split Train --data-dir {data}"
+    assert main(["extract", "nus-wide", "--split", "Train", "--data-dir", str(data), *CLI]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"next: lesa train nus_wide_zero_shot --data-dir {data}"
+    with open_features(data / "features" / "NUS_WIDE_Train.h5") as train, \
+            open_features(data / "features" / "NUS_WIDE_Test.h5") as test:
+        assert len(train) == 5 and test.img_ids == ["castle/0011_11.jpg", "castle/0012_12.jpg"]
+
+
+def test_a_wrong_image_folder_stops_before_anything_is_written(tmp_path, shared_data, capsys):
+    from lesa.cli import main
+
+    root = tmp_path / "nus"
+    build_nus_tree(root, shared_data)
+    out = tmp_path / "x.h5"
+    assert main(["extract", "nus-wide", "--root", str(root), "--images-dir", str(root / "Flikr"),
+                 "--split", "Train", "--out", str(out), *CLI]) == 1
+    err = capsys.readouterr().err
+    assert str(root / "Flikr" / "actor" / "0001_1.jpg") in err and "--images-dir" in err
+    # Open Images: the images where the original kept them (./image_data/<split>), not next to --root
+    oi = tmp_path / "OpenImages" / "2018_04"
+    build_oi_tree(oi, shared_data)
+    (oi.parent / "image_data").rename(tmp_path / "image_data")
+    assert main(["extract", "openimages", "--root", str(oi), "--split", "validation", "--out", str(out), *CLI]) == 1
+    err = capsys.readouterr().err
+    assert str(oi.parent / "image_data" / "validation" / "000a.jpg") in err and "--images-dir" in err
+    assert not list(tmp_path.glob("x.h5*"))
+
+
+def test_many_missing_images_are_announced_at_the_start(nus_tree, model, tmp_path, capsys):
+    root, _ = nus_tree
+    extract_features(nus_wide_source(load_nus_wide_split(root, "Train")), tmp_path / "a.h5", model,
+                     workers=0, progress=False)
+    assert "warning" not in capsys.readouterr().err  # 1 of 10 missing
+    for name in ("actor/0001_1.jpg", "actor/0003_3.jpg"):
+        (root / "Flickr" / name).unlink()
+    extract_features(nus_wide_source(load_nus_wide_split(root, "Train")), tmp_path / "b.h5", model,
+                     workers=0, progress=False, log=lambda message: print(message, file=sys.stderr))
+    first, *later = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"warning: 3 of the 10 images listed for nus_wide Train are not in {root / 'Flickr'}")
+    assert "--images-dir" in first and later and all(line.startswith("skipped ") for line in later)
+
+
+def test_missing_vgg_weights_say_where_to_get_them(tmp_path, monkeypatch, capsys):
+    from lesa.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "nus-wide", "--split", "Train", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "model/vgg_19.ckpt: VGG-19 checkpoint not found" in err
+    assert "http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz" in err and "-C model" in err

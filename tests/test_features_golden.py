@@ -9,7 +9,7 @@ import torch
 
 from conftest import rel_err
 from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
-from lesa.features.vgg import channels_last_by_default
+from lesa.device import channels_last_by_default
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import torch
 
 from lesa.errors import CheckpointError, ConfigError, DataError, ImageError
 from lesa.features import VGG19Conv54, decode_jpeg, vgg_preprocess, vgg_preprocess_batch
-from lesa.features.preprocess import crop_plan, pack_crops, resized_size, vgg_preprocess_packed
-from lesa.features.vgg import conv_names, precision_context
+from lesa.features.preprocess import RGB_MEAN, crop_plan, pack_crops, resized_size, vgg_preprocess_packed
+from lesa.device import precision_context
+from lesa.features.vgg import conv_names
 
 RNG = np.random.default_rng(0)
 
@@ -102,19 +103,29 @@ def test_preprocess_shapes_and_batch_equals_single():
         vgg_preprocess(np.zeros((10, 10), np.uint8))
 
 
+def whole_image_reference(image: np.ndarray) -> np.ndarray:
+    """TF1's resize + crop + mean sampled from the whole image in numpy float32 (3, 224, 224)."""
+    (y_lo, y_hi, dy), (x_lo, x_hi, dx) = crop_plan(*image.shape[:2])
+    im = image.astype(np.float32)
+    dx, dy = dx[None, :, None], dy[:, None, None]
+    top = im[y_lo][:, x_lo] + (im[y_lo][:, x_hi] - im[y_lo][:, x_lo]) * dx
+    bottom = im[y_hi][:, x_lo] + (im[y_hi][:, x_hi] - im[y_hi][:, x_lo]) * dx
+    return (top + (bottom - top) * dy - np.float32(RGB_MEAN)).transpose(2, 0, 1)
+
+
 def test_packing_only_the_cropped_window_gives_the_same_numbers():
     """What the extraction workers send: the rows and columns the resize + crop reads."""
     sizes = [(375, 500), (500, 375), (333, 500), (224, 224), (256, 256), (37, 300), (1, 700), (900, 2),
              (1, 1), (3, 1000)] + [tuple(RNG.integers(1, 900, 2)) for _ in range(20)]
     images = [RNG.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-    flat, stored, plan = pack_crops(images)
-    assert flat.numel() == sum(h * w * 3 for h, w in stored)
-    assert all(h <= hh and w <= ww for (h, w), (hh, ww) in zip(stored, sizes))
-    assert stored[0] == (329, 329)  # 500 x 375 photo: 58% of its pixels
-    torch.testing.assert_close(vgg_preprocess_packed(flat, stored, plan=plan), vgg_preprocess_batch(images),
-                               rtol=0, atol=0)
-    empty, no_sizes, _ = pack_crops([])
-    assert empty.numel() == 0 and no_sizes == []
+    pixels, plan = pack_crops(images)
+    assert pixels.numel() < sum(h * w * 3 for h, w in sizes)
+    assert pack_crops(images[:1])[0].numel() == 329 * 329 * 3  # 500 x 375 photo: 58% of its pixels
+    batch = vgg_preprocess_packed(pixels, plan)
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(batch[i].numpy(), whole_image_reference(image), err_msg=str(sizes[i]))
+    empty, no_plan = pack_crops([])
+    assert empty.numel() == 0 and vgg_preprocess_packed(empty, no_plan).shape == (0, 3, 224, 224)
     with pytest.raises(ImageError):
         pack_crops([np.zeros((10, 10), np.uint8)])
 
@@ -175,35 +186,58 @@ def test_torchvision_weights_offline_error_or_file(tmp_path):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_gpu_decoder_fallbacks_run_on_cpu():
+def test_torchvision_weights_offline_name_each_commands_flag(monkeypatch):
+    """`lesa extract` takes the file with --weights, `lesa tag` / `lesa visualize` with
+    --torchvision-weights: the offline error names both."""
+    import urllib.error
+
+    from torchvision.models import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(CheckpointError) as info:
+        VGG19Conv54.from_torchvision()
+    message = str(info.value)
+    assert "lesa extract --backbone torchvision --weights PATH" in message
+    assert "`lesa tag` / `lesa visualize --torchvision-weights PATH`" in message
+
+
+def test_gpu_decoder_fallbacks_run_on_cpu(tmp_path):
     """The decoder=gpu routing (nvjpeg for complete RGB JPEGs, the exact decoder for the rest)
     exercised with torchvision's CPU decoder."""
-    from lesa.features.extract import _collate, _decode_on_gpu
+    from lesa.features.extract import gpu_decode, image_loader, model_input
 
-    image = smooth_image(60, 70)
+    image = smooth_image(260, 270)
     good = simplejpeg.encode_jpeg(image, quality=90)
     cmyk = simplejpeg.encode_jpeg(RNG.integers(0, 255, (16, 16, 4), dtype=np.uint8), colorspace="CMYK")
     blobs = [good, good[: len(good) // 2], png_bytes(image), cmyk, b"junk"]
-    # the worker packs the files and marks which nvjpeg may take; the main process decodes
-    batch = _collate([(10 + i, data, "", "") for i, data in enumerate(blobs)] + [(15, None, "unreadable", "gone")])
-    assert batch["nvjpeg"] == [True, False, False, False, False] and batch["failures"] == [(15, "unreadable", "gone")]
-    assert batch["flat"].numpy().tobytes() == b"".join(blobs)
-    positions, images, failures = _decode_on_gpu(batch["positions"], batch["flat"], batch["sizes"], batch["nvjpeg"],
-                                                 torch.device("cpu"), 10**8)
-    assert positions == [10, 12]
-    assert images[0].shape == (60, 70, 3) and images[1].shape == (60, 70, 3)
-    np.testing.assert_array_equal(images[1].numpy(), image)
-    assert sorted((p, r) for p, r, _ in failures) == [(11, "truncated"), (13, "cmyk"), (14, "not_image")]
+    paths = []
+    for i, data in enumerate(blobs):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(data)
+    paths.append(tmp_path / "gone.jpg")
+    # the workers only read the files and mark which nvjpeg may take; the main process decodes
+    (batch,) = image_loader(paths, range(6), "gpu", 8, 0, torch.device("cpu"))
+    assert batch.nvjpeg == [True, False, False, False, False] and [f[:2] for f in batch.failures] == [(5, "unreadable")]
+    assert batch.pixels.numpy().tobytes() == b"".join(blobs)
+    positions, images, failures = gpu_decode(batch, torch.device("cpu"))
+    assert positions == [0, 2] and [image.shape for image in images] == [(260, 270, 3)] * 2
+    np.testing.assert_array_equal(images[1].numpy(), image)  # the PNG, by the exact decoder
+    positions, x, failures = model_input(batch, torch.device("cpu"))
+    assert positions == [0, 2] and x.shape == (2, 3, 224, 224)
+    assert sorted((p, r) for p, r, _ in failures) == [(1, "truncated"), (3, "cmyk"), (4, "not_image"), (5, "unreadable")]
+    torch.testing.assert_close(x[1], vgg_preprocess(image), rtol=0, atol=0)  # the PNG: the exact decoder
     # integer-accurate libjpeg vs TF's fast DCT: close, not identical
-    assert np.abs(images[0].numpy().astype(int) - decode_jpeg(good).astype(int)).max() <= 8
+    assert (x[0] - vgg_preprocess(decode_jpeg(good))).abs().max() <= 8
 
 
 @pytest.mark.parametrize("decoder", ["exact", "gpu"])
 def test_worker_processes_hand_over_packed_batches(tmp_path, decoder):
-    """image_loader with real worker processes: batches cross in shared memory as packed uint8
-    (decoded crop windows, or the files' bytes for nvjpeg) with every image accounted for."""
+    """image_loader with real worker processes: batches arrive as packed uint8 (decoded crop
+    windows, or the files' bytes for nvjpeg) with every image accounted for, in order."""
     from lesa.features.extract import image_loader
-    from lesa.features.preprocess import vgg_preprocess_packed
 
     images = [smooth_image(h, w) for h, w in [(60, 70), (300, 200), (90, 400), (240, 240), (50, 50)]]
     paths = []
@@ -214,18 +248,18 @@ def test_worker_processes_hand_over_packed_batches(tmp_path, decoder):
     paths[-1].write_bytes(b"junk")
     seen, failed = [], {}
     for batch in image_loader(paths, range(len(paths)), decoder, 3, 2, torch.device("cpu")):
-        seen += batch["positions"]
-        failed.update({pos: reason for pos, reason, _ in batch["failures"]})
-        if not batch["positions"]:
+        seen += batch.positions
+        failed.update({pos: reason for pos, reason, _ in batch.failures})
+        if not batch.positions:
             continue
         if decoder == "exact":
-            got = vgg_preprocess_packed(batch["flat"], batch["sizes"], plan=batch["plan"])
-            want = vgg_preprocess_batch([decode_jpeg(paths[p].read_bytes()) for p in batch["positions"]])
+            got = vgg_preprocess_packed(batch.pixels, batch.plan)
+            want = vgg_preprocess_batch([decode_jpeg(paths[p].read_bytes()) for p in batch.positions])
             torch.testing.assert_close(got, want, rtol=0, atol=0)
         else:
-            files = batch["flat"].split(batch["sizes"])
-            assert [f.numpy().tobytes() for f in files] == [paths[p].read_bytes() for p in batch["positions"]]
-            assert batch["nvjpeg"] == [pos != 6 for pos in batch["positions"]]  # junk: the exact decoder's
+            files = batch.pixels.split(batch.sizes)
+            assert [f.numpy().tobytes() for f in files] == [paths[p].read_bytes() for p in batch.positions]
+            assert batch.nvjpeg == [pos != 6 for pos in batch.positions]  # junk: the exact decoder's
     if decoder == "exact":  # decoded (or rejected) in the workers
         assert seen == [0, 1, 2, 3, 4] and failed == {5: "unreadable", 6: "not_image"}
     else:  # only read there: the main process decodes (and rejects) them
@@ -236,15 +270,15 @@ def test_running_out_of_shared_memory_is_a_clear_error_and_resumable(tmp_path, m
     import lesa.features.extract as extract
     from lesa.datasets.h5 import partial_path
 
-    def full(n):  # what torch raises in a worker when /dev/shm is full
+    def full(images):  # what torch raises in a worker when /dev/shm is full
         raise RuntimeError("unable to write to file </torch_7_1234_0>: No space left on device (28)")
 
-    monkeypatch.setattr(extract, "shared_bytes", full)  # the forked worker inherits it
+    monkeypatch.setattr(extract, "pack_crops", full)  # the forked worker inherits it
     paths = [tmp_path / f"{i}.jpg" for i in range(3)]
     for path in paths:
         path.write_bytes(simplejpeg.encode_jpeg(smooth_image(40, 50), quality=90))
     source = extract.ExtractionSource("bench", "bench", [p.name for p in paths], paths, {}, lambda pos: {})
-    with pytest.raises(DataError, match=r"shared memory \(/dev/shm\).*No space left.*--resume"):
+    with pytest.raises(DataError, match=r"shared memory \(/dev/shm\).*No space left.*--shm-size.*--resume"):
         extract.extract_features(source, tmp_path / "f.h5", extract.build_model("random", None), batch_size=2,
                                  workers=1, progress=False)
     assert partial_path(tmp_path / "f.h5").exists() and not (tmp_path / "f.h5").exists()

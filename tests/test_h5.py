@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lesa.datasets.h5 import FeatureFile, FeatureWriter, open_features, partial_path, read_split_files
+import h5py
+
+from lesa.datasets.h5 import FeatureFile, FeatureWriter, open_features, partial_path
 from lesa.errors import DataError, ShapeError
 
 DIMS = {"labels_1k": 10, "labels_81": 3}
@@ -41,8 +43,12 @@ def test_roundtrip(tmp_path):
     np.testing.assert_array_equal(feats[0], b2[1][1])
     np.testing.assert_array_equal(feats[1], b1[1][0])
     np.testing.assert_array_equal(labels["labels_1k"][2], b2[2]["labels_1k"][1])
-    got = np.concatenate([f for f, _ in split.iter_batches(2)])
-    np.testing.assert_array_equal(got, np.concatenate([b1[1], b2[1]]))
+    np.testing.assert_array_equal(split.read_features(range(5), dtype=None), np.concatenate([b1[1], b2[1]]))
+    out = np.empty((3, 196, 512), np.float32)
+    split.read_features_into(2, out)
+    np.testing.assert_array_equal(out, np.concatenate([b1[1], b2[1]])[2:])
+    np.testing.assert_array_equal(split.read_labels("labels_81", [1, 3]),
+                                  np.stack([b1[2]["labels_81"][1], b2[2]["labels_81"][1]]))
 
 
 def test_float16(tmp_path):
@@ -56,19 +62,34 @@ def test_float16(tmp_path):
     np.testing.assert_allclose(split.read_features([0, 1]), feats, rtol=1e-3, atol=1e-3)
 
 
-def test_interrupted_file_is_not_complete_and_resumes(tmp_path):
+class Killed(BaseException):
+    pass
+
+
+def test_interrupted_file_is_not_complete_and_resumes(tmp_path, monkeypatch):
     path = tmp_path / "train.h5"
     b1, b2, b3 = batch(0, 2), batch(2, 2), batch(4, 1)
     w = FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"})
     w.append(*b1)
     w.append(*b2)
-    # simulate a kill in the middle of the next batch: rows grown but counter not advanced
-    w._file["features"].resize(6, axis=0)
+    real = h5py.AttributeManager.__setitem__
+
+    def killed_at_the_counter(self, key, value):  # the next batch's rows are written, not counted
+        if key == "n_written":
+            raise Killed
+        real(self, key, value)
+
+    monkeypatch.setattr(h5py.AttributeManager, "__setitem__", killed_at_the_counter)
+    with pytest.raises(Killed):
+        w.append(*batch(4, 3))
+    monkeypatch.undo()
     w.close()
     with pytest.raises(DataError, match="--resume"):
         FeatureFile(path)
-    with pytest.raises(DataError, match="incomplete"):
+    with pytest.raises(DataError, match="incomplete.*after 4 images.*--resume"):
         FeatureFile(partial_path(path))
+    with FeatureFile(partial_path(path), allow_incomplete=True) as f:  # what an interrupted file holds
+        assert len(f) == 4 and f.img_ids == b1[0] + b2[0]
     with FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"}, resume=True) as w:
         assert w.n_written == 4 and w.done_ids == b1[0] + b2[0]
         w.append(*b3)
@@ -78,6 +99,24 @@ def test_interrupted_file_is_not_complete_and_resumes(tmp_path):
     a, b = open_features(path), open_features(ref)
     assert a.img_ids == b.img_ids
     np.testing.assert_array_equal(a.read_features(range(5)), b.read_features(range(5)))
+
+
+def test_a_file_lesa_did_not_write_is_told_apart(tmp_path):
+    """Without the 'complete' attribute a file is not called interrupted: the error says what the
+    layout must be and how to make one."""
+    path = tmp_path / "mine.h5"
+    with h5py.File(path, "w") as f:
+        f["features"] = np.zeros((2, 196, 512), np.float32)
+        f["img_ids"] = np.array([b"a", b"b"])
+    with pytest.raises(DataError) as info:
+        FeatureFile(path)
+    message = str(info.value)
+    assert "not a lesa feature file" in message and "complete=True" in message and "lesa extract" in message
+    assert "--resume" not in message and "interrupted" not in message
+    with h5py.File(path, "a") as f:  # the same arrays marked complete: read as they are
+        f.attrs["complete"] = True
+    with open_features(path) as split:
+        assert split.img_ids == ["a", "b"] and split.label_dims == {}
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -104,7 +143,6 @@ def test_bad_inputs(tmp_path):
     bogus.write_bytes(b"not hdf5 at all")
     with pytest.raises(DataError):
         FeatureFile(bogus)
-    import h5py
     wrong = tmp_path / "wrong.h5"
     with h5py.File(wrong, "w") as f:
         f["features"] = np.zeros((2, 49, 512), np.float32)
@@ -123,13 +161,13 @@ def test_shards_read_as_one(tmp_path):
                            attrs={"shard_rank": rank, "shard_world_size": 2}) as w:
             w.append(*b)
             w.finish()
-    split = read_split_files(str(tmp_path / "s.rank*.h5"))
+    split = open_features(str(tmp_path / "s.rank*.h5"))
     assert len(split) == 5
     assert split.img_ids == batches[0][0] + batches[1][0]
     np.testing.assert_array_equal(split.read_features([4, 1]), np.stack([batches[1][1][1], batches[0][1][1]]))
     (tmp_path / "s.rank1.h5").unlink()
     with pytest.raises(DataError, match="missing"):
-        read_split_files(str(tmp_path / "s.rank*.h5"))
+        open_features(str(tmp_path / "s.rank*.h5"))
 
 
 def test_pickles_by_path(tmp_path):
@@ -144,103 +182,70 @@ def test_pickles_by_path(tmp_path):
     np.testing.assert_array_equal(copy.read_features([1]), b[1][1:])
 
 
+# in a child process: kill -9 just before its KILL_AT-th write into an HDF5 array
+KILL_AT_WRITE = """
+import os, signal, h5py
+calls, real_write = 0, h5py.Dataset.__setitem__
+def counted_write(self, key, value):
+    global calls
+    calls += 1
+    if calls == KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_write(self, key, value)
+h5py.Dataset.__setitem__ = counted_write
+"""
+# 5 writes per batch of 3 (id bytes, id ends, ids, features, labels); KILL_AT -1: in finish(),
+# just before the file is renamed
 WRITER = """
-import sys, time, numpy as np
+import os, signal, sys
+import numpy as np
 from lesa.datasets.h5 import FeatureWriter
+KILL_AT = int(sys.argv[2])
+""" + KILL_AT_WRITE + """
+if KILL_AT < 0:
+    os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 w = FeatureWriter(sys.argv[1], "x", "Train", {"labels": 7}, resume=True)
 i = w.n_written
 while i < 300:
     ids = [f"id{j}" for j in range(i, i + 3)]
     feats = np.stack([np.full((196, 512), j, np.float32) for j in range(i, i + 3)])
-    w.append(ids, feats, {"labels": np.full((3, 7), i % 3 - 1, np.int8)})
+    w.append(ids, feats, {"labels": np.full((3, 7), i // 3 % 3 - 1, np.int8)})
     i += 3
-    time.sleep(0.02)
 w.finish()
 """
 
 
 @pytest.mark.slow
 def test_kill9_during_appends_then_resume(tmp_path):
-    """Repeated kill -9 of a writer: each resume continues, the final file has every row once.
-    (Variable-length ids in a heap damaged by a kill used to fail the next write.)"""
-    import random
-    import signal
+    """kill -9 inside each kind of array write and inside finish(), each followed by a resume: the
+    final file has every row once."""
     import subprocess
     import sys
-    import time
 
     path = tmp_path / "k.h5"
-    rng = random.Random(1)
-    kills = 0
-    while not path.exists() and kills < 8:
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.8, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        _, err = proc.communicate()
-        assert b"Error" not in err, err.decode()[-800:]
-    assert kills >= 2
-    if not path.exists():
-        subprocess.run([sys.executable, "-c", WRITER, str(path)], check=True)
+    # the 1st batch's id bytes, the 8th's ids, the 22nd's id ends, the 37th's features, the 32nd's
+    # labels; in finish (-1); no kill (0): the run finishes
+    for kill_at in ["1", "38", "107", "184", "160", "-1", "0"]:
+        proc = subprocess.run([sys.executable, "-c", WRITER, str(path), kill_at], capture_output=True)
+        assert proc.returncode == (0 if kill_at == "0" else -9), proc.stderr.decode()[-800:]
+        assert path.exists() == (kill_at == "0")
     with open_features(path) as split:
         assert split.img_ids == [f"id{j}" for j in range(300)]
-        feats = split.read_features(range(0, 300, 29))
-        assert all(np.all(feats[k] == 29 * k) for k in range(len(feats)))
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_chunks_written_with_our_checksums_are_the_filters_bytes(tmp_path, dtype):
-    """FeatureWriter.append(checksums=fletcher32_of_records(...)) and append_chunks(record_chunks(...))
-    (what the GPU extraction builds) store byte for byte what HDF5's fletcher32 filter stores (so
-    reading verifies them), including all-zero and all-0xFF records."""
-    import h5py
-    import torch
-
-    from lesa.datasets.h5 import fletcher32_of_records, record_chunks
-
-    rng = np.random.default_rng(0)
-    feats = rng.standard_normal((12, 196, 512)).astype(dtype)
-    feats[3] = 0
-    feats[4].view(np.uint8)[:] = 0xFF  # 16-bit words 0xFFFF: sums congruent to 0 mod 65535
-    labels = rng.integers(-1, 2, (12, 5)).astype(np.int8)
-    files = []
-    for how in ("filter", "checksums", "chunks"):
-        path = tmp_path / f"{how}.h5"
-        with FeatureWriter(path, "nus_wide", "Test", {"labels_81": 5}, dtype=dtype) as writer:
-            for i in (0, 7):
-                part = feats[i:i + 7][: 12 - i]
-                ids, part_labels = [str(i + j) for j in range(len(part))], {"labels_81": labels[i:i + len(part)]}
-                sums = fletcher32_of_records(torch.from_numpy(part))
-                if how == "chunks":
-                    writer.append_chunks(ids, record_chunks(torch.from_numpy(part), sums), part_labels)
-                else:
-                    writer.append(ids, part, part_labels, checksums=sums if how == "checksums" else None)
-            writer.append([], np.zeros((0, 196, 512), dtype), {"labels_81": labels[:0]},
-                          checksums=fletcher32_of_records(torch.zeros(0, 196, 512)))  # an empty batch: nothing
-            with pytest.raises(ShapeError, match="uint8"):  # chunks of another dtype's records
-                writer.append_chunks(["x"], np.zeros((1, 196 * 512 * 3 + 4), np.uint8), {"labels_81": labels[:1]})
-            writer.finish()
-        files.append(path)
-    with h5py.File(files[0]) as a, h5py.File(files[1]) as b, h5py.File(files[2]) as c:
-        for i in range(12):
-            chunk = a["features"].id.read_direct_chunk((i, 0, 0))
-            assert chunk == b["features"].id.read_direct_chunk((i, 0, 0)) == c["features"].id.read_direct_chunk((i, 0, 0))
-        np.testing.assert_array_equal(c["features"][:], feats)
-    for path in files[1:]:
-        with open_features(path) as split:
-            np.testing.assert_array_equal(split.read(np.arange(12))[0], feats.astype(np.float32))
+        feats, labels = split.read(range(0, 300, 29))
+    rows = np.arange(0, 300, 29)
+    assert all(np.all(feats[k] == row) for k, row in enumerate(rows))
+    assert all(np.all(labels["labels"][k] == row // 3 % 3 - 1) for k, row in enumerate(rows))
 
 
 KILLED_DURING_CREATION = """
 import os, signal, sys
+import h5py
 from lesa.datasets.h5 import FeatureWriter
-real = FeatureWriter._create
-def half_then_killed(self, attrs, label_names):
-    self._file.create_dataset("features", shape=(0, 196, 512), maxshape=(None, 196, 512), dtype="f4")
-    self._file.flush()
+real = h5py.Group.create_dataset
+def killed_after_the_first(self, *args, **kwargs):
+    real(self, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 before the other arrays exist
-FeatureWriter._create = half_then_killed
+h5py.Group.create_dataset = killed_after_the_first
 FeatureWriter(sys.argv[1], "x", "Train", {"labels": 7}, resume=True)
 """
 

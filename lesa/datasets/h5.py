@@ -1,56 +1,43 @@
 """The HDF5 feature-file layout: one file per dataset split (or per shard of a split).
 
-Layout (every array row ``i`` describes the same image)::
+Layout (row ``i`` of every array describes the same image)::
 
-    /features        (N, 196, 512) float32 or float16, chunked one image per chunk
-                     VGG-19 conv5_4 (+ReLU) regions, row-major over the 14x14 grid
-    /img_ids         (N,) UTF-8 strings (NUS-WIDE: the image path as in ImageList; OI: ImageID)
-    /<label name>    (N, D) int8 with values -1 (absent), 0 (unknown / not annotated), 1 (present)
-                     NUS-WIDE: labels_1k (N, 1000), labels_81 (N, 81)
-                     Open Images train/validation: labels (N, 7186)
-                     Open Images test: seen_labels (N, 7186), unseen_labels (N, 2594)
-    /label_names/<label name>   optional (D,) UTF-8 strings naming the label columns
+    /features        (N, 196, 512) float32 or float16, one image per chunk: VGG-19 conv5_4 (+ReLU)
+                     regions, row-major over the 14x14 grid
+    /img_ids         (N,) UTF-8 strings (NUS-WIDE: the ImageList path; Open Images: the ImageID)
+    /<label name>    (N, D) int8: -1 absent, 0 unknown (not annotated), 1 present.
+                     NUS-WIDE labels_1k (N, 1000) and labels_81 (N, 81); Open Images train and
+                     validation labels (N, 7186), test seen_labels (N, 7186) and unseen_labels (N, 2594)
+    /label_names/<label name>   optional (D,) UTF-8 names of the label columns
 
-    file attributes: dataset, split, backbone, weights_sha256, decoder, precision,
-                     lesa_version, feature_dtype, n_written, complete (bool), and for shards
-                     shard_rank / shard_world_size / shard_start / shard_stop.
+    attributes: dataset, split, feature_dtype, lesa_version, n_written, complete (True), those the
+                writer was given (backbone, weights_sha256, decoder, precision, ...) and for shards
+                shard_rank / shard_world_size / shard_start / shard_stop.
 
-Writing (crash safe, resumable)::
+Every array carries HDF5's Fletcher-32 checksum per chunk: a damaged byte is an error, not a
+silently different number.
 
-    with FeatureWriter("train.h5", "nus_wide", "Train", {"labels_1k": 1000, "labels_81": 81},
-                       attrs={"backbone": "vgg19_conv54"}, resume=True) as writer:
-        todo = [i for i in ids if i not in writer.done_ids]
-        writer.append(img_ids, features, {"labels_1k": l1k, "labels_81": l81})
-        writer.finish()
+Writing: ``FeatureWriter`` fills ``<path>.partial``. Each ``append`` is flushed before the
+``n_written`` attribute counts it, so a run killed at any moment continues with ``resume=True``
+from the last whole batch; ``finish()`` sets ``complete`` and renames the file to ``<path>``: a
+file under the final name is always whole. While partial, the ids are also kept as UTF-8 bytes
+plus end offsets (``/_img_id_bytes``, ``/_img_id_ends``, removed by ``finish()``): a kill can
+damage the global heap of variable-length strings ("bad heap index" on the next write), so a
+resumed writer rebuilds ``/img_ids`` from those plain arrays without reading it.
 
-The writer works on ``<path>.partial``; after every ``append`` the data is flushed and the
-``n_written`` attribute advanced, so a run killed at any point (Ctrl-C, kill -9) can continue with
-``resume=True`` from the last appended batch. ``finish()`` sets ``complete=True`` and renames the
-file to ``<path>``: a file under the final name is always complete, and a half-written one is never
-mistaken for it. While partial, the ids are also kept as UTF-8 bytes plus end offsets
-(``/_img_id_bytes``, ``/_img_id_ends``: plain numeric arrays, removed by ``finish()``): HDF5's
-variable-length strings live in a global heap that a killed writer can leave damaged ("bad heap
-index" on the next write), so a resumed writer never reads the old ``/img_ids``; it rebuilds it
-from those bytes.
-
-Reading::
-
-    split = open_features("train.h5")                   # or a list of shard files, or a glob
-    len(split), split.img_ids, split.label_names, split.attrs
-    feats, labels = split.read([0, 5, 7])                # (3, 196, 512) float32, {name: (3, D) int8}
-    for feats, labels in split.iter_batches(256): ...
-
-``FeatureFile`` is one file (``.features`` is the h5py dataset, streamable); ``read_split_files``
-presents several files (shards of one split) as one dataset in order. Both pickle by path, so a
-copy sent to a DataLoader worker process reopens its own h5py handles.
+Reading: ``open_features(path | list | glob)`` -> ``FeatureSplit`` (shards in rank order, read as
+one split): ``len(split)``, ``split.img_ids``, ``split.read(rows)`` -> (features (B, 196, 512),
+{label name: (B, D) int8}). ``FeatureFile`` is one file; both pickle by path, so a copy sent to a
+DataLoader worker opens its own handles.
 """
 from __future__ import annotations
 
-import glob as _glob
+import glob
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
+import h5py
 import numpy as np
 
 from lesa.errors import DataError, LesaError, ShapeError
@@ -58,339 +45,212 @@ from lesa.files import atomic_write, remove_temporaries
 from lesa.shapes import FEATURE_SHAPE
 
 FEATURE_DTYPES = ("float32", "float16")
-PARTIAL_SUFFIX = ".partial"
-LABEL_VALUES = (-1, 0, 1)
-
+ID_BYTES, ID_ENDS = "_img_id_bytes", "_img_id_ends"  # a partial file's ids, as a kill leaves them
+NOT_LABELS = ("features", "img_ids", "label_names", ID_BYTES, ID_ENDS)
+STRINGS = h5py.string_dtype("utf-8")
 # what h5py raises on damaged files (besides our own checks)
-_H5_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, UnicodeDecodeError)
-
-# the ids of a partial file (see the module docstring)
-ID_BYTES = "_img_id_bytes"
-ID_ENDS = "_img_id_ends"
-
-# attribute names (file level)
-ATTR_COMPLETE = "complete"
-ATTR_N_WRITTEN = "n_written"
-
-
-def _h5py():
-    import h5py
-
-    return h5py
+H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError, UnicodeDecodeError)
+LAYOUT_HELP = ("a lesa feature file holds /features (N,196,512) float32 or float16, /img_ids (N,) strings, "
+               "labels as (N,D) int8 arrays and the attribute complete=True; write one with `lesa extract`, "
+               "`lesa convert-tfrecord` or lesa.datasets.h5.FeatureWriter")
+DAMAGED = "the file is damaged: re-create it with `lesa extract` (or `lesa convert-tfrecord`)"
 
 
 def partial_path(path: str | os.PathLike) -> Path:
     """The name a file has while it is being written: ``<path>.partial``."""
     path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+    return path.with_name(path.name + ".partial")
 
 
-def _decode_str(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _ids_from_bytes(f, n: int) -> list[str]:
-    """The first ``n`` ids of a partial file (UTF-8 bytes + end offsets)."""
-    if n == 0:
-        return []
-    ends = f[ID_ENDS][:n]
-    raw = f[ID_BYTES][: int(ends[-1])].tobytes()
-    starts = np.concatenate([[0], ends[:-1]])
-    return [raw[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist())]
-
-
-def _attrs_dict(h5attrs) -> dict:
+def _attrs(h5attrs) -> dict:
+    """HDF5 attributes as Python values (str, int, float, bool)."""
     out = {}
     for key, value in h5attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8")
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
+        out[key] = value.decode("utf-8") if isinstance(value, bytes) else \
+            value.item() if isinstance(value, np.generic) else value
     return out
 
 
-class FeatureWriter:
-    """Append images' features, ids and labels to one HDF5 split file (see module docstring).
+def _ids_from_bytes(f, start: int, stop: int) -> list[str]:
+    """Ids ``start .. stop - 1`` of a partial file."""
+    if stop <= start:
+        return []
+    ends = f[ID_ENDS][start:stop].tolist()
+    first = int(f[ID_ENDS][start - 1]) if start else 0
+    raw = f[ID_BYTES][first:ends[-1]].tobytes()
+    return [raw[a - first:b - first].decode("utf-8") for a, b in zip([first, *ends[:-1]], ends)]
 
-    Args:
-        path: final file name; the data goes to ``<path>.partial`` until ``finish()``.
-        dataset: e.g. ``"nus_wide"`` or ``"openimages"`` (stored as attribute ``dataset``).
-        split: e.g. ``"Train"``, ``"Test"``, ``"train"``, ``"validation"``, ``"test"``.
-        label_dims: ``{label name: number of columns}``, e.g. ``{"labels_1k": 1000, "labels_81": 81}``.
-        dtype: ``"float32"`` or ``"float16"`` for ``features``.
-        attrs: extra file attributes (backbone, weights_sha256, decoder, precision, shard info...).
-            On resume, these must equal the ones stored (a different backbone would mix features).
-        label_names: optional ``{label name: list of D column names}`` stored under ``/label_names``.
-        resume: continue ``<path>.partial`` if it exists (otherwise start fresh). Without it an
-            existing ``<path>.partial`` is overwritten. An existing complete ``<path>`` is an
-            error unless ``overwrite=True``.
-        overwrite: replace an existing complete ``<path>``.
+
+def _grow(ds, n: int, rows) -> None:
+    """Write ``rows`` at row ``n`` of the resizable dataset ``ds``."""
+    ds.resize(n + len(rows), axis=0)
+    ds[n:n + len(rows)] = rows
+
+
+class FeatureWriter:
+    """Appends images' features, ids and labels to one split file (see the module docstring).
+
+    ``label_dims``: {label name: columns}, e.g. {"labels_1k": 1000, "labels_81": 81}; ``dtype``:
+    float32 or float16 features; ``attrs``: extra file attributes, which a resumed run must repeat
+    (another backbone would mix features); ``label_names``: {label name: D column names};
+    ``resume``: continue ``<path>.partial`` if there is one (otherwise it is started afresh);
+    ``overwrite``: replace a complete ``<path>``.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        dataset: str,
-        split: str,
-        label_dims: Mapping[str, int],
-        dtype: str = "float32",
-        attrs: Mapping | None = None,
-        label_names: Mapping[str, Sequence[str]] | None = None,
-        resume: bool = False,
-        overwrite: bool = False,
-    ):
-        h5py = _h5py()
-        self.path = Path(path)
-        self.partial = partial_path(self.path)
+    def __init__(self, path: str | os.PathLike, dataset: str, split: str, label_dims: Mapping[str, int],
+                 dtype: str = "float32", attrs: Mapping | None = None,
+                 label_names: Mapping[str, Sequence[str]] | None = None, resume: bool = False,
+                 overwrite: bool = False):
+        self.path, self.partial = Path(path), partial_path(path)
         if str(dtype) not in FEATURE_DTYPES:
             raise DataError(f"{self.path}: feature dtype {dtype!r} is not supported; use float32 or float16")
         self.dtype = np.dtype(str(dtype))
         self.label_dims = {str(k): int(v) for k, v in label_dims.items()}
         for name, dim in self.label_dims.items():
-            if name in ("features", "img_ids", "label_names") or name.startswith("_") or dim <= 0:
+            if name in NOT_LABELS or name.startswith("_") or dim <= 0:
                 raise DataError(f"{self.path}: invalid label array {name!r} with {dim} columns")
-        self._finished = False
+        for name, names in (label_names or {}).items():
+            if len(names) != self.label_dims.get(name):
+                raise DataError(f"{self.path}: label_names[{name!r}] has {len(names)} names for "
+                                f"{self.label_dims.get(name)} columns")
         if self.path.exists() and not overwrite:
-            raise DataError(
-                f"{self.path} already exists (a complete file); delete it, choose another output, "
-                "or pass overwrite=True (--overwrite) to replace it"
-            )
-        wanted_attrs = {
-            "dataset": str(dataset),
-            "split": str(split),
-            "feature_dtype": self.dtype.name,
-            **{str(k): v for k, v in (attrs or {}).items()},
-        }
-        if "lesa_version" not in wanted_attrs:
-            from lesa import __version__
+            raise DataError(f"{self.path} already exists (a complete file); delete it, choose another "
+                            "output, or pass --overwrite (overwrite=True) to replace it")
+        from lesa import __version__
 
-            wanted_attrs["lesa_version"] = __version__
-
+        wanted = {"dataset": str(dataset), "split": str(split), "feature_dtype": self.dtype.name,
+                  "lesa_version": __version__, **{str(k): v for k, v in (attrs or {}).items()}}
+        self._finished = False
         if resume and self.partial.exists():
-            try:
-                self._file = h5py.File(self.partial, "r+")
-            except OSError as exc:
-                raise DataError(
-                    f"{self.partial}: the interrupted file cannot be opened ({exc}); it was damaged "
-                    "while being written. Delete it and run again without --resume"
-                ) from exc
-            self._check_resumable(wanted_attrs)
+            self._file = self._open_partial(wanted)
         else:
-            self._file = self._create_partial(wanted_attrs, label_names)
+            self._file = self._create_partial(wanted, label_names or {})
 
-    # -- creation / resume -------------------------------------------------------------------
-    def _create_partial(self, attrs: Mapping, label_names):
-        """The empty file is built under a temporary name and renamed to ``*.partial`` once every
-        array exists: a kill during creation never leaves a partial file that --resume cannot
-        continue (the next run finds no partial file and starts afresh)."""
-        h5py = _h5py()
+    def _create_partial(self, attrs: Mapping, label_names: Mapping) -> h5py.File:
+        """The empty file, built under a temporary name and renamed once every array exists: a kill
+        meanwhile leaves no ``*.partial`` that --resume could not continue."""
         remove_temporaries(self.partial.parent, self.partial.name)  # of a killed creation
 
         def create(tmp: Path) -> None:
-            self._file = h5py.File(tmp, "w")
-            try:
-                self._create(attrs, label_names)
-            finally:
-                self._file.close()
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("features", shape=(0, *FEATURE_SHAPE), maxshape=(None, *FEATURE_SHAPE),
+                                 dtype=self.dtype, chunks=(1, *FEATURE_SHAPE), fletcher32=True)
+                f.create_dataset("img_ids", shape=(0,), maxshape=(None,), dtype=STRINGS, chunks=(4096,))
+                f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
+                f.create_dataset(ID_ENDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+                for name, dim in self.label_dims.items():
+                    f.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.int8,
+                                     chunks=(max(1, min(1024, (1 << 16) // dim)), dim), fletcher32=True)
+                for name, names in label_names.items():
+                    f.create_dataset(f"label_names/{name}", data=list(names), dtype=STRINGS)
+                f.attrs.update({**attrs, "n_written": 0, "complete": False})
+                f.flush()
 
         atomic_write(self.partial, create, by_name=True)
         return h5py.File(self.partial, "r+")
 
-    def _create(self, attrs: Mapping, label_names) -> None:
-        h5py = _h5py()
-        f = self._file
-        f.create_dataset(
-            "features", shape=(0, *FEATURE_SHAPE), maxshape=(None, *FEATURE_SHAPE),
-            dtype=self.dtype, chunks=(1, *FEATURE_SHAPE),
-            fletcher32=True,  # a checksum per chunk: a damaged byte is an error, not a silently wrong value
-        )
-        self._create_img_ids([])
-        # ids while partial: UTF-8 bytes + end offsets (no variable-length heap; see module docstring)
-        f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
-        f.create_dataset(ID_ENDS, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
-        for name, dim in self.label_dims.items():
-            rows = max(1, min(1024, (1 << 16) // dim))
-            f.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=np.int8, chunks=(rows, dim),
-                             fletcher32=True)
-        for name, names in (label_names or {}).items():
-            if name not in self.label_dims or len(names) != self.label_dims[name]:
-                raise DataError(
-                    f"{self.path}: label_names[{name!r}] has {len(names)} names for "
-                    f"{self.label_dims.get(name)} columns"
-                )
-            f.create_dataset(f"label_names/{name}", data=np.array(list(names), dtype=object),
-                             dtype=h5py.string_dtype("utf-8"))
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        f.attrs[ATTR_N_WRITTEN] = 0
-        f.attrs[ATTR_COMPLETE] = False
-        f.flush()
+    def _open_partial(self, wanted: Mapping) -> h5py.File:
+        """``*.partial`` of an interrupted run, checked against this run's settings and cut back to
+        the rows its ``n_written`` counts (the rest belong to a batch the kill interrupted)."""
+        where = f"{self.partial} (--resume)"
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError as exc:
+            raise DataError(f"{where}: the interrupted file cannot be opened ({exc}); delete it and run "
+                            "again without --resume") from exc
+        try:
+            stored = _attrs(f.attrs)
+            for key, value in wanted.items():
+                if key != "lesa_version" and str(stored.get(key)) != str(value):
+                    raise DataError(f"{where}: attribute {key!r} is {stored.get(key)!r} in the file but "
+                                    f"{value!r} now; resume with the same settings, or run without --resume")
+            n = int(stored.get("n_written", 0))
+            widths = {"features": FEATURE_SHAPE, ID_ENDS: (), **{k: (d,) for k, d in self.label_dims.items()}}
+            for name, width in widths.items():
+                if name not in f or f[name].shape[1:] != width or f[name].shape[0] < n:
+                    raise DataError(f"{where}: array {name!r} is missing or shorter than the {n} images "
+                                    "written; delete the file and run without --resume")
+                f[name].resize(n, axis=0)
+            n_bytes = int(f[ID_ENDS][n - 1]) if n else 0
+            if ID_BYTES not in f or f[ID_BYTES].shape[0] < n_bytes:
+                raise DataError(f"{where}: the image ids are truncated; delete the file and run without --resume")
+            f[ID_BYTES].resize(n_bytes, axis=0)
+            if "img_ids" in f:  # unread: the kill may have damaged its heap
+                del f["img_ids"]
+            f.create_dataset("img_ids", data=np.array(_ids_from_bytes(f, 0, n), dtype=object), maxshape=(None,),
+                             dtype=STRINGS, chunks=(4096,))
+            f.attrs["complete"] = False
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        return f
 
-    def _check_resumable(self, wanted_attrs: Mapping) -> None:
-        f = self._file
-        stored = _attrs_dict(f.attrs)
-        where = f"{self.partial} (resume)"
-        for key, value in wanted_attrs.items():
-            if key == "lesa_version":
-                continue
-            if key not in stored or str(stored[key]) != str(value):
-                raise DataError(
-                    f"{where}: attribute {key!r} is {stored.get(key)!r} in the file but {value!r} now; "
-                    "resume with the same settings, or run without --resume to start over"
-                )
-        for name, dim in self.label_dims.items():
-            if name not in f or f[name].shape[1:] != (dim,):
-                raise DataError(f"{where}: label array {name!r} with {dim} columns is missing; "
-                                "run without --resume to start over")
-        if "features" not in f or f["features"].shape[1:] != FEATURE_SHAPE:
-            raise DataError(f"{where}: no (N,196,512) 'features' array; run without --resume")
-        if ID_ENDS not in f or ID_BYTES not in f:
-            raise DataError(f"{where}: no image-id arrays; run without --resume to start over")
-        n = int(stored.get(ATTR_N_WRITTEN, 0))
-        # Rows past n_written belong to a batch interrupted mid-write: drop them.
-        for name in ["features", ID_ENDS, *self.label_dims]:
-            if f[name].shape[0] < n:
-                raise DataError(f"{where}: {name!r} has {f[name].shape[0]} rows, fewer than the "
-                                f"{n} recorded as written; delete the file and run without --resume")
-            f[name].resize(n, axis=0)
-        n_bytes = int(f[ID_ENDS][n - 1]) if n else 0
-        if f[ID_BYTES].shape[0] < n_bytes:
-            raise DataError(f"{where}: image ids are truncated; delete the file and run without --resume")
-        f[ID_BYTES].resize(n_bytes, axis=0)
-        # the vlen ids may sit in a heap damaged by the kill: unlink them unread, write them afresh
-        if "img_ids" in f:
-            del f["img_ids"]
-        self._create_img_ids(_ids_from_bytes(f, n))
-        f.attrs[ATTR_COMPLETE] = False
-        f.flush()
-
-    def _create_img_ids(self, ids: list[str]) -> None:
-        h5py = _h5py()
-        self._file.create_dataset("img_ids", data=np.array(ids, dtype=object).reshape(-1),
-                                  dtype=h5py.string_dtype("utf-8"), maxshape=(None,), chunks=(4096,))
-
-    # -- state ----------------------------------------------------------------------------------
     @property
     def n_written(self) -> int:
-        """Number of images appended so far (including those of a resumed run)."""
-        return int(self._file.attrs[ATTR_N_WRITTEN])
+        """Images appended so far (those of an interrupted run included)."""
+        return int(self._file.attrs["n_written"])
 
     @property
     def done_ids(self) -> list[str]:
-        """Image ids already in the file, in order (what a resumed run must skip)."""
-        return _ids_from_bytes(self._file, self.n_written)
+        """The ids already in the file, in order (what a resumed run skips)."""
+        return _ids_from_bytes(self._file, 0, self.n_written)
 
     def set_attrs(self, **attrs) -> None:
-        """Add or update file attributes (e.g. a summary of skipped images)."""
-        for key, value in attrs.items():
-            self._file.attrs[key] = value
+        """Add or change file attributes (e.g. counts of skipped images)."""
+        self._file.attrs.update(attrs)
         self._file.flush()
 
-    # -- writing --------------------------------------------------------------------------------
-    def append(self, img_ids: Sequence[str], features, labels: Mapping[str, np.ndarray] | None = None,
-               checksums: np.ndarray | None = None) -> None:
-        """Append B images: ``img_ids`` (B,), ``features`` (B, 196, 512), ``labels`` {name: (B, D)}.
-
-        Label values must be -1, 0 or 1. The batch becomes durable (survives a kill) when this returns.
-        ``checksums``: the records' Fletcher-32 (:func:`fletcher32_of_records` of ``features`` in the
-        file's dtype, e.g. computed on the GPU): the chunks are then written as they are, past
-        HDF5's filter, whose single-threaded checksum is otherwise the slowest part of a write.
-        """
-        if hasattr(features, "detach"):
-            features = features.detach().cpu().numpy()
-        features = np.asarray(features)
-        b = len(img_ids)
-        if features.shape != (b, *FEATURE_SHAPE):
-            raise ShapeError(f"{self.path}: features of shape {features.shape} for {b} image ids; "
-                             f"expected ({b}, 196, 512)")
-        features = features.astype(self.dtype, copy=False)
-        if checksums is None:
-            self._append(img_ids, labels, lambda f, n: _write_rows(f["features"], n, features))
-            return
-        if hasattr(checksums, "detach"):
-            checksums = checksums.detach().cpu().numpy()
-        if np.shape(checksums) != (b,):
-            raise ShapeError(f"{self.path}: {np.shape(checksums)} checksums for {b} records")
-        import torch
-
-        chunks = record_chunks(torch.from_numpy(np.ascontiguousarray(features)), torch.as_tensor(checksums))
-        self.append_chunks(img_ids, chunks.numpy(), labels)
-
-    def append_chunks(self, img_ids: Sequence[str], chunks, labels: Mapping[str, np.ndarray] | None = None) -> None:
-        """``append`` for records already laid out as the file's chunks (:func:`record_chunks`: each
-        record's bytes in the file's dtype, then its Fletcher-32), e.g. built on the GPU: they are
-        written as they are, without another copy."""
-        if hasattr(chunks, "detach"):
-            chunks = chunks.detach().cpu().numpy()
-        b = len(img_ids)
-        width = int(np.prod(FEATURE_SHAPE)) * self.dtype.itemsize + 4
-        if chunks.dtype != np.uint8 or chunks.shape != (b, width):
-            raise ShapeError(f"{self.path}: chunks of shape {chunks.shape} ({chunks.dtype}) for {b} image ids; "
-                             f"expected ({b}, {width}) uint8: {self.dtype} records and their checksums")
-
-        def write(f, n):
-            ds = f["features"]
-            ds.resize(n + b, axis=0)
-            for i in range(b):
-                ds.id.write_direct_chunk((n + i, 0, 0), chunks[i])
-        self._append(img_ids, labels, write)
-
-    def _append(self, img_ids: Sequence[str], labels, write_features) -> None:
-        """The rest of an append: checks the labels, calls ``write_features(file, n_written)``,
-        writes ids and labels, then the counter that makes the batch count."""
+    def append(self, img_ids: Sequence[str], features, labels: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append B images: ``img_ids`` (B,), ``features`` (B, 196, 512), ``labels`` {name: (B, D)}
+        with values -1, 0, 1. The batch is durable (survives a kill) when this returns."""
         if self._finished:
             raise DataError(f"{self.path}: append after finish()")
         ids = [str(i) for i in img_ids]
         b = len(ids)
+        features = np.asarray(features)
+        if features.shape != (b, *FEATURE_SHAPE):
+            raise ShapeError(f"{self.path}: features of shape {features.shape} for {b} image ids; "
+                             f"expected ({b}, 196, 512)")
         labels = dict(labels or {})
         if set(labels) != set(self.label_dims):
             raise DataError(f"{self.path}: labels given for {sorted(labels)} but the file has "
                             f"{sorted(self.label_dims)}")
-        checked = {}
         for name, dim in self.label_dims.items():
             arr = np.asarray(labels[name])
             if arr.shape != (b, dim):
                 raise ShapeError(f"{self.path}: labels {name!r} of shape {arr.shape}; expected ({b}, {dim})")
-            if arr.size and (arr.min() < -1 or arr.max() > 1 or not np.all(arr == np.round(arr))):
+            if not np.isin(arr, (-1, 0, 1)).all():
                 raise DataError(f"{self.path}: labels {name!r} must be -1, 0 or 1")
-            checked[name] = arr.astype(np.int8)
+            labels[name] = arr.astype(np.int8)
         if b == 0:
             return
-        f = self._file
-        n = self.n_written
-        encoded = [i.encode("utf-8") for i in ids]
-        start = int(f[ID_ENDS][n - 1]) if n else 0
-        ends = start + np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        id_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        f[ID_BYTES].resize(start + id_bytes.size, axis=0)
-        f[ID_BYTES][start:] = id_bytes
-        write_features(f, n)
-        for name, arr in [(ID_ENDS, ends), ("img_ids", np.array(ids, dtype=object)), *checked.items()]:
-            _write_rows(f[name], n, arr)
-        f.flush()  # data first, then the counter that makes it count
-        f.attrs[ATTR_N_WRITTEN] = n + b
+        f, n = self._file, self.n_written
+        start, encoded = int(f[ID_ENDS][n - 1]) if n else 0, [i.encode("utf-8") for i in ids]
+        _grow(f[ID_BYTES], start, np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        _grow(f[ID_ENDS], n, start + np.cumsum([len(e) for e in encoded]))
+        _grow(f["img_ids"], n, ids)
+        _grow(f["features"], n, features.astype(self.dtype, copy=False))
+        for name, arr in labels.items():
+            _grow(f[name], n, arr)
+        f.flush()  # the rows first, then the counter that makes them count
+        f.attrs["n_written"] = n + b
         f.flush()
 
     def finish(self) -> Path:
-        """Mark the file complete and move it to its final name; returns that path."""
-        if self._finished:
-            return self.path
-        f = self._file
-        if f["img_ids"].shape[0] != self.n_written:
-            raise DataError(f"{self.partial}: {f['img_ids'].shape[0]} image ids for {self.n_written} rows")
-        del f[ID_BYTES], f[ID_ENDS]
-        f.attrs[ATTR_COMPLETE] = True
-        f.flush()
-        f.close()
-        os.replace(self.partial, self.path)
-        self._finished = True
+        """Mark the file complete and give it its final name; returns that path."""
+        if not self._finished:
+            self._file.attrs["complete"] = True
+            self._file.close()
+            os.replace(self.partial, self.path)  # a kill before: resumable; after: complete
+            with h5py.File(self.path, "r+") as f:
+                del f[ID_BYTES], f[ID_ENDS]  # (a kill before this leaves them: readers skip them)
+            self._finished = True
         return self.path
 
     def close(self) -> None:
-        """Close without finishing: the ``.partial`` file stays for ``resume=True``."""
+        """Close without finishing: ``*.partial`` stays for ``resume=True``."""
         if not self._finished and self._file.id.valid:
-            self._file.flush()
             self._file.close()
 
     def __enter__(self) -> "FeatureWriter":
@@ -401,110 +261,90 @@ class FeatureWriter:
 
 
 class FeatureFile:
-    """One feature file opened for reading.
-
-    ``.features`` (N, 196, 512) and ``.labels[name]`` (N, D) are h5py datasets (read slices of
-    them; nothing is loaded up front); ``.img_ids`` is a list of str; ``.attrs`` a dict.
-    An incomplete file or a wrong shape raises ``DataError`` naming the fix, unless
-    ``allow_incomplete=True``.
-    """
+    """One feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
+    (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a
+    dict. ``allow_incomplete`` also opens a ``*.partial`` (its first ``n_written`` rows)."""
 
     def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False):
-        h5py = _h5py()
         self.path = Path(path)
+        self.allow_incomplete = allow_incomplete
         if not self.path.exists():
             hint = ""
             if partial_path(self.path).exists():
-                hint = (f"; {partial_path(self.path)} exists: the extraction was interrupted — "
-                        "rerun it with --resume to finish the file")
+                hint = (f"; {partial_path(self.path)} exists: its extraction was interrupted, rerun the same "
+                        "command with --resume to finish it")
             raise DataError(f"feature file {self.path} not found{hint}")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
-            raise DataError(f"{self.path}: not a readable HDF5 feature file ({exc}); "
-                            "re-create it with `lesa extract`") from exc
+            raise DataError(f"{self.path}: not a readable HDF5 file ({exc}); {LAYOUT_HELP}") from exc
         try:
-            self._validate(allow_incomplete)
+            self._open()
         except LesaError:
             self._file.close()
             raise
-        except _H5_READ_ERRORS as exc:  # a damaged file: h5py reports it in many ways
+        except H5_ERRORS as exc:  # a damaged file: h5py reports it in many ways
             self._file.close()
-            raise DataError(f"{self.path}: damaged HDF5 feature file ({type(exc).__name__}: {exc}); "
-                            "re-create it with `lesa extract`") from exc
+            raise DataError(f"{self.path}: cannot be read ({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
-    def _validate(self, allow_incomplete: bool) -> None:
+    def _open(self) -> None:
         f = self._file
-        self.attrs = _attrs_dict(f.attrs)
-        self.complete = bool(self.attrs.get(ATTR_COMPLETE, False))
-        if not self.complete and not allow_incomplete:
-            raise DataError(f"{self.path}: the file is incomplete (its extraction was interrupted); "
-                            "rerun the extraction with --resume to finish it")
-        if "features" not in f or not isinstance(f["features"], _h5py().Dataset):
-            raise DataError(f"{self.path}: no 'features' array; not a lesa feature file")
-        feats = f["features"]
-        if feats.ndim != 3 or feats.shape[1:] != FEATURE_SHAPE:
-            raise ShapeError(f"{self.path}: 'features' has shape {feats.shape}; expected (N, 196, 512) "
-                             "(VGG-19 conv5_4 regions of a 224x224 input); re-extract the features")
+        self.attrs = _attrs(f.attrs)
+        self.complete = self.attrs.get("complete") is True
+        written = self.attrs.get("n_written")
+        if "complete" not in self.attrs:
+            raise DataError(f"{self.path}: not a lesa feature file (no 'complete' attribute); {LAYOUT_HELP}")
+        if not self.complete and not self.allow_incomplete:
+            raise DataError(f"{self.path}: the file is incomplete: the run writing it was interrupted after "
+                            f"{written} images; rerun the same command with --resume to finish it")
+        feats = f.get("features")
+        if not isinstance(feats, h5py.Dataset) or feats.ndim != 3 or feats.shape[1:] != FEATURE_SHAPE:
+            raise ShapeError(f"{self.path}: 'features' is {getattr(feats, 'shape', 'missing')}; expected "
+                             "(N, 196, 512) (VGG-19 conv5_4 regions of a 224x224 crop); re-extract the features")
         if feats.dtype not in (np.float32, np.float16):
             raise DataError(f"{self.path}: 'features' dtype {feats.dtype}; expected float32 or float16")
-        n = feats.shape[0]
-        if not self.complete:  # rows past n_written are an interrupted batch
-            n = min(n, int(self.attrs.get(ATTR_N_WRITTEN, n)))
-        self._n = n
-        if "img_ids" in f:
-            if not isinstance(f["img_ids"], _h5py().Dataset) or f["img_ids"].ndim != 1:
-                raise DataError(f"{self.path}: 'img_ids' is not a 1-d array of image ids; not a lesa "
-                                "feature file — re-create it with `lesa extract`")
-            n_ids = f["img_ids"].shape[0]
-        elif ID_ENDS in f and ID_BYTES in f:  # a partial file (allow_incomplete=True)
-            n_ids = f[ID_ENDS].shape[0]
-        else:
-            n_ids = -1
-        if n_ids < n:
-            raise DataError(f"{self.path}: 'img_ids' missing or shorter than the {n} feature rows")
-        self.features = feats
-        self.labels = {}
-        skip = {"features", "img_ids", "label_names", ID_BYTES, ID_ENDS}
+        n = feats.shape[0] if self.complete else max(0, min(feats.shape[0], int(written or 0)))
+        ids = f.get("img_ids") if self.complete else f.get(ID_ENDS)
+        if not isinstance(ids, h5py.Dataset) or ids.ndim != 1 or ids.shape[0] < n:
+            raise DataError(f"{self.path}: 'img_ids' is missing, not 1-d or shorter than the {n} feature "
+                            f"rows; {LAYOUT_HELP}")
+        self._n, self.features, self.labels = n, feats, {}
         for name, obj in f.items():
-            if name in skip or not isinstance(obj, _h5py().Dataset):
+            if name in NOT_LABELS or not isinstance(obj, h5py.Dataset):
                 continue
             if obj.ndim != 2 or obj.shape[0] < n:
-                raise ShapeError(f"{self.path}: label array {name!r} has shape {obj.shape}; "
-                                 f"expected ({n}, D)")
+                raise ShapeError(f"{self.path}: label array {name!r} has shape {obj.shape}; expected ({n}, D)")
             self.labels[name] = obj
-        self.label_names = {}
-        if "label_names" in f:
-            for name, obj in f["label_names"].items():
-                self.label_names[name] = [_decode_str(v) for v in obj[()]]
+        names = f.get("label_names")
+        self.label_names = {k: [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in obj[()]]
+                            for k, obj in names.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 1} \
+            if isinstance(names, h5py.Group) else {}
         self._img_ids = None
 
     def __len__(self) -> int:
         return self._n
 
-    # h5py handles do not survive pickling/fork: a copy sent to a DataLoader worker reopens the file
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "allow_incomplete": not self.complete}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], allow_incomplete=state["allow_incomplete"])
-
     @property
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
             try:
-                if "img_ids" in self._file:
-                    self._img_ids = [_decode_str(v) for v in self._file["img_ids"][: self._n]]
-                else:
-                    self._img_ids = _ids_from_bytes(self._file, self._n)
-            except _H5_READ_ERRORS as exc:
+                self._img_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                                 for v in self._file["img_ids"][: self._n]] if self.complete \
+                    else _ids_from_bytes(self._file, 0, self._n)
+            except H5_ERRORS as exc:
                 raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
-                                "the file is damaged — re-create it with `lesa extract`") from exc
+                                f"{DAMAGED}") from exc
         return self._img_ids
 
     @property
     def label_dims(self) -> dict[str, int]:
         return {name: int(ds.shape[1]) for name, ds in self.labels.items()}
+
+    def __getstate__(self) -> dict:  # h5py handles do not survive pickling: the copy reopens the file
+        return {"path": self.path, "allow_incomplete": self.allow_incomplete}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["allow_incomplete"])
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -518,11 +358,7 @@ class FeatureFile:
 
 
 class FeatureSplit:
-    """Several feature files (shards of one split, in order) presented as one dataset.
-
-    Rows are numbered 0..N-1 across the files in the order given. ``read(indices)`` returns
-    ``(features (B,196,512), {label name: (B, D) int8})`` for any indices (any order, repeats ok).
-    """
+    """Feature files (the shards of one split, in order) read as one: rows 0..N-1 across them."""
 
     def __init__(self, files: Sequence[FeatureFile]):
         if not files:
@@ -532,28 +368,22 @@ class FeatureSplit:
         for other in self.files[1:]:
             for key in ("dataset", "split", "backbone", "weights_sha256", "feature_dtype"):
                 if str(first.attrs.get(key)) != str(other.attrs.get(key)):
-                    raise DataError(
-                        f"{other.path}: attribute {key!r} is {other.attrs.get(key)!r} but "
-                        f"{first.path} has {first.attrs.get(key)!r}; only shards of one split "
-                        "(same dataset, split, backbone and weights) can be read together"
-                    )
+                    raise DataError(f"{other.path}: attribute {key!r} is {other.attrs.get(key)!r} but "
+                                    f"{first.path} has {first.attrs.get(key)!r}; only shards of one split "
+                                    "(same dataset, split, backbone and weights) are read together")
             if other.label_dims != first.label_dims:
                 raise DataError(f"{other.path}: label arrays {other.label_dims} differ from "
                                 f"{first.path}'s {first.label_dims}")
-        self.lengths = [len(f) for f in self.files]
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        attrs = dict(first.attrs)
-        for key in ("shard_rank", "shard_start", "shard_stop", ATTR_N_WRITTEN):
-            attrs.pop(key, None)
-        self.attrs = attrs
-        self.label_dims = first.label_dims
-        self.label_names = first.label_names
+        self.offsets = np.cumsum([0] + [len(f) for f in self.files])
+        self.attrs = {k: v for k, v in first.attrs.items()
+                      if k not in ("shard_rank", "shard_start", "shard_stop", "n_written")}
+        self.label_dims, self.label_names = first.label_dims, first.label_names
         self._img_ids = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getstate__(self) -> dict:  # picklable: each process reopens the files
+    def __getstate__(self) -> dict:  # each process reopens the files
         return {"files": self.files}
 
     def __setstate__(self, state: dict) -> None:
@@ -573,34 +403,33 @@ class FeatureSplit:
     def feature_dtype(self) -> np.dtype:
         return self.files[0].features.dtype
 
-    def _gather(self, indices, get, width_shape, dtype) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        n = len(self)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"feature index out of range for {n} rows")
-        out = np.empty((idx.size, *width_shape), dtype=dtype)
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
+    def _gather(self, rows, array, width: tuple, dtype) -> np.ndarray:
+        """``array(file)[rows]`` for rows in any order (repeats allowed) across the files."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"feature rows out of range for {len(self)} rows")
+        out = np.empty((rows.size, *width), dtype=dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
         for k in np.unique(which):
-            sel = np.nonzero(which == k)[0]
-            local = idx[sel] - self.offsets[k]
-            uniq, inverse = np.unique(local, return_inverse=True)  # h5py wants increasing indices
+            sel = np.flatnonzero(which == k)
+            local, inverse = np.unique(rows[sel] - self.offsets[k], return_inverse=True)  # h5py: increasing
+            ds = array(self.files[k])
             try:
-                block = _read_rows(get(self.files[k]), uniq)
-            except _H5_READ_ERRORS as exc:
-                raise DataError(f"{self.files[k].path}: cannot read rows {uniq[:3].tolist()}... "
-                                f"({type(exc).__name__}: {exc}); the file is damaged — re-create it "
-                                "with `lesa extract`") from exc
+                block = ds[int(local[0]):int(local[-1]) + 1] if local[-1] - local[0] + 1 == local.size \
+                    else ds[local]
+            except H5_ERRORS as exc:
+                raise DataError(f"{self.files[k].path}: cannot read rows {local[:3].tolist()}... "
+                                f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
             out[sel] = block[inverse]
         return out
 
-    def read_features(self, indices, dtype=np.float32) -> np.ndarray:
-        """Features (B, 196, 512) of the given rows, as ``dtype`` (None: as stored)."""
-        dtype = self.feature_dtype if dtype is None else np.dtype(dtype)
-        return self._gather(indices, lambda f: f.features, FEATURE_SHAPE, dtype)
+    def read_features(self, rows, dtype=np.float32) -> np.ndarray:
+        """Features (B, 196, 512) of ``rows`` as ``dtype`` (None: as stored)."""
+        return self._gather(rows, lambda f: f.features, FEATURE_SHAPE, self.feature_dtype if dtype is None else dtype)
 
     def read_features_into(self, start: int, out: np.ndarray) -> None:
-        """Features of the rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous,
-        the stored dtype): no temporary copy (the fast path of streaming)."""
+        """Features of rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous, the
+        stored dtype), without a temporary copy."""
         stop = start + len(out)
         if start < 0 or stop > len(self):
             raise IndexError(f"rows {start}..{stop - 1} out of range for {len(self)} rows")
@@ -608,34 +437,23 @@ class FeatureSplit:
             raise ValueError(f"read_features_into needs a C-contiguous {self.feature_dtype} array")
         for k, f in enumerate(self.files):
             a, b = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
-            if a >= b:
-                continue
-            local = int(a - self.offsets[k])
-            try:
-                f.features.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
-            except _H5_READ_ERRORS as exc:
-                raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
-                                f"({type(exc).__name__}: {exc}); the file is damaged — re-create it "
-                                "with `lesa extract`") from exc
+            if a < b:
+                local = int(a - self.offsets[k])
+                try:
+                    f.features.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
+                except H5_ERRORS as exc:
+                    raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
+                                    f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
-    def read_labels(self, name: str, indices) -> np.ndarray:
-        """Labels (B, D) int8 of array ``name`` for the given rows."""
+    def read_labels(self, name: str, rows) -> np.ndarray:
+        """Labels (B, D) int8 of array ``name`` for ``rows``."""
         if name not in self.label_dims:
-            raise DataError(f"{self.files[0].path}: no label array {name!r}; "
-                            f"the file has {sorted(self.label_dims)}")
-        return self._gather(indices, lambda f: f.labels[name], (self.label_dims[name],), np.int8)
+            raise DataError(f"{self.files[0].path}: no label array {name!r}; the file has {sorted(self.label_dims)}")
+        return self._gather(rows, lambda f: f.labels[name], (self.label_dims[name],), np.int8)
 
-    def read(self, indices, dtype=np.float32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(features (B,196,512), {label name: (B, D) int8})`` for the given rows."""
-        return (self.read_features(indices, dtype),
-                {name: self.read_labels(name, indices) for name in self.label_dims})
-
-    def iter_batches(self, batch_size: int, indices=None, dtype=np.float32
-                     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Stream ``read`` over ``indices`` (default: all rows in order) in batches."""
-        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
-        for start in range(0, order.size, batch_size):
-            yield self.read(order[start:start + batch_size], dtype)
+    def read(self, rows, dtype=np.float32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(features (B, 196, 512), {label name: (B, D) int8})`` of ``rows``."""
+        return self.read_features(rows, dtype), {name: self.read_labels(name, rows) for name in self.label_dims}
 
     def close(self) -> None:
         for f in self.files:
@@ -648,24 +466,13 @@ class FeatureSplit:
         self.close()
 
 
-def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
-    """Rows (sorted, unique) of an h5py dataset; contiguous runs are read as slices (fast)."""
-    if rows.size == 0:
-        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
-    if rows[-1] - rows[0] + 1 == rows.size:
-        return ds[int(rows[0]): int(rows[-1]) + 1]
-    return ds[rows]
-
-
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """A path, a glob pattern, or a list of them -> the files, in order (globs sorted by name)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    """A path, a glob pattern, or a list of them -> the files, in order (each glob sorted by name)."""
     out: list[Path] = []
-    for p in paths:
+    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         s = str(p)
         if any(ch in s for ch in "*?[") and not Path(s).exists():
-            matches = sorted(_glob.glob(s))
+            matches = sorted(glob.glob(s))
             if not matches:
                 raise DataError(f"no feature files match {s!r}; check the path or pattern")
             out.extend(Path(m) for m in matches)
@@ -674,72 +481,23 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return out
 
 
-def read_split_files(paths, allow_incomplete: bool = False) -> FeatureSplit:
-    """Open one or several feature files (a path, glob, or list) as one ``FeatureSplit``.
-
-    Shard files (attribute ``shard_rank``) are ordered by rank, so that the rows come in the
-    original image-list order; a missing shard is an error naming it.
-    """
-    files = [FeatureFile(p, allow_incomplete=allow_incomplete) for p in expand_paths(paths)]
-    ranks = [f.attrs.get("shard_rank") for f in files]
-    if ranks and all(r is not None for r in ranks):
-        files.sort(key=lambda f: int(f.attrs["shard_rank"]))
-        world = int(files[0].attrs.get("shard_world_size", len(files)))
-        got = [int(f.attrs["shard_rank"]) for f in files]
-        if got != list(range(world)):
-            for f in files:
-                f.close()
-            missing = sorted(set(range(world)) - set(got))
-            raise DataError(f"shards of {files[0].path.parent}: expected ranks 0..{world - 1}, got {got}"
-                            f" (missing {missing}); run the missing ranks with --rank R --world-size {world}")
-    return FeatureSplit(files)
-
-
 def open_features(paths, allow_incomplete: bool = False) -> FeatureSplit:
-    """Alias of ``read_split_files``: the one entry point for reading features."""
-    return read_split_files(paths, allow_incomplete=allow_incomplete)
-
-
-def _write_rows(ds, n: int, rows) -> None:
-    ds.resize(n + len(rows), axis=0)
-    ds[n:n + len(rows)] = rows
-
-
-def record_chunks(features, checksums):
-    """The file's chunks for B records: (B, record bytes + 4) uint8 tensor on ``features``'s device,
-    each record's bytes (``features`` (B, 196, 512) in the file's dtype) followed by its
-    Fletcher-32 (``checksums`` (B,), :func:`fletcher32_of_records`) in little-endian byte order —
-    exactly what HDF5's fletcher32 filter stores (tests compare the bytes)."""
-    import torch
-
-    b = features.shape[0]
-    record_bytes = int(np.prod(features.shape[1:])) * features.element_size()
-    if b == 0:  # (an empty array's strides may not allow the byte view)
-        return torch.empty((0, record_bytes + 4), dtype=torch.uint8, device=features.device)
-    raw = features.contiguous().view(torch.uint8).reshape(b, record_bytes)
-    c = checksums.to(device=raw.device, dtype=torch.int64)
-    tail = torch.stack([(c >> shift) & 255 for shift in (0, 8, 16, 24)], dim=1).to(torch.uint8)
-    return torch.cat([raw, tail], dim=1)
-
-
-def fletcher32_of_records(features) -> np.ndarray:
-    """HDF5's Fletcher-32 checksum of each record's bytes (a (B, 196, 512) tensor in the dtype it is
-    stored in, on any device): (B,) int64 tensor on that device, for
-    ``FeatureWriter.append(..., checksums=)``.
-
-    HDF5 sums the bytes as big-endian 16-bit words w_1..w_n: s1 = sum w_i, s2 = sum (n-i+1) w_i,
-    each folded modulo 65535 into 1..65535 (0 only for all-zero data); the checksum is
-    s2 << 16 | s1. (Its 360-word blocks never overflow 32 bits, so the closed form is exact.)"""
-    import torch
-
-    out = []
-    for part in torch.as_tensor(features).split(64):  # bounded temporaries
-        record_bytes = int(np.prod(part.shape[1:])) * part.element_size()
-        raw = part.contiguous().view(torch.uint8).reshape(part.shape[0], record_bytes // 2, 2).to(torch.int64)
-        words = raw[..., 0] * 256 + raw[..., 1]
-        n = words.shape[1]
-        weights = torch.arange(n, 0, -1, dtype=torch.int64, device=words.device)
-        s1, s2 = words.sum(1), (words * weights).sum(1)
-        folded = [torch.where(s == 0, 0, (s - 1) % 65535 + 1) for s in (s1, s2)]
-        out.append((folded[1] << 16) | folded[0])
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    """One or several feature files (a path, a glob, or a list) as one ``FeatureSplit``. Shards
+    (attribute ``shard_rank``) come in rank order, the image list's; a missing rank is an error."""
+    files = []
+    try:
+        for p in expand_paths(paths):
+            files.append(FeatureFile(p, allow_incomplete=allow_incomplete))
+        if files and all("shard_rank" in f.attrs for f in files):
+            files.sort(key=lambda f: int(f.attrs["shard_rank"]))
+            world = int(files[0].attrs.get("shard_world_size", len(files)))
+            got = [int(f.attrs["shard_rank"]) for f in files]
+            if got != list(range(world)):
+                missing = sorted(set(range(world)) - set(got))
+                raise DataError(f"shards of {files[0].path.parent}: expected ranks 0..{world - 1}, got {got} "
+                                f"(missing {missing}); run the missing ranks with --rank R --world-size {world}")
+        return FeatureSplit(files)
+    except BaseException:
+        for f in files:
+            f.close()
+        raise

@@ -1,13 +1,14 @@
 """NUS-WIDE metadata -> the images of a split and their labels, as the original extraction did.
 
-Layout expected under ``root`` (the NUS-WIDE release, as the original used it)::
+Files under ``root`` (``data/NUS_WIDE``), as NUS-WIDE's zip files unpack; the original's layout,
+with ``Concepts81.txt`` and ``AllLabels/`` at the root, works too (``lesa.layout.nus_wide_file``)::
 
     ImageList/Imagelist.txt              all 269,648 images (Windows paths), the row order of labels
     ImageList/{Train,Test}Imagelist.txt  the split's images, ``<concept>\\<file>.jpg``
     NUS_WID_Tags/TagList1k.txt           the 1000 tags
     NUS_WID_Tags/AllTags1k.txt           (269648, 1000) 0/1 tag matrix, tab separated
-    Concepts81.txt                       the 81 human-annotated concepts
-    AllLabels/Labels_<concept>.txt       (269648,) 0/1 per concept
+    ConceptsList/Concepts81.txt          the 81 human-annotated concepts
+    Groundtruth/AllLabels/Labels_<concept>.txt   (269648,) 0/1 per concept
     Flickr/<concept>/<file>.jpg          the images (``images_dir`` overrides)
 
 Labels (pure functions, ``nus_wide_labels``): ``labels_81 = 2*y - 1``; ``labels_1k = 2*y - 1`` with the
@@ -29,6 +30,7 @@ import numpy as np
 
 from lesa.datasets.embeddings import read_label_list
 from lesa.errors import DataError
+from lesa.layout import nus_wide_file
 
 SPLITS = ("Train", "Test")
 # SHA-256 of the bytes Flickr served for deleted photos (a 3,344-byte PNG; the original compared
@@ -97,8 +99,6 @@ def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"NUS-WIDE file {path} not found; check --root")
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = [line.strip().replace("\\", "/") for line in text.splitlines()]
     while lines and not lines[-1]:
@@ -130,9 +130,7 @@ class NusWideSplit:
     labels: dict[str, np.ndarray]   # labels_1k (N,1000), labels_81 (N,81) int8
     label_names: dict[str, list[str]]
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> img ids
-
-    def skipped_counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.skipped.items()}
+    images_dir: Path | None = None
 
 
 def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
@@ -142,33 +140,24 @@ def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | o
     if split not in SPLITS:
         raise DataError(f"NUS-WIDE split {split!r} is not one of {SPLITS}")
     images_dir = Path(images_dir) if images_dir else root / "Flickr"
-    tags_1k = read_label_list(root / "NUS_WID_Tags" / "TagList1k.txt")
-    concepts_81 = read_label_list(root / "Concepts81.txt")
+    tags_1k = read_label_list(nus_wide_file(root, "tag_list"))
+    concepts_81 = read_label_list(nus_wide_file(root, "concepts"))
     if len(tags_1k) != 1000 or len(concepts_81) != 81:
         raise DataError(f"{root}: TagList1k.txt has {len(tags_1k)} tags and Concepts81.txt "
                         f"{len(concepts_81)} concepts; expected 1000 and 81")
     _, unseen_idx = seen_unseen_tag_indices(tags_1k, concepts_81)
-    all_images = _read_lines(root / "ImageList" / "Imagelist.txt")
+    all_images = _read_lines(nus_wide_file(root, "image_list"))
     # original: images are matched to label rows by file name only (last one wins)
     row_of = {name.split("/")[-1]: row for row, name in enumerate(all_images)}
-    tags01 = read_01_matrix(root / "NUS_WID_Tags" / "AllTags1k.txt", 1000)
-    concept_cols = [read_01_matrix(root / "AllLabels" / f"Labels_{c}.txt", 1)[:, 0] for c in concepts_81]
-    labels01_81 = np.stack(concept_cols, axis=1)
-    for what, arr in (("NUS_WID_Tags/AllTags1k.txt", tags01), ("AllLabels/Labels_*.txt", labels01_81)):
-        if arr.shape[0] != len(all_images):
-            raise DataError(f"{root / what}: {arr.shape[0]} rows but ImageList/Imagelist.txt lists "
-                            f"{len(all_images)} images; the metadata files do not belong together")
-
-    entries = _read_lines(root / "ImageList" / f"{split}Imagelist.txt")
+    split_list = nus_wide_file(root, "split_list", split)
+    entries = [entry for entry in _read_lines(split_list) if entry]
     kept_ids, kept_paths, rows = [], [], []
     skipped: dict[str, list[str]] = {}
     for entry in entries:
-        if not entry:
-            continue
         key = entry.split("/")[-1]
         if key not in row_of:
-            raise DataError(f"{root / 'ImageList' / f'{split}Imagelist.txt'}: image {entry!r} is not in "
-                            "ImageList/Imagelist.txt; the metadata files do not belong together")
+            raise DataError(f"{split_list}: image {entry!r} is not in Imagelist.txt; the metadata files do "
+                            "not belong together")
         path = images_dir / entry
         reason = skip_reason(path, min_bytes)
         if reason:
@@ -177,7 +166,18 @@ def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | o
         kept_ids.append(entry)
         kept_paths.append(path)
         rows.append(row_of[key])
+    if entries and len(skipped.get("missing", ())) == len(entries):
+        raise DataError(f"none of the {len(entries)} images of {split_list} is in {images_dir} (e.g. "
+                        f"{images_dir / entries[0]} does not exist); pass the folder that holds NUS-WIDE's "
+                        "<concept>/<file>.jpg images with --images-dir (default: Flickr in --root)")
+    tags01 = read_01_matrix(nus_wide_file(root, "all_tags"), 1000)
+    all_labels = nus_wide_file(root, "all_labels")
+    labels01_81 = np.stack([read_01_matrix(all_labels / f"Labels_{c}.txt", 1)[:, 0] for c in concepts_81], axis=1)
+    for what, arr in (("AllTags1k.txt", tags01), (f"{all_labels}/Labels_*.txt", labels01_81)):
+        if arr.shape[0] != len(all_images):
+            raise DataError(f"{root}: {what} has {arr.shape[0]} rows but Imagelist.txt lists "
+                            f"{len(all_images)} images; the metadata files do not belong together")
     rows_arr = np.array(rows, dtype=np.int64)
     labels_1k, labels_81 = nus_wide_labels(tags01[rows_arr], labels01_81[rows_arr], unseen_idx)
     return NusWideSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
-                        {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped)
+                        {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)

@@ -1,15 +1,16 @@
 """Open Images (2018_04) metadata -> the images of a split and their labels, as the original did.
 
-Files under ``root`` (the original's ``data/2018_04``)::
+Files under ``root`` (``data/OpenImages/2018_04``; the original's ``data/2018_04``)::
 
     <split>-annotations-human-imagelabels.csv   ImageID,Source,LabelName,Confidence
     classes-trainable.txt                        the 7186 seen label ids
     unseen_labels.pkl                            numpy array of the 2594 unseen label ids (test)
 
-Images: ``<images_dir>/<ImageID>.jpg`` for the ImageIDs of the CSV in order of first appearance;
-missing files are skipped (as the original). Labels ``2*Confidence - 1`` for annotated labels, 0 for
-the others: train/validation store ``labels (N, 7186)``, test ``seen_labels (N, 7186)`` and
-``unseen_labels (N, 2594)``.
+Images: ``<images_dir>/<ImageID>.jpg`` (default ``image_data/<split>`` next to ``root``, i.e.
+``data/OpenImages/image_data/<split>``, where ``lesa download openimages`` writes them) for the
+ImageIDs of the CSV in order of first appearance; missing files are skipped (as the original).
+Labels ``2*Confidence - 1`` for annotated labels, 0 for the others: train/validation store
+``labels (N, 7186)``, test ``seen_labels (N, 7186)`` and ``unseen_labels (N, 2594)``.
 
 original: the CSV was cut into blocks of 40,000 rows and each image's labels were looked up in its
 block only, so an image whose rows straddle two blocks appeared twice, each time with part of its
@@ -165,16 +166,17 @@ class OpenImagesSplit:
     labels: OpenImagesLabels
     label_names: dict[str, list[str]]
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    images_dir: Path | None = None
 
 
 def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
                           partition_rows: int | None = None) -> OpenImagesSplit:
     """Read the 2018_04 metadata under ``root`` and list the ``split`` images found in ``images_dir``
-    (default ``<root>/<split>``)."""
+    (default ``<root>/../image_data/<split>``)."""
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"Open Images split {split!r} is not one of {SPLITS}")
-    images_dir = Path(images_dir) if images_dir else root / split
+    images_dir = Path(images_dir) if images_dir else root.parent / "image_data" / split
     seen = read_label_list(root / "classes-trainable.txt")
     unseen = load_label_ids_pickle(root / "unseen_labels.pkl") if split == "test" else None
     csv_path = root / f"{split}-annotations-human-imagelabels.csv"
@@ -187,6 +189,11 @@ def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str |
             paths.append(path)
         else:
             skipped.setdefault("missing", []).append(image_id)
+    if labels.image_ids and not keep:
+        raise DataError(f"none of the {len(labels.image_ids)} images of {csv_path.name} is in {images_dir} (e.g. "
+                        f"{images_dir / labels.image_ids[0]}.jpg does not exist); pass the folder of the "
+                        f"<ImageID>.jpg files with --images-dir (`lesa download openimages --split {split}` "
+                        f"writes them to OpenImages/image_data/{split} in the data folder)")
     labels = labels.select(keep)
     label_names = {"labels": seen} if unseen is None else {"seen_labels": seen, "unseen_labels": unseen}
-    return OpenImagesSplit(split, labels.image_ids, paths, labels, label_names, skipped)
+    return OpenImagesSplit(split, labels.image_ids, paths, labels, label_names, skipped, images_dir)

@@ -1,49 +1,57 @@
-"""Extraction engine: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
+"""Feature extraction: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
 
-    image files --(worker processes: read + decode)--> uint8 images
-                --(device: vgg_preprocess_batch, VGG19Conv54 at --precision)--> (B, 196, 512)
-                --> FeatureWriter (lesa.datasets.h5), labels from the dataset source
+``extract_features(source, out, model, options)`` runs these steps:
 
-- Order is preserved (the file rows follow the image list); a bad image is skipped and logged with
-  its reason, never its batch; a summary counts written / skipped (before extraction: missing,
-  placeholder, small) / failed (decode errors) by reason.
-- Crash safety: every batch is durable once written; ``resume=True`` continues ``<out>.partial``
-  and the final file equals an uninterrupted run's. Failed images are logged, one per line, in
-  ``<out>.failed.tsv`` (position, image id, reason, message).
-- Sharding: rank ``r`` of ``world_size`` takes the contiguous slice
-  ``[n*r//world_size, n*(r+1)//world_size)`` of the image list and writes
-  ``<stem>.shard-RRRRR-of-WWWWW.h5``; ``merge_shards`` joins them into the file one rank would write.
+1. ``image_loader``: DataLoader worker processes read the images of this rank's slice of the list
+   and decode them (``decode_jpeg``, TF1's pixels); each batch (``Batch``) carries only the window of
+   pixels the crop reads (``pack_crops``). With ``decoder="gpu"`` they only read the files.
+2. ``model_input``: a batch -> float32 (B, 3, 224, 224) on the device (TF-slim preprocessing; with
+   ``decoder="gpu"``, ``gpu_decode`` first: nvjpeg).
+3. VGG19Conv54 at ``options.precision`` -> features (B, 196, 512).
+4. ``FeatureWriter.append`` with the batch's labels; ``finish()`` names the file when all is written.
+
+- The file's rows follow the image list. An image that cannot be used is left out and logged, one
+  per line (position, image id, reason, message), in ``OUT.failed.tsv`` -- never its batch; the
+  summary counts written / skipped before extraction / failed, by reason.
+- ``resume``: continues ``OUT.partial`` after the last image written; the file equals an
+  uninterrupted run's.
+- ``rank`` r of ``world_size`` w extracts positions ``[n*r//w, n*(r+1)//w)`` into
+  ``OUT-stem.shard-RRRRR-of-WWWWW.h5``; ``merge_shards`` joins them into the one-rank file.
 """
 from __future__ import annotations
 
-import functools
 import json
+import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from lesa.files import atomic_write_text
-from lesa.datasets.h5 import FeatureWriter, fletcher32_of_records, partial_path, read_split_files, record_chunks
-from lesa.datasets.read_workers import shared_bytes, shared_memory_error
+from lesa.datasets.h5 import FeatureWriter, open_features
+from lesa.device import channels_last_by_default, check_precision, pick_device, precision_context
 from lesa.errors import ConfigError, DataError, ImageError
 from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
-from lesa.device import channels_last_by_default, precision_context
 from lesa.features.vgg import VGG19Conv54
+from lesa.files import atomic_write_text
+from lesa.layout import VGG_WEIGHTS
 
 DECODERS = ("exact", "gpu")
 BACKBONE = "vgg19_conv54"
+MISSING_WARNING = 0.1  # warn at the start when more of the listed images are missing
 
 
 @dataclass
 class ExtractionSource:
-    """What to extract: images in order, how to label them, and what was skipped beforehand."""
+    """What to extract: the images in order, how to label them, what was skipped beforehand."""
 
     dataset: str
     split: str
@@ -53,6 +61,7 @@ class ExtractionSource:
     labels_for: Callable[[np.ndarray], dict[str, np.ndarray]]  # positions (B,) -> {name: (B, D)}
     label_names: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> image ids
+    images_dir: Path | None = None  # where the images were looked for
 
     def __len__(self) -> int:
         return len(self.img_ids)
@@ -64,7 +73,7 @@ def nus_wide_source(split) -> ExtractionSource:
     return ExtractionSource("nus_wide", split.split, split.img_ids, split.paths,
                             {k: v.shape[1] for k, v in labels.items()},
                             lambda pos: {k: v[pos] for k, v in labels.items()},
-                            split.label_names, split.skipped)
+                            split.label_names, split.skipped, split.images_dir)
 
 
 def openimages_source(split) -> ExtractionSource:
@@ -72,7 +81,39 @@ def openimages_source(split) -> ExtractionSource:
     labels = split.labels
     return ExtractionSource("openimages", split.split, split.img_ids, split.paths, dict(labels.label_dims),
                             lambda pos: {k: labels.dense(k, pos) for k in labels.label_dims},
-                            split.label_names, split.skipped)
+                            split.label_names, split.skipped, split.images_dir)
+
+
+@dataclass
+class ExtractOptions:
+    """How to extract (the flags of ``lesa extract``)."""
+
+    device: str = "cpu"                 # cpu, cuda, cuda:N or auto
+    batch_size: int = 64
+    workers: int = 2                    # processes reading (and decoding) images; 0: this one
+    precision: str = "fp32"             # fp32 (the original's), tf32, bf16
+    decoder: str = "exact"              # exact: TF1's pixels, in the workers; gpu: nvjpeg
+    dtype: str = "float32"              # of the stored features: float32 or float16
+    channels_last: bool | None = None   # NHWC convolutions; None: channels_last_by_default
+    resume: bool = False
+    overwrite: bool = False
+    rank: int = 0
+    world_size: int = 1
+    max_pixels: int = MAX_PIXELS        # larger images are refused (decompression bombs)
+    progress: bool = True
+
+    def check(self) -> torch.device:
+        """The device to run on, once every setting is valid."""
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"--decoder {self.decoder!r} is not one of {DECODERS}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ConfigError(f"--batch-size {self.batch_size} / --workers {self.workers}: need a batch "
+                              "of at least 1 and workers >= 0")
+        check_precision(self.precision, what="--precision")
+        device = pick_device(self.device)
+        if self.decoder == "gpu" and device.type != "cuda":
+            raise ConfigError("--decoder gpu needs --device cuda; use --decoder exact on the CPU")
+        return device
 
 
 @dataclass
@@ -80,43 +121,37 @@ class ExtractionSummary:
     output: Path
     written: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # before extraction, by reason
-    failed: dict[str, int] = field(default_factory=dict)   # decode errors, by reason
+    failed: dict[str, int] = field(default_factory=dict)   # images that could not be used, by reason
     seconds: float = 0.0
-    images_per_second: float = 0.0
+    images: int = 0                                        # images this run went through
     resumed_from: int = 0
-    # seconds the main loop waited: for decoded images (add --workers), for the device's results
-    # (the model is the limit), for the HDF5 writer (the disk is the limit)
+    # seconds spent waiting for decoded images (add --workers), in the model, in the writer (the disk)
     waits: dict[str, float] = field(default_factory=dict)
-    # images/s after the first batch reached the writer (worker start-up, cuDNN and nvjpeg set-up
-    # excluded): what a long extraction runs at
-    steady_images_per_second: float = 0.0
 
-    def to_json(self) -> str:
-        return json.dumps({"written": self.written, "skipped": self.skipped, "failed": self.failed},
-                          sort_keys=True)
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
-        def fmt(d):
+        def counts(d):
             return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+        waited = ", ".join(f"{v:.1f} s {k}" for k, v in self.waits.items())
         return [f"wrote {self.written} images to {self.output}"
                 + (f" (resumed after {self.resumed_from})" if self.resumed_from else ""),
-                f"skipped before extraction: {fmt(self.skipped)}",
-                f"failed to decode: {fmt(self.failed)}",
-                f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s"
-                + (f", {self.steady_images_per_second:.1f} after start-up" if self.steady_images_per_second else "")
-                + (" (waited " + ", ".join(f"{v:.1f} s for {k}" for k, v in self.waits.items()) + ")"
-                   if self.waits else "")]
+                f"skipped before extraction: {counts(self.skipped)}",
+                f"failed to decode: {counts(self.failed)}",
+                f"{self.images_per_second:.1f} images/s over {self.seconds:.1f} s" + (f" ({waited})" if waited else "")]
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The contiguous slice of ``n`` items that ``rank`` of ``world_size`` extracts."""
+    """The contiguous slice of ``n`` images that ``rank`` of ``world_size`` extracts."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"--rank {rank} --world-size {world_size}: need 0 <= rank < world size")
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
-    """``out.h5`` -> ``out.shard-00001-of-00004.h5`` (the output itself when world_size == 1)."""
+    """``out.h5`` -> ``out.shard-00001-of-00004.h5`` (``out.h5`` itself for one rank)."""
     output = Path(output)
     if world_size == 1:
         return output
@@ -124,13 +159,29 @@ def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
 
 
 def failed_log_path(output: str | Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.name + ".failed.tsv")
+    return Path(output).with_name(Path(output).name + ".failed.tsv")
 
 
-# -- reading images in worker processes --------------------------------------------------------
-class _ImageReader(torch.utils.data.Dataset):
-    """Item k -> (position, uint8 image (H, W, 3) array or the raw bytes or None, reason, message)."""
+# -- 1. images -> batches (in the DataLoader's worker processes) --------------------------------
+@dataclass
+class Batch:
+    """Images of the list, as the workers hand them over. decoder="exact": ``pixels`` and ``plan``
+    from ``pack_crops`` of the decoded images; decoder="gpu": ``pixels`` are the files' bytes one
+    after the other, ``sizes`` their lengths, ``nvjpeg`` which of them nvjpeg may take."""
+
+    positions: list[int]                  # in the image list, of the images in ``pixels``
+    failures: list[tuple[int, str, str]]  # (position, reason, message) of images left out
+    pixels: torch.Tensor                  # (n,) uint8
+    plan: dict[str, torch.Tensor] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+    nvjpeg: list[bool] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":  # called by the DataLoader (pin_memory=True) for a GPU
+        return replace(self, pixels=self.pixels.pin_memory(), plan={k: v.pin_memory() for k, v in self.plan.items()})
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Item k: (position, decoded uint8 (H, W, 3) array -- or the file's bytes, or None --, reason, message)."""
 
     def __init__(self, paths: Sequence[Path], positions: Sequence[int], decode: bool, max_pixels: int):
         self.paths, self.positions, self.decode, self.max_pixels = paths, positions, decode, max_pixels
@@ -148,50 +199,35 @@ class _ImageReader(torch.utils.data.Dataset):
         if not self.decode:
             return pos, data, "", ""
         try:
-            image = decode_jpeg(data, str(path), self.max_pixels)
+            return pos, decode_jpeg(data, str(path), self.max_pixels), "", ""
         except ImageError as exc:
             return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
-        return pos, image, "", ""
 
 
-def _collate(items, max_pixels: int = MAX_PIXELS) -> dict:
-    """Runs in the worker: one batch -> {"positions", "failures" [(position, reason, message)], and
-    decoder=exact: "flat" (packed uint8 pixels of the windows the crop reads), "sizes" (of those
-    windows), "plan" (their sampling plan); decoder=gpu: "flat" (the files' bytes one after the
-    other), "sizes" (their lengths), "nvjpeg" (which of them nvjpeg may take)}."""
-    failures = [(pos, reason, message) for pos, image, reason, message in items if image is None]
-    good = [(pos, image) for pos, image, _, _ in items if image is not None]
-    batch = {"failures": failures, "positions": [], "flat": None, "sizes": [], "plan": None, "nvjpeg": None}
-    if good and isinstance(good[0][1], bytes):  # decoder=gpu: the main process only slices
-        blobs = [data for _, data in good]
-        batch["positions"], batch["sizes"] = [pos for pos, _ in good], [len(data) for data in blobs]
-        batch["flat"] = shared_bytes(sum(batch["sizes"]))
-        batch["flat"].numpy()[:] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-        batch["nvjpeg"] = [_gpu_decodable(data, max_pixels) for data in blobs]
-        return batch
-    if good:  # (every decoded image fits the crop: its short side is resized to 256)
-        batch["positions"] = [pos for pos, _ in good]
-        batch["flat"], batch["sizes"], batch["plan"] = pack_crops([im for _, im in good], shared_bytes)
-    return batch
+def _collate(items, max_pixels: int) -> Batch:
+    failures = [(pos, reason, message) for pos, data, reason, message in items if data is None]
+    good = [(pos, data) for pos, data, _, _ in items if data is not None]
+    positions = [pos for pos, _ in good]
+    if good and isinstance(good[0][1], bytes):  # decoder="gpu"
+        files = [data for _, data in good]
+        return Batch(positions, failures, torch.frombuffer(bytearray(b"".join(files)), dtype=torch.uint8),
+                     sizes=[len(data) for data in files], nvjpeg=[_nvjpeg_can_take(data, max_pixels) for data in files])
+    return Batch(positions, failures, *pack_crops([image for _, image in good]))
 
 
 def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, batch_size: int, workers: int,
                  device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
-    """Batches of ``_collate`` dicts for ``paths[positions]``, read (and with decoder="exact"
-    decoded and packed) in ``workers`` processes; page-locked for a CUDA ``device``. Each worker
-    keeps two batches in flight (shared, then page-locked memory: ~95 MB per batch of 256 photos),
-    enough to keep every worker busy while the model runs."""
-    reader = _ImageReader(paths, positions, decode=decoder == "exact", max_pixels=max_pixels)
+    """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (the DataLoader
+    hands them over in shared memory), page-locked for a CUDA ``device``."""
     return torch.utils.data.DataLoader(
-        reader, batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=functools.partial(_collate, max_pixels=max_pixels),
-        pin_memory=torch.device(device).type == "cuda", prefetch_factor=2 if workers else None,
-    )
+        _ImageFiles(paths, positions, decode=decoder == "exact", max_pixels=max_pixels),
+        batch_size=batch_size, num_workers=workers, collate_fn=partial(_collate, max_pixels=max_pixels),
+        pin_memory=torch.device(device).type == "cuda")
 
 
-def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
-    """JPEGs nvjpeg may take: complete (end marker present), not CMYK, not too large. The rest goes
-    through the exact decoder, which decodes or rejects them as TF did."""
+def _nvjpeg_can_take(data: bytes, max_pixels: int) -> bool:
+    """Complete RGB JPEGs within the size limit; the rest goes to the exact decoder, which decodes
+    or rejects them as TF did."""
     import simplejpeg
 
     if image_format(data) != "jpeg" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -203,335 +239,203 @@ def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
     return colorspace not in ("CMYK", "YCCK") and 0 < height * width <= max_pixels
 
 
-def _decode_on_gpu(positions, flat: torch.Tensor, sizes, nvjpeg, device, max_pixels):
-    """decoder=gpu: the batch's files (``flat``, cut at ``sizes``) decoded by nvjpeg through
-    torchvision where ``nvjpeg`` allows; the rest, and any it fails on, through the exact CPU
-    decoder (so nothing is lost). Returns (positions, images, failures)."""
-    from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+# -- 2. batch -> model input ---------------------------------------------------------------------
+def model_input(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS):
+    """``(positions, images (B, 3, 224, 224) float32 on device, failures)`` of a batch."""
+    if not batch.sizes:  # decoded in the workers
+        return batch.positions, vgg_preprocess_packed(batch.pixels, batch.plan, device), batch.failures
+    positions, images, failures = gpu_decode(batch, device, max_pixels)
+    return positions, vgg_preprocess_batch(images, device), failures
 
-    files = flat.split(list(sizes))  # 1-D views, no copies
-    on_gpu = [i for i, ok in enumerate(nvjpeg) if ok]
+
+def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS):
+    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)`` of the batch's
+    files; nvjpeg where it may, the exact decoder for the rest and for what nvjpeg refuses."""
+    from torchvision.io import ImageReadMode, decode_jpeg as nvjpeg
+
+    files = batch.pixels.split(batch.sizes)
+    take = [i for i, ok in enumerate(batch.nvjpeg) if ok]
     decoded = {}
-    if on_gpu:
+    if take:
         try:
             with warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)
-                images = tv_decode_jpeg([files[i] for i in on_gpu], mode=ImageReadMode.RGB, device=device)
-            decoded = {i: im.permute(1, 2, 0) for i, im in zip(on_gpu, images)}  # (H, W, 3)
+                decoded = dict(zip(take, nvjpeg([files[i] for i in take], mode=ImageReadMode.RGB, device=device)))
         except RuntimeError:
-            decoded = {}
-    keep_pos, keep_images, failures = [], [], []
-    for i, pos in enumerate(positions):
-        if i in decoded:
-            keep_pos.append(pos)
-            keep_images.append(decoded[i])
-            continue
+            pass
+    positions, images, failures = [], [], list(batch.failures)
+    for i, pos in enumerate(batch.positions):
         try:
-            image = decode_jpeg(files[i].numpy().tobytes(), str(pos), max_pixels)
-            keep_images.append(torch.from_numpy(image).to(device))
-            keep_pos.append(pos)
+            image = decoded[i].permute(1, 2, 0) if i in decoded else \
+                torch.from_numpy(decode_jpeg(files[i].numpy().tobytes(), f"image {pos}", max_pixels)).to(device)
         except ImageError as exc:
             failures.append((pos, getattr(exc, "reason", "corrupt"), str(exc)))
-    return keep_pos, keep_images, failures
+            continue
+        positions.append(pos)
+        images.append(image)
+    return positions, images, failures
 
 
-def _resume_position(ids: Sequence[str], positions: Sequence[int], done_ids: Sequence[str], where) -> int:
-    """Index into ``positions`` after the last image already written (written ids are a
-    subsequence of the list: failed images are missing from it)."""
-    j = 0
-    if not done_ids:
-        return 0
-    for k, pos in enumerate(positions):
-        if ids[pos] == done_ids[j]:
-            j += 1
-            if j == len(done_ids):
-                return k + 1
-    raise DataError(f"{where}: the images already in the file are not in this image list "
-                    "(different dataset root or split?); run without --resume to start over")
-
-
-def _read_failed_log(path: Path, before_position: int) -> list[str]:
-    """Lines of a failed-image log for positions before ``before_position`` (what survives a resume)."""
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[0].isdigit() and int(parts[0]) < before_position:
-            keep.append(line)
-    return keep
-
-
-def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54, *,
-                     device: str = "cpu", batch_size: int = 64, workers: int = 2, precision: str = "fp32",
-                     decoder: str = "exact", dtype: str = "float32", channels_last: bool | None = None,
-                     resume: bool = False, overwrite: bool = False, rank: int = 0, world_size: int = 1,
-                     max_pixels: int = MAX_PIXELS, progress: bool = True, attrs: dict | None = None,
-                     log: Callable[[str], None] | None = None) -> ExtractionSummary:
-    """Extract ``source`` (or this rank's shard of it) into ``output``; returns the summary.
-    ``channels_last``: NHWC convolutions; None chooses (``channels_last_by_default``)."""
-    if decoder not in DECODERS:
-        raise ConfigError(f"--decoder {decoder!r} is not one of {DECODERS}")
-    if batch_size < 1 or workers < 0:
-        raise ConfigError(f"--batch-size {batch_size} / --workers {workers}: need batch >= 1, workers >= 0")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    if decoder == "gpu" and device.type != "cuda":
-        raise ConfigError("--decoder gpu needs --device cuda; use --decoder exact on CPU")
-    start, stop = shard_range(len(source), rank, world_size)
-    positions = list(range(start, stop))
-    out_path = shard_path(output, rank, world_size)
-    log = log or (lambda message: None)
-
-    model = model.to(device).eval()
+# -- 3. + 4. the run ------------------------------------------------------------------------------
+def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54,
+                     options: ExtractOptions | None = None, *, log: Callable[[str], None] | None = None,
+                     **settings) -> ExtractionSummary:
+    """Extract ``source`` (this rank's slice of it) into ``output``. ``settings`` change single
+    fields of ``options``; ``log`` receives one line per image left out."""
+    options = replace(options or ExtractOptions(), **settings)
+    device = options.check()
+    start, stop = shard_range(len(source), options.rank, options.world_size)
+    out = shard_path(output, options.rank, options.world_size)
+    if options.resume and out.exists() and not options.overwrite:
+        return _summary_of_complete(out)
+    _warn_if_many_missing(source)
+    channels_last = options.channels_last
     if channels_last is None:
-        channels_last = channels_last_by_default(device, precision)
-    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    file_attrs = {
-        "backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
-        "decoder": decoder,  # exact: TF1-identical simplejpeg (fastdct); gpu: nvjpeg
-        "precision": precision, "skipped_before_extraction": json.dumps(
-            {k: len(v) for k, v in sorted(source.skipped.items())}, sort_keys=True),
-        **(attrs or {}),
-    }
-    if world_size > 1:
-        file_attrs.update(shard_rank=rank, shard_world_size=world_size, shard_start=start, shard_stop=stop)
-    failed_path = failed_log_path(out_path)
-    if resume and out_path.exists() and not overwrite:
-        return _summary_of_complete(out_path)
-    writer = FeatureWriter(out_path, source.dataset, source.split, source.label_dims, dtype=dtype,
-                           attrs=file_attrs, label_names=source.label_names or None, resume=resume,
-                           overwrite=overwrite)
+        channels_last = channels_last_by_default(device, options.precision)
+    model = model.to(device).eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    summary = ExtractionSummary(out, skipped={k: len(v) for k, v in sorted(source.skipped.items())}, waits=Counter())
+    attrs = {"backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
+             "decoder": options.decoder, "precision": options.precision,
+             "skipped_before_extraction": json.dumps(summary.skipped, sort_keys=True)}
+    if options.world_size > 1:
+        attrs.update(shard_rank=options.rank, shard_world_size=options.world_size, shard_start=start, shard_stop=stop)
     t0 = time.perf_counter()
-    with writer:
-        begin = _resume_position(source.img_ids, positions, writer.done_ids, partial_path(out_path)) \
-            if resume else 0
-        resumed_from = writer.n_written
-        old_failures = _read_failed_log(failed_path, positions[begin] if begin < len(positions) else stop) \
-            if resume else []
-        failed = Counter(line.split("\t")[2] for line in old_failures)
-        # the kept lines replace the log in one rename: a kill here never loses the earlier failures
-        atomic_write_text(failed_path, "".join(line + "\n" for line in old_failures))
-        with open(failed_path, "a", encoding="utf-8") as flog:
-            todo = positions[begin:]
-            loader = image_loader(source.paths, todo, decoder, batch_size, workers, device, max_pixels)
-            bar = _progress(len(positions), begin, out_path.name, progress)
-            done_now = 0
-            batches = iter(loader)  # the worker processes start (fork) before this process's threads
-            appender = _BackgroundAppender()
-            waits = {"decoded images": 0.0, "the model": 0.0, "the writer": 0.0}
-            in_flight = None  # the previous batch: copied to the host while this one is computed
-
-            steady = {}  # time and count when the first batch was written: the rate after start-up
-
-            def hand_over(batch_out) -> None:
-                ids, labels, result = batch_out
-                if not steady:
-                    steady.update(t=time.perf_counter(), done=done_now)
-                tic = time.perf_counter()
-                out = result.get()
-                waits["the model"] += time.perf_counter() - tic
-                tic = time.perf_counter()
-                appender.append(writer.append_chunks if result.gives_chunks else writer.append, ids, out, labels)
-                waits["the writer"] += time.perf_counter() - tic
-
-            try:
-                with torch.no_grad(), precision_context(precision, device):
-                    while True:
-                        tic = time.perf_counter()
-                        batch = _next_batch(batches, out_path)
-                        waits["decoded images"] += time.perf_counter() - tic
-                        if batch is None:
-                            break
-                        failures = list(batch["failures"])
-                        good_pos = list(batch["positions"])
-                        if batch["nvjpeg"] is not None:
-                            good_pos, images, gpu_failures = _decode_on_gpu(good_pos, batch["flat"], batch["sizes"],
-                                                                            batch["nvjpeg"], device,
-                                                                            max_pixels)
-                            failures += gpu_failures
-                            x = vgg_preprocess_batch(images, device=device) if images else None
-                        else:
-                            x = vgg_preprocess_packed(batch["flat"], batch["sizes"], device, batch["plan"]) \
-                                if good_pos else None
-                        for pos, reason, message in sorted(failures):
-                            failed[reason] += 1
-                            flog.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{message}\n")
-                            log(f"skipped {source.img_ids[pos]}: {message}")
-                        flog.flush()
-                        if good_pos:
-                            pos_arr = np.array(good_pos, dtype=np.int64)
-                            result = _ForwardResult(model, x, writer.dtype)
-                            if in_flight is not None:
-                                hand_over(in_flight)
-                            in_flight = ([source.img_ids[p] for p in pos_arr], source.labels_for(pos_arr), result)
-                        n_items = len(good_pos) + len(failures)
-                        done_now += n_items
-                        bar.update(n_items)
-                    if in_flight is not None:
-                        hand_over(in_flight)
-                tic = time.perf_counter()
-                appender.close()
-                waits["the writer"] += time.perf_counter() - tic
-            finally:
-                appender.close(raise_errors=False)
-                bar.close()
-        seconds = time.perf_counter() - t0
-        summary = ExtractionSummary(out_path, writer.n_written, {k: len(v) for k, v in source.skipped.items()},
-                                    dict(failed), seconds, done_now / seconds if seconds > 0 else 0.0,
-                                    resumed_from, {k: round(v, 3) for k, v in waits.items()},
-                                    _steady_rate(steady, done_now, t0 + seconds))
+    with FeatureWriter(out, source.dataset, source.split, source.label_dims, options.dtype, attrs,
+                       source.label_names or None, options.resume, options.overwrite) as writer:
+        summary.resumed_from = writer.n_written
+        begin = _resume_position(source.img_ids, start, stop, writer.done_ids, writer.partial)
+        failed = _restart_failed_log(failed_log_path(out), begin if options.resume else None)
+        loader = image_loader(source.paths, range(begin, stop), options.decoder, options.batch_size,
+                              options.workers, device, options.max_pixels)
+        feature_dtype = getattr(torch, options.dtype)
+        with open(failed_log_path(out), "a", encoding="utf-8") as failed_log, \
+                tqdm(total=stop - start, initial=begin - start, desc=f"extract {out.name}", unit="img",
+                     disable=not options.progress, dynamic_ncols=True) as bar, \
+                torch.no_grad(), precision_context(options.precision, device):
+            for batch in _batches(loader, out, summary.waits):
+                with _timed(summary.waits, "in the model"):
+                    positions, images, failures = model_input(batch, device, options.max_pixels)
+                    features = model(images).to(feature_dtype).cpu().numpy() if positions else None
+                for pos, reason, message in sorted(failures):
+                    failed[reason] += 1
+                    failed_log.write(f"{pos}\t{source.img_ids[pos]}\t{reason}\t{' '.join(message.split())}\n")
+                    if log:
+                        log(f"skipped {source.img_ids[pos]}: {message}")
+                failed_log.flush()
+                if positions:
+                    with _timed(summary.waits, "in the writer"):
+                        writer.append([source.img_ids[p] for p in positions], features,
+                                      source.labels_for(np.array(positions)))
+                summary.images += len(positions) + len(failures)
+                bar.update(len(positions) + len(failures))
         writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
+        summary.written, summary.failed = writer.n_written, dict(failed)
+        summary.seconds = time.perf_counter() - t0
+        summary.waits = {k: round(v, 3) for k, v in summary.waits.items()}
         writer.finish()
     return summary
 
 
-def _next_batch(batches, out_path: Path):
-    """The loader's next batch (None at the end); running out of shared memory (the workers hand
-    batches over in /dev/shm, which containers keep small) becomes an error that says what to do."""
+def _warn_if_many_missing(source: ExtractionSource) -> None:
+    """Say at the start (not only in the summary) when a large share of the images is missing."""
+    missing = len(source.skipped.get("missing", ()))
+    listed = len(source) + sum(len(ids) for ids in source.skipped.values())
+    if missing > MISSING_WARNING * listed:
+        print(f"warning: {missing} of the {listed} images listed for {source.dataset} {source.split} are not "
+              f"in {source.images_dir}; if that is the wrong folder, stop and pass the right one with "
+              "--images-dir", file=sys.stderr)
+
+
+def _resume_position(ids: Sequence[str], start: int, stop: int, done_ids: Sequence[str], where) -> int:
+    """The position after the last image already written (the written ids are a subsequence of
+    ``ids[start:stop]``: images that failed are not in the file)."""
+    pos = start
+    for done in done_ids:
+        while pos < stop and ids[pos] != done:
+            pos += 1
+        if pos == stop:
+            raise DataError(f"{where}: the images already in the file are not in this image list (another "
+                            "dataset root or split?); run without --resume to start over")
+        pos += 1
+    return pos
+
+
+def _restart_failed_log(path: Path, keep_before: int | None) -> Counter:
+    """Start the failed-image log afresh, or for a resumed run with its lines of the positions
+    before ``keep_before``; returns their counts by reason. The kept lines replace the log in one
+    rename: a crash meanwhile never loses the failures found before."""
+    kept = []
+    if keep_before is not None and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            pos = line.split("\t", 1)[0]
+            if pos.isdigit() and int(pos) < keep_before and line.count("\t") >= 3:
+                kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return Counter(line.split("\t")[2] for line in kept)
+
+
+def _batches(loader, out: Path, waits: Counter):
+    """The loader's batches, timing the waits for them. Workers hand batches over in /dev/shm,
+    which containers keep small: running out of it becomes an error that says what to do."""
+    batches = iter(loader)
+    while True:
+        with _timed(waits, "waiting for decoded images"):
+            try:
+                batch = next(batches, None)
+            except RuntimeError as exc:
+                if "No space left on device" not in str(exc) and "Bus error" not in str(exc):
+                    raise
+                detail = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), "")
+                raise DataError(f"{out}: the image-reading workers ran out of shared memory (/dev/shm) "
+                                f"({detail[:160]}); give the machine more (docker run --shm-size=8g) or lower "
+                                "--batch-size / --workers, then rerun with --resume") from exc
+        if batch is None:
+            return
+        yield batch
+
+
+@contextmanager
+def _timed(waits: Counter, what: str):
+    tic = time.perf_counter()
     try:
-        return next(batches, None)
-    except RuntimeError as exc:
-        err = shared_memory_error(exc, str(out_path), "lower --batch-size / --workers, then rerun with --resume")
-        if err is None:
-            raise
-        raise err from exc
-
-
-def _steady_rate(steady: dict, done: int, end: float) -> float:
-    """Images/s from the first written batch to the end (0 when there were fewer than 2 batches)."""
-    if not steady or done <= steady["done"] or end <= steady["t"]:
-        return 0.0
-    return (done - steady["done"]) / (end - steady["t"])
-
-
-class _BackgroundAppender:
-    """Runs the FeatureWriter's appends in a thread (in order) while the next batch is computed.
-
-    At most two batches wait; an error in the thread is raised by the next ``append``/``close``."""
-
-    def __init__(self):
-        import queue
-        import threading
-
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="lesa-h5-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                method, args = item
-                try:
-                    method(*args)
-                except BaseException as exc:  # handed to the main thread
-                    self.error = exc
-
-    def append(self, method, *args) -> None:
-        """Queue ``method(*args)`` (the writer's ``append`` or ``append_chunks``)."""
-        if self.error is not None:
-            raise self.error
-        self.queue.put((method, args))
-
-    def close(self, raise_errors: bool = True) -> None:
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-        if raise_errors and self.error is not None:
-            raise self.error
+        yield
+    finally:
+        waits[what] += time.perf_counter() - tic
 
 
 def _summary_of_complete(path: Path) -> ExtractionSummary:
-    """--resume on a finished file: nothing to do; report what it holds."""
-    with read_split_files(path) as split:
-        attrs = split.attrs
-        return ExtractionSummary(path, len(split), json.loads(attrs.get("skipped_before_extraction", "{}")),
-                                 json.loads(attrs.get("failed", "{}")), 0.0, 0.0, len(split))
-
-
-class _ForwardResult:
-    """VGG-19 conv5_4 of one preprocessed batch, started on the device; ``get()`` waits for it.
-
-    On a GPU the features are cast to the file's dtype there and laid out there as the file's
-    chunks (each record's bytes and its HDF5 Fletcher-32: ``record_chunks``), then copied into
-    pinned host memory without blocking, so the host prepares the next batch meanwhile and the
-    writer stores the chunks as they are. On the CPU, HDF5's filter computes the checksums."""
-
-    def __init__(self, model, x: torch.Tensor, dtype: np.dtype):
-        feats = model(x).to(getattr(torch, np.dtype(dtype).name))  # (B, 196, 512)
-        self.event = None
-        if feats.is_cuda:
-            chunks = record_chunks(feats, fletcher32_of_records(feats))
-            self.out = torch.empty(chunks.shape, dtype=chunks.dtype, pin_memory=True)
-            self.out.copy_(chunks, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.out = feats
-
-    @property
-    def gives_chunks(self) -> bool:
-        """Whether ``get()`` returns the file's chunks (else features)."""
-        return self.event is not None
-
-    def get(self) -> np.ndarray:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.out.numpy()
-
-
-def _progress(total: int, initial: int, name: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"extract {name}", unit="img", disable=not enabled,
-                dynamic_ncols=True, smoothing=0.1)
+    """--resume of a finished file: nothing to do; what it holds."""
+    with open_features(path) as split:
+        return ExtractionSummary(path, len(split), json.loads(split.attrs.get("skipped_before_extraction", "{}")),
+                                 json.loads(split.attrs.get("failed", "{}")), resumed_from=len(split))
 
 
 def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """Join shard files (list or glob) into one file equal to the one a single rank writes."""
-    split = read_split_files(paths)
-    try:
-        first = split.files[0]
-        attrs = {k: v for k, v in split.attrs.items()
-                 if k not in ("shard_world_size", "dataset", "split", "feature_dtype", "complete",
-                              "failed", "lesa_version")}
+    """Join the shard files (list or glob) into the file that one rank writes."""
+    with open_features(paths) as split:
+        first = split.files[0].attrs
+        attrs = {k: v for k, v in split.attrs.items() if k not in (
+            "shard_world_size", "dataset", "split", "feature_dtype", "complete", "failed", "lesa_version")}
         failed: Counter = Counter()
         for f in split.files:
             failed.update(json.loads(f.attrs.get("failed", "{}")))
-        writer = FeatureWriter(output, first.attrs["dataset"], first.attrs["split"], split.label_dims,
-                               dtype=str(split.feature_dtype), attrs=attrs,
-                               label_names=split.label_names or None, overwrite=overwrite)
-        from tqdm.auto import tqdm
-
-        with writer, tqdm(total=len(split), desc=f"merge {Path(output).name}", unit="img",
-                          disable=not progress) as bar:
-            step = 1024
-            for f in split.files:
-                ids = f.img_ids
-                for s in range(0, len(f), step):
-                    e = min(s + step, len(f))
-                    writer.append(ids[s:e], f.features[s:e],
-                                  {name: f.labels[name][s:e] for name in split.label_dims})
-                    bar.update(e - s)
+        ids = split.img_ids
+        with FeatureWriter(output, first["dataset"], first["split"], split.label_dims, str(split.feature_dtype),
+                           attrs, split.label_names or None, overwrite=overwrite) as writer, \
+                tqdm(total=len(split), desc=f"merge {Path(output).name}", unit="img", disable=not progress) as bar:
+            for a in range(0, len(split), 1024):
+                rows = np.arange(a, min(a + 1024, len(split)))
+                writer.append(ids[a:a + len(rows)], *split.read(rows, dtype=None))
+                bar.update(len(rows))
             writer.set_attrs(failed=json.dumps(dict(sorted(failed.items())), sort_keys=True))
             return writer.finish()
-    finally:
-        split.close()
 
 
-def build_model(backbone: str, weights: str | None, seed: int = 0) -> VGG19Conv54:
-    """``tf_slim`` (weights = vgg_19.ckpt), ``torchvision`` (weights = optional .pth) or ``random``
-    (seeded He-initialised weights: for tests and throughput benchmarks only)."""
+def build_model(backbone: str, weights: str | None = None, seed: int = 0) -> VGG19Conv54:
+    """``tf_slim`` (``weights``: vgg_19.ckpt, default model/vgg_19.ckpt), ``torchvision``
+    (``weights``: an optional .pth) or ``random`` (seeded, for tests and throughput benchmarks)."""
     if backbone == "tf_slim":
-        if not weights:
-            raise ConfigError("--backbone tf_slim needs --weights PATH/vgg_19.ckpt (the TF-slim model zoo's "
-                              "vgg_19_2016_08_28.tar.gz)")
-        return VGG19Conv54.from_tf_slim(weights)
+        return VGG19Conv54.from_tf_slim(weights or VGG_WEIGHTS)
     if backbone == "torchvision":
         return VGG19Conv54.from_torchvision(weights)
     if backbone == "random":
@@ -541,7 +445,3 @@ def build_model(backbone: str, weights: str | None, seed: int = 0) -> VGG19Conv5
         model.weights_sha256 = f"random-seed-{seed}"
         return model
     raise ConfigError(f"--backbone {backbone!r} is not one of tf_slim, torchvision, random")
-
-
-__all__ = ["ExtractionSource", "ExtractionSummary", "extract_features", "merge_shards", "shard_range",
-           "shard_path", "nus_wide_source", "openimages_source", "build_model"]

@@ -27,6 +27,7 @@ VGG19_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
 SLIM_RGB_MEAN = (123.68, 116.78, 103.94)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
+TF_SLIM_URL = "http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz"
 
 
 def conv_names() -> list[str]:
@@ -112,10 +113,12 @@ class VGG19Conv54(nn.Module):
         """From the TF-slim ``vgg_19.ckpt`` (TF1 V1 or V2 checkpoint, read without TensorFlow)."""
         path = Path(path)
         if not path.exists() and not Path(str(path) + ".index").exists():
-            raise CheckpointError(f"{path}: VGG-19 checkpoint not found; download "
-                                  "http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz "
-                                  "and pass the extracted vgg_19.ckpt")
-        read_tf_checkpoint = _checkpoint_reader()
+            raise CheckpointError(f"{path}: VGG-19 checkpoint not found; download {TF_SLIM_URL} and unpack it "
+                                  "into model/ (`mkdir -p model && tar -xzf vgg_19_2016_08_28.tar.gz -C model` gives "
+                                  "model/vgg_19.ckpt, where `lesa extract` looks by default), or give its "
+                                  "path (`lesa extract --weights`, `lesa tag` / `lesa visualize --vgg`)")
+        from lesa.tf_formats.checkpoint import read_tf_checkpoint
+
         wanted = [f"vgg_19/{n}/{k}" for n in conv_names() for k in ("weights", "biases")]
         tensors = read_tf_checkpoint(path, names=wanted)  # fc layers and extras are not read
         model = cls.from_tf_tensors(tensors, str(path))
@@ -140,9 +143,10 @@ class VGG19Conv54(nn.Module):
                 state = weights.get_state_dict(progress=True)
             except Exception as exc:  # URLError, HTTPError, OSError when offline
                 raise CheckpointError(
-                    f"cannot download torchvision's VGG-19 weights from {weights.url} ({exc}); "
-                    "where there is no network, download that file elsewhere and pass it with "
-                    "--weights PATH (or put it in torch's cache, ~/.cache/torch/hub/checkpoints/)"
+                    f"cannot download torchvision's VGG-19 weights from {weights.url} ({exc}); where there "
+                    "is no network, download that file elsewhere and put it in torch's cache "
+                    "(~/.cache/torch/hub/checkpoints/), or give its path: `lesa extract --backbone "
+                    "torchvision --weights PATH`, `lesa tag` / `lesa visualize --torchvision-weights PATH`"
                 ) from exc
             sha = Path(weights.url).name.split("-")[-1].split(".")[0]  # torchvision's hash prefix
         model = cls()
@@ -163,14 +167,3 @@ class VGG19Conv54(nn.Module):
         model.weights_sha256 = sha
         return model.eval()
 
-
-def _checkpoint_reader():
-    try:
-        from lesa.tf_formats.checkpoint import read_tf_checkpoint
-    except ImportError:
-        try:
-            from lesa.tf_formats import read_tf_checkpoint  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise CheckpointError("reading TF checkpoints needs lesa.tf_formats.checkpoint, "
-                                  "which is missing from this installation") from exc
-    return read_tf_checkpoint
