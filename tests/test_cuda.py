@@ -139,13 +139,13 @@ def test_vgg_features_on_the_gpu(vgg_golden):
 
 def test_nvjpeg_decoder_against_the_exact_one(vgg_golden):
     from lesa.features import decode_jpeg, vgg_preprocess_batch
-    from lesa.features.extract import _collate, _decode_on_gpu
+    from lesa.features.extract import gpu_decode, image_loader
 
     root, expected, names, model = vgg_golden
-    blobs = [(root / "images" / n).read_bytes() for n in names]
-    batch = _collate([(i, data, "", "") for i, data in enumerate(blobs)])
-    positions, images, failures = _decode_on_gpu(batch["positions"], batch["flat"], batch["sizes"], batch["nvjpeg"],
-                                                 torch.device("cuda"), 10**9)
+    paths = [root / "images" / n for n in names]
+    blobs = [p.read_bytes() for p in paths]
+    (batch,) = image_loader(paths, range(len(paths)), "gpu", len(paths), 0, torch.device("cuda"))
+    positions, images, failures = gpu_decode(batch, torch.device("cuda"), 10**9)
     assert positions == list(range(len(blobs))) and not failures
     diffs = []
     for blob, name, image in zip(blobs, names, images):
@@ -181,8 +181,8 @@ def test_extract_features_with_the_nvjpeg_decoder(vgg_golden, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_extract_features_on_the_gpu_writes_the_originals_features(vgg_golden, tmp_path, dtype):
-    """The GPU pipeline (batches in flight, checksums computed on the GPU, chunks written as they
-    are) gives a file whose features equal the original's and whose checksums HDF5 verifies."""
+    """The GPU pipeline gives a file whose features equal the original's and whose checksums HDF5
+    verifies."""
     from lesa.datasets.h5 import open_features
     from lesa.features.extract import ExtractionSource, extract_features
 
