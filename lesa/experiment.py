@@ -246,10 +246,15 @@ def config_from_dict(values: dict, source: str = "<dict>") -> Config:
 
 
 def bundled_configs() -> dict[str, object]:
-    """``{name: resource}`` of the configurations shipped with lesa (``configs/*.toml``)."""
+    """``{name: resource}`` of the configurations shipped with lesa: the package ``lesa.configs`` of an
+    installed lesa, or ``configs/`` beside the package when it runs from a source checkout."""
     from importlib.resources import files
 
-    return {p.name[:-len(".toml")]: p for p in files("lesa.configs").iterdir() if p.name.endswith(".toml")}
+    try:
+        folder = files("lesa.configs")
+    except ModuleNotFoundError:  # lesa imported from a checkout's source tree
+        folder = Path(__file__).resolve().parents[1] / "configs"
+    return {p.name[:-len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
 def find_config(name: str | os.PathLike) -> tuple[str, str]:
