@@ -7,7 +7,9 @@ numpy arrays (computed on CPU tensors) or torch tensors (computed on the scores'
   the precision at the threshold s_p, i.e. positives / annotated images scoring >= s_p. Tied
   scores share one threshold, as in scikit-learn's ``average_precision_score``. A class without a
   positive gets AP 0 and still counts in the mean (original behaviour). A NaN score ranks lowest
-  (as -inf).
+  (as -inf). Each class's negatives and positives are sorted (by numpy's sort on a CPU, torch's
+  elsewhere) and each positive's threshold counts those scoring at least as high (a binary
+  search); classes go in chunks (bounded memory).
 - Top-K: every image predicts its K highest-scoring labels, ties broken as the original's
   ``np.argsort(scores, axis=1)[:, -K:]`` (a NaN ranks highest there). "overall" precision and
   recall pool all images and labels; "per_class" gives one value per class (classes without a
@@ -74,38 +76,30 @@ def _one_class_per_row(chunk: torch.Tensor) -> torch.Tensor:
 
 def _average_precision_rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """AP of c classes from their scores ``s`` (c, N) (no NaN) and labels ``y`` (c, N)."""
-    positive = y > 0
-    m = positive.count_nonzero(dim=1)[:, None]  # (c, 1) positives of each class
-    P = _positives_by_row(s, positive, m).sort(dim=1).values  # (c, K): ascending, then padding
-    K = P.shape[1]
-    # below: how many of its class's positives score <= each score (a binary search in P; the
-    # padding, the highest value, counts alike for negatives and positives scoring that value)
-    below = torch.searchsorted(P, s, right=True)
-    # a negative scores >= a positive p exactly when its `below` is >= p's: count the negatives
-    # by `below`, then negatives_at_least[:, b] = negatives whose `below` is >= b
-    below.masked_fill_(y >= 0, K + 1)  # positives and unannotated images: a count left out
-    counts = torch.zeros(s.shape[0], K + 2, dtype=torch.int64, device=s.device)
-    counts.scatter_add_(1, below, counts.new_ones(1, 1).expand_as(below))
-    negatives_at_least = counts[:, :K + 1].flip(1).cumsum(1).flip(1)
-    # precision at the threshold s_p of each positive p: of the images scoring >= s_p (tied
-    # scores share one threshold), the positives
-    pos_above = m - torch.searchsorted(P, P)  # all positives but those scoring < s_p
-    neg_above = negatives_at_least.gather(1, torch.searchsorted(P, P, right=True))
+    highest = torch.inf if s.is_floating_point() else torch.iinfo(s.dtype).max
+    negative, positive = y < 0, y > 0
+    n_neg = negative.count_nonzero(dim=1)[:, None]
+    m = positive.count_nonzero(dim=1)[:, None]
+    # each class's negatives and positives, ascending (then the highest value, never < a score)
+    negatives = _sort_rows(s.where(negative, highest))
+    positives = _sort_rows(s.where(positive, highest))[:, :max(int(m.max()), 1)].contiguous()
+    # at the threshold s_p of each positive p, the images scoring >= s_p (tied scores share one
+    # threshold): all negatives but those scoring < s_p, all positives but those scoring < s_p
+    neg_above = n_neg - torch.searchsorted(negatives, positives)
+    pos_above = m - torch.searchsorted(positives, positives)
     precision = pos_above.double() / (pos_above + neg_above).double()
-    precision = precision.where(torch.arange(K, device=s.device) < m, 0.0)  # (the padding is no positive)
+    real = torch.arange(positives.shape[1], device=s.device) < m  # (the first m of each row)
+    precision = precision.where(real, 0.0)
     # original: a class without a positive has AP 0 (and still counts in the mean)
     return precision.sum(dim=1) / m[:, 0].clamp(min=1)
 
 
-def _positives_by_row(s: torch.Tensor, positive: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """(c, max(m)) the scores ``s`` (c, N) where ``positive``, each row's first, then the highest
-    value of the type (+inf)."""
-    rows, cols = positive.nonzero(as_tuple=True)  # row by row
-    first = m[:, 0].cumsum(0) - m[:, 0]  # index of each row's first positive among them all
-    highest = torch.inf if s.is_floating_point() else torch.iinfo(s.dtype).max
-    P = s.new_full((s.shape[0], max(int(m.max()), 1)), highest)
-    P[rows, torch.arange(rows.numel(), device=s.device) - first[rows]] = s[rows, cols]
-    return P
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` sorted ascending. On a CPU by numpy's vectorised sort (a view, no copy):
+    torch's CPU sort takes over ten times longer (benchmarks/bench_metrics.py)."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.numpy(), axis=1))
+    return x.sort(dim=1).values
 
 
 def mean_average_precision(scores, labels) -> float:
