@@ -92,7 +92,7 @@ class DataSection:
     shuffle_buffer: int = 20000  # records mixed together when shuffling (bounded memory)
     preload: str = "none"  # none | ram | gpu | auto (auto: gpu/ram when it fits, else stream)
     chunk_mb: int = 64  # contiguous read size when streaming
-    workers: int = 1  # DataLoader worker processes reading the feature files (0: in the training process)
+    workers: int = 0  # DataLoader worker processes reading ahead (0: read in the training process; see docs/performance.md)
     eval_batch_size: int = 1000
 
 

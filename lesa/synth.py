@@ -212,7 +212,8 @@ def config_for(files: dict, task: str, out: str, name: str, **train) -> "object"
     """A ``Config`` for the synthetic files (the experiment's config file values + small overrides)."""
     from lesa.experiment import config_from_dict
 
-    data = {k: (str(v) if k not in ("train", "validation", "test") else [str(v)]) for k, v in files.items()}
+    files = {k: str(Path(v).absolute()) for k, v in files.items()}  # (not inside any data folder)
+    data = {k: (v if k not in ("train", "validation", "test") else [v]) for k, v in files.items()}
     values = {"experiment": {"name": name, "task": task, "out": str(out)}, "data": data, "train": train}
     return config_from_dict(values, source=f"synthetic {task}")
 
