@@ -35,7 +35,6 @@ from torch import nn
 from lesa.errors import ConfigError
 from lesa.optim import set_lr
 
-ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # rank 0 evaluates while the others wait: collectives must tolerate a long validation
 TIMEOUT_ENV = "LESA_DIST_TIMEOUT_MIN"
 DEFAULT_TIMEOUT_MIN = 120
@@ -195,29 +194,11 @@ def batchnorm_sync():
         _SYNC_DEPTH -= 1
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the gradient of each rank's input is the sum of the ranks' output gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        y = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Autograd-aware sum over ranks (as ``torch.distributed.nn.functional.all_reduce``)."""
-    return _AllReduceSum.apply(x)
+    """Sum over ranks, autograd-aware (each rank's gradient is the sum of the ranks' gradients)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x.contiguous())
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
