@@ -6,7 +6,7 @@
 
 Scores are float32 (N, C), labels in {-1, 0, 1} with a few positives per image (uneven label
 frequencies, 5% unannotated, positives scoring a little higher: a trained model's look;
-``lesa.bench.synthetic_scores``). In the same run it times
+``benchmarks/run.py``'s ``synthetic_scores``). In the same run it times
 - ``lesa.metrics.average_precision`` (every class's AP) against ``np.sort`` of the same matrix
   (goal: within 6x), with torch's threads and with one thread (``np.sort`` uses one), and, for
   scale, ``torch.sort`` of every class's scores (why ``lesa.metrics`` sorts with numpy on a CPU);
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -30,26 +29,9 @@ import numpy as np
 import torch
 
 from lesa import metrics
-from lesa.bench import synthetic_scores
+from run import machine_line, synthetic_scores  # (benchmarks/run.py)
 
 NUS_TEST_IMAGES, NUS_LABELS = 107_859, 1_006
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{name}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"numpy {np.__version__}")
-
-
-def load() -> str:
-    return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def median_seconds(fn, repeat: int, clock=time.perf_counter) -> float:
@@ -107,7 +89,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     scores, labels = synthetic_scores(args.images, args.labels, args.positives_per_image, seed=2)
-    print(f"machine: {machine()}; {load()}")
+    print(f"machine: {machine_line()}; numpy {np.__version__}")
     print(f"data: {args.images:,} x {args.labels:,} float32 scores, "
           f"{np.count_nonzero(labels > 0) / args.images:.1f} positives per image, "
           f"{np.count_nonzero(labels == 0) / labels.size:.1%} unannotated; median of {args.repeat}")
@@ -159,7 +141,7 @@ def main(argv=None) -> None:
         diff = np.abs(metrics.average_precision(s, y) - ours_ap()).max()
         row(f"AP of every class on {torch.cuda.get_device_name()}", median_seconds(on_gpu, args.repeat),
             "the CPU run above", t_ap, f"max |GPU AP - CPU AP| = {diff:.1e}")
-    print(load())
+    print("load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

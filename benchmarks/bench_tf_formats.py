@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -83,15 +82,6 @@ def timed(tree: Path, task: str, arg: str) -> float:
     return float(result.stdout.split()[-1])
 
 
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default="/work/old", help="the tree before the redesign (the baseline)")
@@ -112,7 +102,9 @@ def main() -> None:
                 "read": (str(prefix), args.mb, "MB/s", f"read_tf_checkpoint, V2 bundle of {args.mb} MB"),
                 "convert": (str(source), args.records, "records/s",
                             f"convert-tfrecord, {args.records} ZLIB records ({source.stat().st_size >> 20} MB)")}
-        print(f"machine: {machine()}; baseline: {args.old}")
+        from run import machine_line  # (benchmarks/run.py)
+
+        print(f"machine: {machine_line()}; baseline: {args.old}")
         print("row, figure, baseline, ratio")
         for task, (arg, amount, unit, title) in rows.items():
             times = {side: [] for side in trees}
