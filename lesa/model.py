@@ -242,10 +242,6 @@ class LESA(nn.Module):
         hidden = torch.tanh(F.linear(regions, w1.t(), b1))  # (B,196,512)
         return F.linear(hidden, w2.t(), b2).transpose(1, 2)  # (B,T,196)
 
-    def classifiers(self, vecs: torch.Tensor) -> torch.Tensor:
-        """Label classifiers (n,513) = [v W^T, 0]: the appended zero ignores f_att's constant 1."""
-        return F.pad(vecs @ self.W.t(), (0, 1), value=0.0)
-
     @staticmethod
     def head_max(att_logits: torch.Tensor) -> torch.Tensor:
         # TF1 reduce_max: tied maxima share the gradient equally; torch.amax does the same
@@ -263,7 +259,7 @@ class LESA(nn.Module):
         f_global = append_one(pooled)  # (B,513): the mean/max of the constant 1 is 1
 
         seen_projection = self.seen_vecs() @ self.W.t()  # (C,512)
-        classifiers = F.pad(seen_projection, (0, 1), value=0.0)  # (C,513), as self.classifiers
+        classifiers = F.pad(seen_projection, (0, 1), value=0.0)  # (C,513) = [v W^T, 0]: the 0 ignores f_att's 1
         # the classifiers' last column is 0, so f_att's last column adds nothing: left out
         att_logits = attended @ seen_projection.t()  # (B,T,C)
         logits = self.head_max(att_logits)

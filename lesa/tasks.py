@@ -2,7 +2,7 @@
 
 - ``nus_wide_zero_shot`` (original ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Attention.py``):
   seen = the 925 tags of TagList1k that are not among the 81 concepts, in TagList1k order
-  (original: ``[i for i in range(1000) if tag1k[i] not in tag81]``); unseen = the 81 concepts.
+  (original: ``[i for i in range(1000) if tag1k[i] not in tag81]``; ``seen_unseen_tag_indices``); unseen = the 81 concepts.
   Vectors: ``vecs_1k[seen]`` and ``vecs_81`` of the pickle. Validation = the first 5,000 train
   records (training skips them). Test reports: zero-shot on 81, generalised on 81+925 (unseen first).
 - ``nus_wide_multilabel`` (original ``multilabel_experiments/NUS_WIDE_rank_Visual_Word_Attention.py``):
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from lesa.datasets.embeddings import load_label_ids_pickle, load_vector_pair, read_label_list
+from lesa.datasets.nus_wide import seen_unseen_tag_indices
+from lesa.datasets.openimages import read_class_descriptions
 from lesa.errors import DataError, ShapeError
 
 
@@ -43,14 +44,6 @@ class TaskData:
         return len(self.seen_names)
 
 
-def nus_wide_seen_unseen(tag1k: list[str], tag81: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the 1k tags: seen (tags not among the concepts) and unseen (tags that are)."""
-    concepts = set(tag81)
-    seen = np.array([i for i, t in enumerate(tag1k) if t not in concepts], dtype=np.int64)
-    unseen = np.array([i for i, t in enumerate(tag1k) if t in concepts], dtype=np.int64)
-    return seen, unseen
-
-
 def read_top_unseen(path) -> np.ndarray:
     """Row indices of ``top_400_unseen.csv`` (one integer per line, first line may have a BOM)."""
     rows = []
@@ -72,22 +65,6 @@ def read_top_unseen(path) -> np.ndarray:
     if not rows:
         raise DataError(f"{path}: no row indices")
     return np.array(rows, dtype=np.int64)
-
-
-def read_class_descriptions(path) -> dict[str, str]:
-    """Open Images ``class-descriptions.csv``: label id -> display name (no header)."""
-    names = {}
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                # original: line.split(',', 1) and strip ' "\n'
-                parts = [w.strip(' "\r\n') for w in line.split(",", 1)]
-                if len(parts) == 2:
-                    names[parts[0]] = parts[1]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the class descriptions ({exc}); expected the UTF-8 CSV "
-                        "class-descriptions.csv (label id, name)") from exc
-    return names
 
 
 def _check_vecs(vecs: np.ndarray | None, n: int, path, what: str) -> None:
@@ -124,7 +101,7 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
             )
         _check_vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
         first = or_zeros(first, len(tag1k))
-        seen_idx, _ = nus_wide_seen_unseen(tag1k, tag81)
+        seen_idx, _ = seen_unseen_tag_indices(tag1k, tag81)
         if seen_idx.size == 0:
             raise DataError(f"{d.tag_list}: every tag is also a concept of {d.concepts}; no seen labels")
         seen = {"seen": ("labels_1k", seen_idx), "unseen": ("labels_81", None)}
@@ -158,9 +135,3 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
             test_labels={"seen": ("seen_labels", None), "unseen": ("unseen_labels", cols)},
         )
     raise DataError(f"unknown task {task!r}")
-
-
-def label_file_paths(cfg) -> list[Path]:
-    d = cfg.data
-    return [Path(p) for p in (d.label_vectors, d.tag_list, d.concepts, d.seen_label_ids,
-                              d.unseen_label_ids, d.top_unseen, d.class_descriptions) if p]

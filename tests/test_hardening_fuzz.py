@@ -38,7 +38,7 @@ from lesa.datasets.h5 import FeatureWriter, open_features
 from lesa.datasets.nus_wide import read_01_matrix
 from lesa.errors import CheckpointError, ConfigError, DataError, LesaError
 from lesa.experiment import check_config, load_config
-from lesa.tasks import read_class_descriptions, read_top_unseen
+from lesa.tasks import read_top_unseen
 
 FUZZED: collections.Counter = collections.Counter()
 FAST = dict(deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -250,13 +250,12 @@ def test_top_unseen_and_class_descriptions_fuzz(tmp_path_factory, blob):
     expect_lesa_error_or(valid_rows, top, read_top_unseen, top)
     desc = folder / "class-descriptions.csv"
     desc.write_bytes(blob)
-    for reader in (read_class_descriptions, openimages.read_class_descriptions):
-        expect_lesa_error_or(lambda d: all(isinstance(k, str) for k in d), desc, reader, desc)
+    expect_lesa_error_or(lambda d: all(isinstance(k, str) for k in d), desc, openimages.read_class_descriptions, desc)
 
 
 def test_label_file_readers_missing_files(tmp_path):
-    FUZZED["top_400_unseen.csv / class-descriptions.csv"] += 4
-    for reader in (read_top_unseen, read_class_descriptions, openimages.read_class_descriptions, read_label_list):
+    FUZZED["top_400_unseen.csv / class-descriptions.csv"] += 3
+    for reader in (read_top_unseen, openimages.read_class_descriptions, read_label_list):
         with pytest.raises(DataError, match="nope"):
             reader(tmp_path / "nope.csv")
 

@@ -17,7 +17,7 @@ import torch
 from lesa import LESA, metrics
 from lesa.datasets.embeddings import load_vector_pair, read_label_list
 from lesa.datasets.h5 import FeatureWriter
-from lesa.tasks import nus_wide_seen_unseen
+from lesa.datasets.nus_wide import seen_unseen_tag_indices
 from tf_writers import tf_named_weights, write_tf_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_released_script_on_a_miniature_split(shared_data, tmp_path):
     vectors = shared_data("nus_wide", "NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300")
     tag1k, tag81 = read_label_list(tags), read_label_list(concepts)
     vecs_1k, vecs_81 = load_vector_pair(vectors)
-    seen, _ = nus_wide_seen_unseen(tag1k, tag81)
+    seen, _ = seen_unseen_tag_indices(tag1k, tag81)
     assert len(seen) == 925
 
     torch.manual_seed(3)

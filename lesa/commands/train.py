@@ -77,7 +77,7 @@ def run(args) -> int:
 def run_build_vectors(args) -> int:
     from lesa.datasets.embeddings import (load_label_ids_pickle, read_label_list, save_vector_pair,
                                           vectors_from_glove)
-    from lesa.tasks import read_class_descriptions
+    from lesa.datasets.openimages import read_class_descriptions
 
     names = read_class_descriptions(args.names) if args.names else {}
     pair = []
