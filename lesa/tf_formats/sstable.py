@@ -1,13 +1,8 @@
-"""TF's immutable sorted table (the LevelDB SSTable format), used by both checkpoint formats.
+"""TF's immutable sorted table (LevelDB's SSTable), the container of both checkpoint formats.
 
-Layout: data blocks, a metaindex block, an index block (last key of each data block -> handle),
-then a 48-byte footer (metaindex handle, index handle, padding, magic 0xdb4775248b80fb57).
-Each block is followed by a 5-byte trailer: compression type (0 none, 1 snappy) and the masked
-CRC32C of block contents + type byte. Block entries are prefix-compressed keys
-(shared, non_shared, value_length varints) with a restart-offset array at the end.
-
-The file is memory-mapped, and values of uncompressed blocks are memoryview slices of the map, so
-a 550 MB V1 checkpoint is never copied whole into RAM.
+Data blocks, a metaindex and an index block (last key of each data block -> handle), a 48-byte
+footer; each block has a 5-byte trailer (compression 0 none / 1 snappy, masked CRC32C). The file is
+memory-mapped and uncompressed values are views of the map: a 550 MB V1 checkpoint is never copied.
 """
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""TFRecord files: the record framing, plain or ZLIB/GZIP compressed.
+"""TFRecord files, plain or ZLIB/GZIP (one or several concatenated streams), read as a stream.
 
-Each record is ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``
-(little-endian). A compressed file is one (or several concatenated) zlib/gzip stream(s) of that
-framing. Reading streams: memory stays at one record plus a decompression buffer, whatever the
-file size. Every CRC is verified; a corrupted or truncated record raises ``TFRecordError`` naming the
-file and record index, after all records before it have been yielded.
+Record: ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``.
+A bad record raises ``TFRecordError`` naming the file and index, after every record before it.
 """
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ _WBITS = {"ZLIB": 15, "GZIP": 31}
 
 
 def detect_compression(path, compression: str | None = None) -> str:
-    """"", "ZLIB" or "GZIP": an explicit ``compression`` ("none" = "") wins; otherwise the file's
-    first bytes decide, then its name."""
+    """"", "ZLIB" or "GZIP": ``compression`` ("none" = "") if given, else the first bytes, then the name."""
     if compression is not None:
         value = "" if compression.upper() in ("", "NONE") else compression.upper()
         if value not in ("", *_WBITS):
@@ -42,8 +38,7 @@ def detect_compression(path, compression: str | None = None) -> str:
 
 
 def _inflate(fh, wbits: int) -> Iterator[bytes]:
-    """The bytes of a zlib/gzip stream (members one after another allowed, zero padding after one
-    ignored) in pieces of at most ``_READ_SIZE``."""
+    """The bytes of concatenated zlib/gzip members (zero padding after one ignored), in pieces."""
     decomp, data, fresh = zlib.decompressobj(wbits), b"", True  # fresh: nothing of this member fed yet
     while True:
         data = data or fh.read(_READ_SIZE)
@@ -82,11 +77,7 @@ class _Pieces:
 
 def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
                    max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
-    """Yield the records of one TFRecord file as bytes, in order.
-
-    compression: None = detect (first bytes, then the original's file-name rule), or
-    ``""``/``"none"``, ``"ZLIB"``, ``"GZIP"`` to force it.
-    """
+    """The records of one TFRecord file as bytes; compression: None (detect), "none", "ZLIB" or "GZIP"."""
     path = Path(path)
     if not path.is_file():
         raise TFRecordError(f"TFRecord file not found: {path}")
