@@ -12,9 +12,7 @@ Contents (a dict saved with ``torch.save``; loaded with ``weights_only=True``, s
     rng_state         python / numpy / torch RNG states, optional
     label_names       {"seen": [...], "unseen": [...]}, optional
 
-Writing is atomic: the data goes to ``<name>.tmp-<pid>`` which is fsynced and then renamed over
-``<name>``, so a checkpoint under its final name is never half-written (a crash leaves the
-previous one intact).
+Written atomically (``lesa.files.atomic_write``): a crash leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ import random
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +76,6 @@ def save_checkpoint(path: str | os.PathLike, model, *, config=None, optimizer=No
                     train_state: dict | None = None, label_names: dict | None = None,
                     include_rng: bool = True) -> Path:
     """Write a native checkpoint atomically (see the module docstring for the contents)."""
-    from dataclasses import asdict
-
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -181,12 +177,9 @@ def load_model(path: str | os.PathLike, seen_vecs=None, unseen_vecs=None, model_
                device: str | torch.device = "cpu", placeholder_seen: bool = False) -> LoadedModel:
     """The one way from a checkpoint to a model: a native ``.pt`` or the original's TF checkpoint.
 
-    Native checkpoints carry their label vectors; ``seen_vecs`` (if given) must have as many rows
-    as the model was trained with, ``unseen_vecs`` replace the stored unseen labels (e.g. a
-    top-400 subset, or a user's own labels). TF checkpoints hold no fixed label vectors, so
-    ``seen_vecs`` is needed unless ``placeholder_seen`` (zero-shot scoring only: the seen vectors
-    feed nothing but the seen scores); their structure (heads, W1, batch-norm, trainable vectors)
-    is read from the tensors and the loss weights come from ``model_config``."""
+    ``unseen_vecs`` replace the stored unseen labels; a native checkpoint's ``seen_vecs`` must
+    match its count. TF checkpoints: see ``lesa.tf_weights.import_tf_checkpoint`` (``model_config``
+    gives the loss weights)."""
     from lesa.model import LESA, LESAConfig
 
     prefix = tf_prefix(path)

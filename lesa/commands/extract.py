@@ -1,11 +1,5 @@
 """``lesa extract nus-wide|openimages`` (images -> HDF5 features) and ``lesa merge-shards``.
-
-Paths default to the data folder (``--data-dir``, default ./data; see ``lesa.layout``): NUS-WIDE's
-metadata in DATA/NUS_WIDE and its images in DATA/NUS_WIDE/Flickr; Open Images' metadata in
-DATA/OpenImages/2018_04 and its images in DATA/OpenImages/image_data/<split>; the features go to
-DATA/features/<NUS_WIDE|OpenImages>_<split>.h5, where the configurations look for them. The VGG-19
-weights default to model/vgg_19.ckpt in the current folder.
-"""
+Paths default to the data folder's layout (``lesa.layout``); the weights to model/vgg_19.ckpt."""
 from __future__ import annotations
 
 import argparse
@@ -121,9 +115,7 @@ def _extract(args, dataset: str, load_source) -> int:
 
     model = build_model(args.backbone, args.weights)
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local process
+    if device != "cpu" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():  # torchrun: a GPU per process
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     options = ExtractOptions(
         device=device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,

@@ -1,22 +1,11 @@
 """Feature extraction: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
 
-``extract_features(source, out, model, options)`` runs these steps:
-
-1. ``image_loader``: DataLoader worker processes read the images of this rank's slice of the list
-   and decode them (``decode_jpeg``, TF1's pixels); each batch (``Batch``) carries only the window of
-   pixels the crop reads (``pack_crops``). With ``decoder="gpu"`` they only read the files.
-2. ``model_input``: a batch -> float32 (B, 3, 224, 224) on the device (TF-slim preprocessing; with
-   ``decoder="gpu"``, ``gpu_decode`` first: nvjpeg).
-3. VGG19Conv54 at ``options.precision`` -> features (B, 196, 512).
-4. ``FeatureWriter.append`` with the batch's labels; ``finish()`` names the file when all is written.
-
-- The file's rows follow the image list. An image that cannot be used is left out and logged, one
-  per line (position, image id, reason, message), in ``OUT.failed.tsv`` -- never its batch; the
-  summary counts written / skipped before extraction / failed, by reason.
-- ``resume``: continues ``OUT.partial`` after the last image written; the file equals an
-  uninterrupted run's.
-- ``rank`` r of ``world_size`` w extracts positions ``[n*r//w, n*(r+1)//w)`` into
-  ``OUT-stem.shard-RRRRR-of-WWWWW.h5``; ``merge_shards`` joins them into the one-rank file.
+DataLoader workers read and decode (``decode_jpeg``: TF1's pixels) this rank's images and hand over
+the crop windows (``pack_crops``; ``decoder="gpu"``: only the files, for nvjpeg); ``model_input``
+preprocesses them on the device, ``VGG19Conv54`` gives (B, 196, 512), ``FeatureWriter`` stores them.
+Rows follow the image list; an unusable image (never its batch) is left out and logged in
+``OUT.failed.tsv``. ``resume`` continues ``OUT.partial`` into an uninterrupted run's file. Rank r of
+w extracts positions ``[n*r//w, n*(r+1)//w)`` into ``OUT-stem.shard-RRRRR-of-WWWWW.h5``.
 """
 from __future__ import annotations
 
@@ -165,9 +154,8 @@ def failed_log_path(output: str | Path) -> Path:
 # -- 1. images -> batches (in the DataLoader's worker processes) --------------------------------
 @dataclass
 class Batch:
-    """Images of the list, as the workers hand them over. decoder="exact": ``pixels`` and ``plan``
-    from ``pack_crops`` of the decoded images; decoder="gpu": ``pixels`` are the files' bytes one
-    after the other, ``sizes`` their lengths, ``nvjpeg`` which of them nvjpeg may take."""
+    """What the workers hand over: ``pack_crops``'s ``pixels`` and ``plan`` (decoder="exact"), or
+    the files' bytes in ``pixels``, their ``sizes`` and which ``nvjpeg`` may take (decoder="gpu")."""
 
     positions: list[int]                  # in the image list, of the images in ``pixels``
     failures: list[tuple[int, str, str]]  # (position, reason, message) of images left out
@@ -217,8 +205,7 @@ def _collate(items, max_pixels: int) -> Batch:
 
 def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, batch_size: int, workers: int,
                  device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
-    """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (the DataLoader
-    hands them over in shared memory), page-locked for a CUDA ``device``."""
+    """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (page-locked for CUDA)."""
     return torch.utils.data.DataLoader(
         _ImageFiles(paths, positions, decode=decoder == "exact", max_pixels=max_pixels),
         batch_size=batch_size, num_workers=workers, collate_fn=partial(_collate, max_pixels=max_pixels),
@@ -226,8 +213,7 @@ def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, 
 
 
 def _nvjpeg_can_take(data: bytes, max_pixels: int) -> bool:
-    """Complete RGB JPEGs within the size limit; the rest goes to the exact decoder, which decodes
-    or rejects them as TF did."""
+    """Complete RGB JPEGs within the size limit; the exact decoder takes (or rejects) the rest."""
     import simplejpeg
 
     if image_format(data) != "jpeg" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -249,8 +235,8 @@ def model_input(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS
 
 
 def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS):
-    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)`` of the batch's
-    files; nvjpeg where it may, the exact decoder for the rest and for what nvjpeg refuses."""
+    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)``; nvjpeg where it
+    may, the exact decoder for the rest and for what nvjpeg refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg as nvjpeg
 
     files = batch.pixels.split(batch.sizes)
@@ -280,8 +266,8 @@ def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS)
 def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54,
                      options: ExtractOptions | None = None, *, log: Callable[[str], None] | None = None,
                      **settings) -> ExtractionSummary:
-    """Extract ``source`` (this rank's slice of it) into ``output``. ``settings`` change single
-    fields of ``options``; ``log`` receives one line per image left out."""
+    """Extract this rank's slice of ``source`` into ``output``. ``settings`` override fields of
+    ``options``; ``log`` gets one line per image left out."""
     options = replace(options or ExtractOptions(), **settings)
     device = options.check()
     start, stop = shard_range(len(source), options.rank, options.world_size)
@@ -337,7 +323,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
 
 
 def _warn_if_many_missing(source: ExtractionSource) -> None:
-    """Say at the start (not only in the summary) when a large share of the images is missing."""
+    """Say at the start (not only in the summary) when many images are missing."""
     missing = len(source.skipped.get("missing", ()))
     listed = len(source) + sum(len(ids) for ids in source.skipped.values())
     if missing > MISSING_WARNING * listed:
@@ -347,8 +333,7 @@ def _warn_if_many_missing(source: ExtractionSource) -> None:
 
 
 def _resume_position(ids: Sequence[str], start: int, stop: int, done_ids: Sequence[str], where) -> int:
-    """The position after the last image already written (the written ids are a subsequence of
-    ``ids[start:stop]``: images that failed are not in the file)."""
+    """The position after the last image written (a subsequence of ``ids[start:stop]``: no failed ones)."""
     pos = start
     for done in done_ids:
         while pos < stop and ids[pos] != done:
@@ -361,9 +346,8 @@ def _resume_position(ids: Sequence[str], start: int, stop: int, done_ids: Sequen
 
 
 def _restart_failed_log(path: Path, keep_before: int | None) -> Counter:
-    """Start the failed-image log afresh, or for a resumed run with its lines of the positions
-    before ``keep_before``; returns their counts by reason. The kept lines replace the log in one
-    rename: a crash meanwhile never loses the failures found before."""
+    """Restart the failed-image log, keeping (resumed run) the lines before ``keep_before``, in one
+    rename so a crash never loses them; returns their counts by reason."""
     kept = []
     if keep_before is not None and path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -375,8 +359,7 @@ def _restart_failed_log(path: Path, keep_before: int | None) -> Counter:
 
 
 def _batches(loader, out: Path, waits: Counter):
-    """The loader's batches, timing the waits for them. Workers hand batches over in /dev/shm,
-    which containers keep small: running out of it becomes an error that says what to do."""
+    """The loader's batches, timed; running out of /dev/shm (small in containers) says what to do."""
     batches = iter(loader)
     while True:
         with _timed(waits, "waiting for decoded images"):
@@ -432,8 +415,8 @@ def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: b
 
 
 def build_model(backbone: str, weights: str | None = None, seed: int = 0) -> VGG19Conv54:
-    """``tf_slim`` (``weights``: vgg_19.ckpt, default model/vgg_19.ckpt), ``torchvision``
-    (``weights``: an optional .pth) or ``random`` (seeded, for tests and throughput benchmarks)."""
+    """``tf_slim`` (vgg_19.ckpt, default model/vgg_19.ckpt), ``torchvision`` (optional .pth) or
+    ``random`` (seeded, for tests and benchmarks)."""
     if backbone == "tf_slim":
         return VGG19Conv54.from_tf_slim(weights or VGG_WEIGHTS)
     if backbone == "torchvision":
