@@ -168,31 +168,23 @@ class Batch:
         return replace(self, pixels=self.pixels.pin_memory(), plan={k: v.pin_memory() for k, v in self.plan.items()})
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Item k: (position, decoded uint8 (H, W, 3) array -- or the file's bytes, or None --, reason, message)."""
-
-    def __init__(self, paths: Sequence[Path], positions: Sequence[int], decode: bool, max_pixels: int):
-        self.paths, self.positions, self.decode, self.max_pixels = paths, positions, decode, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, k: int):
-        pos = self.positions[k]
-        path = self.paths[pos]
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return pos, None, "unreadable", f"{path}: cannot read ({exc.strerror or exc})"
-        if not self.decode:
-            return pos, data, "", ""
-        try:
-            return pos, decode_jpeg(data, str(path), self.max_pixels), "", ""
-        except ImageError as exc:
-            return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
+def _read_image(pos: int, path: Path, decode: bool, max_pixels: int):
+    """(position, decoded uint8 (H, W, 3) array -- or the file's bytes, or None --, reason, message)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return pos, None, "unreadable", f"{path}: cannot read ({exc.strerror or exc})"
+    if not decode:
+        return pos, data, "", ""
+    try:
+        return pos, decode_jpeg(data, str(path), max_pixels), "", ""
+    except ImageError as exc:
+        return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
 
 
-def _collate(items, max_pixels: int) -> Batch:
+def _collate(positions, paths: Sequence[Path], decode: bool, max_pixels: int) -> Batch:
+    """The ``Batch`` of the images at ``positions``, read (and decoded) in a worker process."""
+    items = [_read_image(pos, paths[pos], decode, max_pixels) for pos in positions]
     failures = [(pos, reason, message) for pos, data, reason, message in items if data is None]
     good = [(pos, data) for pos, data, _, _ in items if data is not None]
     positions = [pos for pos, _ in good]
@@ -207,9 +199,8 @@ def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, 
                  device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
     """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (page-locked for CUDA)."""
     return torch.utils.data.DataLoader(
-        _ImageFiles(paths, positions, decode=decoder == "exact", max_pixels=max_pixels),
-        batch_size=batch_size, num_workers=workers, collate_fn=partial(_collate, max_pixels=max_pixels),
-        pin_memory=torch.device(device).type == "cuda")
+        positions, batch_size=batch_size, num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+        collate_fn=partial(_collate, paths=paths, decode=decoder == "exact", max_pixels=max_pixels))
 
 
 def _nvjpeg_can_take(data: bytes, max_pixels: int) -> bool:

@@ -83,8 +83,6 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         except (ValueError, RuntimeError) as exc2:
             raise ImageDecodeError(f"{name}: cannot decode JPEG ({exc2}); the file is corrupt — "
                                    "re-download it", "corrupt") from exc2
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageDecodeError(f"{name}: decoded to shape {image.shape}, not (H, W, 3)", "corrupt")
     return image
 
 

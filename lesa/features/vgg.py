@@ -139,13 +139,12 @@ class VGG19Conv54(nn.Module):
                 ) from exc
             sha = Path(weights.url).name.split("-")[-1].split(".")[0]  # torchvision's hash prefix
         model = cls()
-        conv_state = {k: v for k, v in state.items() if k.startswith("features.")
-                      and int(k.split(".")[1]) < len(model.features)}
-        missing = set(model.features.state_dict()) - {k[len("features."):] for k in conv_state}
+        wanted = model.features.state_dict()
+        missing = sorted(k for k in wanted if f"features.{k}" not in state)
         if missing:
-            raise CheckpointError(f"{path or 'torchvision VGG-19'}: missing {sorted(missing)[:4]}...; "
+            raise CheckpointError(f"{path or 'torchvision VGG-19'}: missing {missing[:4]}...; "
                                   "not a torchvision VGG-19 state dict")
-        model.features.load_state_dict({k[len("features."):]: v for k, v in conv_state.items()})
+        model.features.load_state_dict({k: state[f"features.{k}"] for k in wanted})
         # input: x = pixel - slim_mean; torchvision wants (pixel/255 - mean)/std
         std, mean, slim = map(torch.tensor, (TORCHVISION_STD, TORCHVISION_MEAN, RGB_MEAN))
         model.input_scale.copy_(1.0 / (255.0 * std))
