@@ -37,11 +37,7 @@ FORMAT_VERSION = 1
 
 def rng_state() -> dict:
     """The states of Python's, NumPy's and torch's global generators (CPU and CUDA)."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return _to_safe(state)
@@ -77,12 +73,8 @@ def save_checkpoint(path: str | os.PathLike, model, *, config=None, optimizer=No
                     include_rng: bool = True) -> Path:
     """Write a native checkpoint atomically (see the module docstring for the contents)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": asdict(model.config),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    payload: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": asdict(model.config),
+                               "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if config is not None:
         payload["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     if optimizer is not None:

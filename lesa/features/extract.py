@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lesa.datasets.h5 import FeatureWriter, open_features
 from lesa.device import channels_last_by_default, check_precision, pick_device, precision_context
 from lesa.errors import ConfigError, DataError, ImageError
-from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
+from lesa.features.jpeg import MAX_PIXELS, ImageDecodeError, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54
 from lesa.files import atomic_write_text
@@ -168,25 +168,23 @@ class Batch:
         return replace(self, pixels=self.pixels.pin_memory(), plan={k: v.pin_memory() for k, v in self.plan.items()})
 
 
-def _read_image(pos: int, path: Path, decode: bool, max_pixels: int):
-    """(position, decoded uint8 (H, W, 3) array -- or the file's bytes, or None --, reason, message)."""
+def _read_image(path: Path, decode: bool, max_pixels: int):
+    """The file's bytes or (``decode``) its uint8 (H, W, 3) pixels; an ``ImageError`` with a reason."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return pos, None, "unreadable", f"{path}: cannot read ({exc.strerror or exc})"
-    if not decode:
-        return pos, data, "", ""
-    try:
-        return pos, decode_jpeg(data, str(path), max_pixels), "", ""
-    except ImageError as exc:
-        return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})", "unreadable") from None
+    return decode_jpeg(data, str(path), max_pixels) if decode else data
 
 
 def _collate(positions, paths: Sequence[Path], decode: bool, max_pixels: int) -> Batch:
     """The ``Batch`` of the images at ``positions``, read (and decoded) in a worker process."""
-    items = [_read_image(pos, paths[pos], decode, max_pixels) for pos in positions]
-    failures = [(pos, reason, message) for pos, data, reason, message in items if data is None]
-    good = [(pos, data) for pos, data, _, _ in items if data is not None]
+    good, failures = [], []
+    for pos in positions:
+        try:
+            good.append((pos, _read_image(paths[pos], decode, max_pixels)))
+        except ImageError as exc:
+            failures.append((pos, getattr(exc, "reason", "corrupt"), str(exc)))
     positions = [pos for pos, _ in good]
     if good and isinstance(good[0][1], bytes):  # decoder="gpu"
         files = [data for _, data in good]
@@ -266,9 +264,8 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
     if options.resume and out.exists() and not options.overwrite:
         return _summary_of_complete(out)
     _warn_if_many_missing(source)
-    channels_last = options.channels_last
-    if channels_last is None:
-        channels_last = channels_last_by_default(device, options.precision)
+    channels_last = channels_last_by_default(device, options.precision) if options.channels_last is None \
+        else options.channels_last
     model = model.to(device).eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     summary = ExtractionSummary(out, skipped={k: len(v) for k, v in sorted(source.skipped.items())}, waits=Counter())
     attrs = {"backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
@@ -390,9 +387,7 @@ def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: b
         first = split.files[0].attrs
         attrs = {k: v for k, v in split.attrs.items() if k not in (
             "shard_world_size", "dataset", "split", "feature_dtype", "complete", "failed", "lesa_version")}
-        failed: Counter = Counter()
-        for f in split.files:
-            failed.update(json.loads(f.attrs.get("failed", "{}")))
+        failed = sum((Counter(json.loads(f.attrs.get("failed", "{}"))) for f in split.files), Counter())
         ids = split.img_ids
         with FeatureWriter(output, first["dataset"], first["split"], split.label_dims, str(split.feature_dtype),
                            attrs, split.label_names or None, overwrite=overwrite) as writer, \

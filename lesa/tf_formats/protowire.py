@@ -69,7 +69,8 @@ def to_signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _varints(buf) -> list[int]:
+def varints(buf) -> list[int]:
+    """All the varints of ``buf``, one after another."""
     values, pos, end = [], 0, len(buf)
     while pos < end:
         value, pos = read_varint(buf, pos, end)
@@ -87,7 +88,7 @@ def repeated_scalars(fields: list[Field], number: int, kind: str) -> np.ndarray:
             continue
         if field.wire_type == LENGTH:  # packed
             if kind == "varint":
-                parts.append(np.array(_varints(field.value), dtype))
+                parts.append(np.array(varints(field.value), dtype))
             elif len(field.value) % dtype.itemsize:
                 raise WireFormatError(f"packed field {number} has {len(field.value)} bytes, "
                                       f"not a multiple of {dtype.itemsize}")
