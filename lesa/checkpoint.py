@@ -30,6 +30,8 @@ import torch
 
 from lesa.errors import CheckpointError
 from lesa.files import atomic_write
+from lesa.model import LESA, LESAConfig
+from lesa.tf_weights import import_tf_checkpoint
 
 FORMAT = "lesa-checkpoint"
 FORMAT_VERSION = 1
@@ -172,12 +174,8 @@ def load_model(path: str | os.PathLike, seen_vecs=None, unseen_vecs=None, model_
     ``unseen_vecs`` replace the stored unseen labels; a native checkpoint's ``seen_vecs`` must
     match its count. TF checkpoints: see ``lesa.tf_weights.import_tf_checkpoint`` (``model_config``
     gives the loss weights)."""
-    from lesa.model import LESA, LESAConfig
-
     prefix = tf_prefix(path)
     if prefix is not None:
-        from lesa.tf_weights import import_tf_checkpoint
-
         model, _ = import_tf_checkpoint(prefix, seen_vecs, unseen_vecs, base=model_config,
                                         placeholder_seen=placeholder_seen)
         return LoadedModel(model.to(device), str(path))

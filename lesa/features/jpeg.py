@@ -90,10 +90,8 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     import torch
     from torchvision.io import ImageReadMode, decode_png
 
-    if len(data) >= 24:  # IHDR width/height, big endian, right after the signature + chunk header
-        width = int.from_bytes(data[16:20], "big")
-        height = int.from_bytes(data[20:24], "big")
-        _check_size(height, width, name, max_pixels)
+    if len(data) >= 24:  # IHDR width, height (big endian), right after the signature + chunk header
+        _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), name, max_pixels)
     try:
         with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -67,12 +67,10 @@ def pack_crops(images: Sequence) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
         r0, c0 = int(y_lo.min()), int(x_lo.min())
         window = image[r0:int(y_hi.max()) + 1, c0:int(x_hi.max()) + 1]
         row_bytes = window.shape[1] * 3
-        plan["rows_lo"].append(offset + (y_lo - r0) * row_bytes)
-        plan["rows_hi"].append(offset + (y_hi - r0) * row_bytes)
-        plan["cols_lo"].append((x_lo - c0) * 3)
-        plan["cols_hi"].append((x_hi - c0) * 3)
-        plan["dy"].append(dy)
-        plan["dx"].append(dx)
+        parts = (offset + (y_lo - r0) * row_bytes, offset + (y_hi - r0) * row_bytes, dy, (x_lo - c0) * 3,
+                 (x_hi - c0) * 3, dx)  # in PLAN_KEYS' order
+        for key, part in zip(PLAN_KEYS, parts):
+            plan[key].append(part)
         windows.append(window.reshape(-1))
         offset += window.numel()
     if not windows:

@@ -37,38 +37,29 @@ def detect_compression(path, compression: str | None = None) -> str:
     return next((kind for kind in _WBITS if kind in Path(path).name), "")
 
 
-def _inflate(fh, wbits: int) -> Iterator[bytes]:
-    """The bytes of concatenated zlib/gzip members (zero padding after one ignored), in pieces."""
-    decomp, data, fresh = zlib.decompressobj(wbits), b"", True  # fresh: nothing of this member fed yet
-    while True:
-        data = data or fh.read(_READ_SIZE)
-        if not data:
-            if not fresh:
-                tail = decomp.flush()  # output zlib still holds
-                if not decomp.eof:
-                    raise zlib.error("compressed stream ends early (file truncated)")
-                yield tail
-            return
-        fresh = False
-        yield decomp.decompress(data, _READ_SIZE)
-        data = decomp.unconsumed_tail
-        if decomp.eof:
-            data = decomp.unused_data.lstrip(b"\0")
-            decomp, fresh = zlib.decompressobj(wbits), True
+class _Inflated:
+    """``read(n)`` of concatenated zlib/gzip members (zero padding after one ignored), streaming."""
 
-
-class _Pieces:
-    """``read(n)`` over an iterator of byte strings."""
-
-    def __init__(self, pieces: Iterator[bytes]):
-        self.pieces, self.buffer = pieces, bytearray()
+    def __init__(self, fh, wbits: int):
+        self.fh, self.wbits, self.buffer, self.data = fh, wbits, bytearray(), b""
+        self.decomp, self.fresh = zlib.decompressobj(wbits), True  # fresh: nothing of this member fed yet
 
     def read(self, n: int) -> bytes:
         while len(self.buffer) < n:
-            piece = next(self.pieces, None)
-            if piece is None:
+            self.data = self.data or self.fh.read(_READ_SIZE)
+            if not self.data:
+                if not self.fresh:
+                    self.buffer += self.decomp.flush()  # output zlib still holds
+                    if not self.decomp.eof:
+                        raise zlib.error("compressed stream ends early (file truncated)")
+                    self.fresh = True
                 break
-            self.buffer += piece
+            self.fresh = False
+            self.buffer += self.decomp.decompress(self.data, _READ_SIZE)
+            self.data = self.decomp.unconsumed_tail
+            if self.decomp.eof:
+                self.data = self.decomp.unused_data.lstrip(b"\0")
+                self.decomp, self.fresh = zlib.decompressobj(self.wbits), True
         with memoryview(self.buffer) as view:
             out = bytes(view[:n])
         del self.buffer[:n]
@@ -96,7 +87,7 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
     with fh:
         file_size = fh.seek(0, 2)
         fh.seek(0)
-        stream = _Pieces(_inflate(fh, _WBITS[kind])) if kind else fh
+        stream = _Inflated(fh, _WBITS[kind]) if kind else fh
         while True:
             try:
                 header = stream.read(12)
