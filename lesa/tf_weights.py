@@ -1,15 +1,5 @@
-"""The original's TF1 variables (as its ``tf.train.Saver`` wrote them) <-> a ``LESA`` module::
-
-    conv/conv/weights                         (2, 2, 512, 512)  HWIO
-    conv/conv/biases                          (512,)            only without batch-norm
-    conv/conv/batch_normalization/{gamma, beta, moving_mean, moving_variance}  (512,)
-    attention_layer/w_att_1                   (513, 512) or (T, 513, 512) with separate W1
-    attention_layer/w_att_2                   (513, T)
-    prediction_frac/W                         (512, 300)
-    vecs                                      (C, 300)          only with trainable vectors
-
-Anything else (learning rate, ``conv/is_train``, the ``*/RMSProp*`` slots) is returned as extras.
-"""
+"""The original's TF1 variables (as its ``tf.train.Saver`` wrote them) <-> a ``LESA`` module.
+Anything else (learning rate, ``conv/is_train``, the ``*/RMSProp*`` slots) is returned as extras."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,14 +8,14 @@ import torch
 from lesa.errors import CheckpointError
 from lesa.model import LESA, LESAConfig
 
-CONV_W = "conv/conv/weights"
-BN = "conv/conv/batch_normalization/"
-W1 = "attention_layer/w_att_1"
-W2 = "attention_layer/w_att_2"
-W = "prediction_frac/W"
-VECS = "vecs"
+CONV_W = "conv/conv/weights"  # (2, 2, 512, 512) HWIO
+BN = "conv/conv/batch_normalization/"  # {gamma, beta, moving_mean, moving_variance} (512,)
+W1 = "attention_layer/w_att_1"  # (513, 512), or (T, 513, 512) with separate W1
+W2 = "attention_layer/w_att_2"  # (513, T)
+W = "prediction_frac/W"  # (512, 300)
+VECS = "vecs"  # (C, 300), only with trainable vectors
 TF_NAMES = {  # TF variable -> LESA state_dict key (the model has those its configuration needs)
-    CONV_W: "conv.weight", "conv/conv/biases": "conv.bias",
+    CONV_W: "conv.weight", "conv/conv/biases": "conv.bias",  # biases (512,): only without batch-norm
     BN + "gamma": "bn.weight", BN + "beta": "bn.bias",
     BN + "moving_mean": "bn.running_mean", BN + "moving_variance": "bn.running_var",
     W1: "w_att_1", W2: "w_att_2", W: "W", VECS: "vecs",

@@ -1,11 +1,9 @@
 """Feature extraction: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
 
-DataLoader workers read and decode (``decode_jpeg``: TF1's pixels) this rank's images and hand over
-the crop windows (``pack_crops``; ``decoder="gpu"``: only the files, for nvjpeg); ``model_input``
-preprocesses them on the device, ``VGG19Conv54`` gives (B, 196, 512), ``FeatureWriter`` stores them.
-Rows follow the image list; an unusable image (never its batch) is left out and logged in
-``OUT.failed.tsv``. ``resume`` continues ``OUT.partial`` into an uninterrupted run's file. Rank r of
-w extracts positions ``[n*r//w, n*(r+1)//w)`` into ``OUT-stem.shard-RRRRR-of-WWWWW.h5``.
+Workers read and decode (TF1's pixels) the images and hand over their crop windows (``pack_crops``;
+``decoder="gpu"``: the files, for nvjpeg); ``model_input`` -> ``VGG19Conv54`` -> ``FeatureWriter``.
+An unusable image is left out and logged in ``OUT.failed.tsv``; ``resume`` continues ``OUT.partial``
+into an uninterrupted run's file; rank r of w writes positions ``[n*r//w, n*(r+1)//w)`` to a shard.
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -142,9 +140,8 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
 def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
     """``out.h5`` -> ``out.shard-00001-of-00004.h5`` (``out.h5`` itself for one rank)."""
     output = Path(output)
-    if world_size == 1:
-        return output
-    return output.with_name(f"{output.stem}.shard-{rank:05d}-of-{world_size:05d}{output.suffix}")
+    name = f"{output.stem}.shard-{rank:05d}-of-{world_size:05d}{output.suffix}"
+    return output if world_size == 1 else output.with_name(name)
 
 
 def failed_log_path(output: str | Path) -> Path:
@@ -231,13 +228,10 @@ def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS)
     files = batch.pixels.split(batch.sizes)
     take = [i for i, ok in enumerate(batch.nvjpeg) if ok]
     decoded = {}
-    if take:
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = dict(zip(take, nvjpeg([files[i] for i in take], mode=ImageReadMode.RGB, device=device)))
-        except RuntimeError:
-            pass
+    with suppress(RuntimeError), warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if take:  # what nvjpeg refuses (RuntimeError) goes to the exact decoder
+            decoded = dict(zip(take, nvjpeg([files[i] for i in take], mode=ImageReadMode.RGB, device=device)))
     positions, images, failures = [], [], list(batch.failures)
     for i, pos in enumerate(batch.positions):
         try:

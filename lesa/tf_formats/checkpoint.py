@@ -33,7 +33,6 @@ UNSUPPORTED = {20: "resource", 21: "variant"}
 # TensorProto field holding the values of each dtype (V1), and how they are encoded; others: int_val (7)
 VALUE_FIELDS = {1: (5, "f4"), 2: (6, "f8"), 8: (9, "f4"), 18: (12, "f8"), 14: (13, "varint"),
                 19: (13, "varint"), 9: (10, "varint"), 10: (11, "varint"), 22: (16, "varint"), 23: (17, "varint")}
-_DATA_FILE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
 class TensorInfo(NamedTuple):
@@ -122,12 +121,9 @@ def _resolve_prefix(path) -> tuple[str, Path]:
                 return _resolve_prefix(candidate)
         raise CheckpointError(f"{state}: names checkpoint {stored}, which is not in {path}; "
                               "pass the checkpoint prefix instead")
-    text = str(path)
-    match = _DATA_FILE.search(text)
-    if text.endswith(".index") or match:
-        return "v2", Path(text[: -len(".index")] if not match else text[: match.start()])
-    if Path(text + ".index").is_file():
-        return "v2", path
+    prefix = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", str(path))
+    if prefix != str(path) or Path(f"{path}.index").is_file():
+        return "v2", Path(prefix)
     if path.is_file():
         return "v1", path
     raise CheckpointError(f"{path}: no checkpoint found (neither {path}.index nor a V1 file {path}); "
@@ -376,12 +372,10 @@ def list_tf_checkpoint(path) -> dict[str, TensorInfo]:
 
 
 def read_tf_checkpoint(path, names: Iterable[str] | None = None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Read the tensors of a TF1 checkpoint (V2 bundle or V1 table) as NumPy arrays.
+    """The tensors (``names``, default all) of a TF1 checkpoint as NumPy arrays, bfloat16 as float32.
 
-    path: the prefix (``.../model.ckpt``), the ``.index``/``.data-*`` file, a V1 file, or a directory
-    with a ``checkpoint`` state file. names: only these tensors (default all). mmap: for V2 numeric
-    tensors, return read-only memory-mapped arrays (checksums still verified) instead of copies.
-    bfloat16 tensors come back as float32 (exact).
+    path: the prefix (``.../model.ckpt``), its ``.index``/``.data-*`` file, a V1 file, or a folder with
+    a ``checkpoint`` state file. mmap: V2 numeric tensors as read-only (verified) memory maps.
     """
     checkpoint = _open(path)
     names = list(checkpoint.tensors if names is None else names)

@@ -85,8 +85,7 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
                             "truncated or corrupted: re-copy or re-extract it")
 
     with fh:
-        file_size = fh.seek(0, 2)
-        fh.seek(0)
+        file_size = path.stat().st_size
         stream = _Inflated(fh, _WBITS[kind]) if kind else fh
         while True:
             try:
