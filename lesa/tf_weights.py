@@ -79,11 +79,8 @@ def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LE
         raise CheckpointError(f"not a LESA checkpoint: it lacks the attention/prediction variables {missing} "
                               f"(found {sorted(shapes)[:8]}...)")
     values = (base or LESAConfig()).to_dict()
-    values["separate_w1"] = len(shapes[W1]) == 3
-    values["n_attention"] = int(tuple(shapes[W2])[-1])
-    values["conv"] = CONV_W in shapes
-    values["batchnorm"] = (BN + "gamma") in shapes
-    values["trainable_vecs"] = VECS in shapes
+    values.update(separate_w1=len(shapes[W1]) == 3, n_attention=int(tuple(shapes[W2])[-1]), conv=CONV_W in shapes,
+                  batchnorm=(BN + "gamma") in shapes, trainable_vecs=VECS in shapes)
     return LESAConfig.from_dict(values)
 
 

@@ -14,14 +14,12 @@ import numpy as np
 
 from lesa.errors import ImageError
 
-# Larger images are refused (a decompression bomb would need GBs); NUS-WIDE/Open Images photos are
-# far below this (Open Images originals are at most ~20 Mpx).
+# larger images are refused (decompression bombs); Open Images originals are at most ~20 Mpx
 MAX_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ImageError):
-    """An image that cannot be used; ``reason`` is a short code for summaries: empty, not_image,
-    gif, cmyk, too_large, truncated, corrupt."""
+    """An unusable image; ``reason``: empty, not_image, gif, cmyk, too_large, truncated, corrupt."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)

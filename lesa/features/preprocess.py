@@ -3,10 +3,8 @@
 1. short side resized to 256, TF1: size in float32, ``new = rint(side * (256 / short_side))``;
 2. TF1 ``resize_bilinear(align_corners=False)``: legacy sampling ``y_in = y_out * (in / out)`` in
    float32, ``top = tl + (tr - tl) * dx; bottom = ...; out = top + (bottom - top) * dy``;
-3. central 224 x 224 crop at ``(new - 224) // 2``; 4. minus the RGB means.
-
-Only the cropped samples are interpolated, from the window of pixels they read (``pack_crops``,
-what the extraction workers send). Output: float32 ``(3, 224, 224)`` (the goldens are HWC).
+3. central 224 x 224 crop at ``(new - 224) // 2``; 4. minus the RGB means. Only the cropped samples
+are interpolated, from the window they read (``pack_crops``). Output (3, 224, 224) (goldens: HWC).
 """
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """TF's immutable sorted table (LevelDB's SSTable), the container of both checkpoint formats.
 
-Data blocks, a metaindex and an index block (last key of each data block -> handle), a 48-byte
-footer; each block has a 5-byte trailer (compression 0 none / 1 snappy, masked CRC32C). The file is
-memory-mapped and uncompressed values are views of the map: a 550 MB V1 checkpoint is never copied.
+Data blocks, metaindex, index (last key of each block -> handle), 48-byte footer; block trailers
+hold the compression and a masked CRC32C. Values are views of a memory map: no copy of the file.
 """
 from __future__ import annotations
 
