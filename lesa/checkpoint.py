@@ -12,9 +12,7 @@ Contents (a dict saved with ``torch.save``; loaded with ``weights_only=True``, s
     rng_state         python / numpy / torch RNG states, optional
     label_names       {"seen": [...], "unseen": [...]}, optional
 
-Writing is atomic: the data goes to ``<name>.tmp-<pid>`` which is fsynced and then renamed over
-``<name>``, so a checkpoint under its final name is never half-written (a crash leaves the
-previous one intact).
+Written atomically (``lesa.files.atomic_write``): a crash leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ import random
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,8 @@ import torch
 
 from lesa.errors import CheckpointError
 from lesa.files import atomic_write
+from lesa.model import LESA, LESAConfig
+from lesa.tf_weights import import_tf_checkpoint
 
 FORMAT = "lesa-checkpoint"
 FORMAT_VERSION = 1
@@ -39,11 +39,7 @@ FORMAT_VERSION = 1
 
 def rng_state() -> dict:
     """The states of Python's, NumPy's and torch's global generators (CPU and CUDA)."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return _to_safe(state)
@@ -78,15 +74,9 @@ def save_checkpoint(path: str | os.PathLike, model, *, config=None, optimizer=No
                     train_state: dict | None = None, label_names: dict | None = None,
                     include_rng: bool = True) -> Path:
     """Write a native checkpoint atomically (see the module docstring for the contents)."""
-    from dataclasses import asdict
-
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    payload: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": asdict(model.config),
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    payload: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": asdict(model.config),
+                               "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if config is not None:
         payload["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     if optimizer is not None:
@@ -181,18 +171,11 @@ def load_model(path: str | os.PathLike, seen_vecs=None, unseen_vecs=None, model_
                device: str | torch.device = "cpu", placeholder_seen: bool = False) -> LoadedModel:
     """The one way from a checkpoint to a model: a native ``.pt`` or the original's TF checkpoint.
 
-    Native checkpoints carry their label vectors; ``seen_vecs`` (if given) must have as many rows
-    as the model was trained with, ``unseen_vecs`` replace the stored unseen labels (e.g. a
-    top-400 subset, or a user's own labels). TF checkpoints hold no fixed label vectors, so
-    ``seen_vecs`` is needed unless ``placeholder_seen`` (zero-shot scoring only: the seen vectors
-    feed nothing but the seen scores); their structure (heads, W1, batch-norm, trainable vectors)
-    is read from the tensors and the loss weights come from ``model_config``."""
-    from lesa.model import LESA, LESAConfig
-
+    ``unseen_vecs`` replace the stored unseen labels; a native checkpoint's ``seen_vecs`` must
+    match its count. TF checkpoints: see ``lesa.tf_weights.import_tf_checkpoint`` (``model_config``
+    gives the loss weights)."""
     prefix = tf_prefix(path)
     if prefix is not None:
-        from lesa.tf_weights import import_tf_checkpoint
-
         model, _ = import_tf_checkpoint(prefix, seen_vecs, unseen_vecs, base=model_config,
                                         placeholder_seen=placeholder_seen)
         return LoadedModel(model.to(device), str(path))

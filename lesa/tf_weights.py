@@ -1,18 +1,5 @@
-"""Map the original's TF1 variables onto a ``LESA`` module, and back.
-
-TF variable names written by the original's ``tf.train.Saver``:
-
-    conv/conv/weights                         (2, 2, 512, 512)  HWIO
-    conv/conv/biases                          (512,)            only without batch-norm
-    conv/conv/batch_normalization/{gamma, beta, moving_mean, moving_variance}  (512,)
-    attention_layer/w_att_1                   (513, 512) or (T, 513, 512) with separate W1
-    attention_layer/w_att_2                   (513, T)
-    prediction_frac/W                         (512, 300)
-    vecs                                      (C, 300)          only with trainable vectors
-
-Anything else (the learning-rate ``Variable``, ``conv/is_train``, the RMSProp slots ``*/RMSProp``
-and ``*/RMSProp_1``) is not part of the model and is returned as extras.
-"""
+"""The original's TF1 variables (as its ``tf.train.Saver`` wrote them) <-> a ``LESA`` module.
+Anything else (learning rate, ``conv/is_train``, the ``*/RMSProp*`` slots) is returned as extras."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,14 +8,14 @@ import torch
 from lesa.errors import CheckpointError
 from lesa.model import LESA, LESAConfig
 
-CONV_W = "conv/conv/weights"
-BN = "conv/conv/batch_normalization/"
-W1 = "attention_layer/w_att_1"
-W2 = "attention_layer/w_att_2"
-W = "prediction_frac/W"
-VECS = "vecs"
+CONV_W = "conv/conv/weights"  # (2, 2, 512, 512) HWIO
+BN = "conv/conv/batch_normalization/"  # {gamma, beta, moving_mean, moving_variance} (512,)
+W1 = "attention_layer/w_att_1"  # (513, 512), or (T, 513, 512) with separate W1
+W2 = "attention_layer/w_att_2"  # (513, T)
+W = "prediction_frac/W"  # (512, 300)
+VECS = "vecs"  # (C, 300), only with trainable vectors
 TF_NAMES = {  # TF variable -> LESA state_dict key (the model has those its configuration needs)
-    CONV_W: "conv.weight", "conv/conv/biases": "conv.bias",
+    CONV_W: "conv.weight", "conv/conv/biases": "conv.bias",  # biases (512,): only without batch-norm
     BN + "gamma": "bn.weight", BN + "beta": "bn.bias",
     BN + "moving_mean": "bn.running_mean", BN + "moving_variance": "bn.running_var",
     W1: "w_att_1", W2: "w_att_2", W: "W", VECS: "vecs",
@@ -51,17 +38,12 @@ def is_model_variable(name: str) -> bool:
 
 
 def load_tf_weights(model: LESA, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> dict:
-    """Copy TF-named arrays into ``model``; returns the arrays that are not model variables.
-
-    Raises CheckpointError listing every missing tensor and every shape mismatch.
-    """
-    wanted = tf_variables(model)
-    state = model.state_dict()
-    missing = [n for n in wanted if n not in tensors]
-    mismatched = []
-    converted = {}
+    """Copy TF-named arrays into ``model``; returns the others. CheckpointError lists every misfit."""
+    wanted, state = tf_variables(model), model.state_dict()
+    missing, mismatched, converted = [], [], {}
     for tf_name, (key, convert) in wanted.items():
         if tf_name not in tensors:
+            missing.append(tf_name)
             continue
         array = np.asarray(convert(np.asarray(tensors[tf_name])))
         if tuple(array.shape) != tuple(state[key].shape):
@@ -83,45 +65,32 @@ def load_tf_weights(model: LESA, tensors: dict[str, np.ndarray], source: str = "
 
 
 def load_tf_checkpoint(model: LESA, path) -> dict:
-    """Fill ``model`` from a checkpoint written by the original (TF1 V2 bundle, or V1 file).
-
-    Weights, batch-norm statistics and trainable vectors are loaded; optimizer slots and other
-    extras are returned as a dict (name -> array).
-    """
+    """Fill ``model`` from the original's TF1 checkpoint; returns the extras (optimizer slots, ...)."""
     from lesa.tf_formats import read_tf_checkpoint
 
     return load_tf_weights(model, read_tf_checkpoint(path), source=str(path))
 
 
 def infer_config(shapes: dict[str, tuple], base: LESAConfig | None = None) -> LESAConfig:
-    """The model configuration implied by the variables present in a TF checkpoint.
-
-    ``shapes`` maps TF names to shapes (``lesa.tf_formats.list_tf_checkpoint`` gives them).
-    Loss weights cannot be seen in a checkpoint: they come from ``base`` (default: the paper's).
-    """
+    """The configuration implied by a TF checkpoint's ``shapes`` (name -> shape); the loss weights,
+    not in a checkpoint, come from ``base`` (default: the paper's)."""
     missing = [n for n in (W1, W2, W) if n not in shapes]
     if missing:
         raise CheckpointError(f"not a LESA checkpoint: it lacks the attention/prediction variables {missing} "
                               f"(found {sorted(shapes)[:8]}...)")
     values = (base or LESAConfig()).to_dict()
-    values["separate_w1"] = len(shapes[W1]) == 3
-    values["n_attention"] = int(tuple(shapes[W2])[-1])
-    values["conv"] = CONV_W in shapes
-    values["batchnorm"] = (BN + "gamma") in shapes
-    values["trainable_vecs"] = VECS in shapes
+    values.update(separate_w1=len(shapes[W1]) == 3, n_attention=int(tuple(shapes[W2])[-1]), conv=CONV_W in shapes,
+                  batchnorm=(BN + "gamma") in shapes, trainable_vecs=VECS in shapes)
     return LESAConfig.from_dict(values)
 
 
 def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfig | None = None,
                          placeholder_seen: bool = False):
-    """Build a ``LESA`` from an original TF checkpoint, its configuration inferred from the tensors.
+    """``(model, extras)`` from an original TF checkpoint, its configuration inferred.
 
-    Returns ``(model, extras)``. Label vectors: the original kept fixed vectors as graph constants,
-    so a checkpoint only holds them when they were trainable (``vecs``). ``seen_vecs`` /
-    ``unseen_vecs`` (raw word vectors) are needed otherwise; without unseen vectors the model gets
-    a single zero placeholder (set real ones with ``model.set_unseen_vecs``). ``placeholder_seen``:
-    without seen vectors use a zero placeholder too (for zero-shot scoring only, e.g. tagging:
-    the seen vectors feed nothing but the seen scores).
+    The original kept fixed label vectors as graph constants: unless trainable (``vecs``) give
+    ``seen_vecs``; missing unseen vectors (and, with ``placeholder_seen``, seen ones: zero-shot
+    scoring only) become a zero placeholder row.
     """
     from lesa.tf_formats import list_tf_checkpoint, read_tf_checkpoint
 
@@ -147,5 +116,4 @@ def import_tf_checkpoint(path, seen_vecs=None, unseen_vecs=None, base: LESAConfi
         raise CheckpointError(f"{path}: W projects {dim}-d word vectors, the given vectors are "
                               f"{np.shape(seen_vecs)[1]}-d")
     model = LESA(seen_vecs, unseen_vecs, config)
-    extras = load_tf_weights(model, tensors, source=str(path))
-    return model, extras
+    return model, load_tf_weights(model, tensors, source=str(path))

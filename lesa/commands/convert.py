@@ -1,9 +1,5 @@
 """Bring the original's artefacts over: ``lesa convert-tfrecord`` (TFRecord features -> HDF5) and
-``lesa import-tf`` (a TF checkpoint -> a native one).
-
-Each ``_add_*`` function adds one subparser; ``add_commands`` lists them, so another conversion
-(e.g. ``import-tf``) is one more function and one more line.
-"""
+``lesa import-tf`` (a TF checkpoint -> a native one)."""
 from __future__ import annotations
 
 import argparse
@@ -128,25 +124,6 @@ def _add_import_tf(subparsers) -> None:
     parser.set_defaults(func=run_import_tf)
 
 
-NO_VECTORS = ("the checkpoint holds no label vectors (the original kept fixed ones as graph constants); give "
-              "them with --config nus_wide_zero_shot --data-dir DIR (Open Images: --config openimages_evaluate), "
-              f"DIR holding {layout.LABEL_VECTORS['nus_wide']} and NUS-WIDE's NUS_WIDE/NUS_WID_Tags/TagList1k.txt "
-              "and NUS_WIDE/ConceptsList/Concepts81.txt, or with --vectors PKL, a pickle of the (seen, unseen) "
-              "vectors (`lesa build-vectors` makes one from GloVe)")
-
-
-def label_config(args):
-    """The configuration of ``args.config`` with its label files found and checked (import-tf reads
-    those, no feature files)."""
-    from lesa.commands.train import config_from_args
-    from lesa.experiment import check_config
-
-    cfg = config_from_args(argparse.Namespace(config=args.config, set=args.set, data_dir=args.data_dir,
-                                              label_vectors=args.label_vectors))
-    check_config(cfg, splits=())
-    return cfg
-
-
 def run_import_tf(args) -> int:
     from lesa.checkpoint import save_checkpoint, tf_prefix
     from lesa.tf_formats import list_tf_checkpoint
@@ -157,9 +134,13 @@ def run_import_tf(args) -> int:
     if args.config and args.vectors:
         raise ConfigError("give either --config (the experiment's label files) or --vectors, not both")
     if args.config:
+        from lesa.commands.train import config_from_args
+        from lesa.experiment import check_config
         from lesa.tasks import load_task
 
-        cfg = label_config(args)
+        cfg = config_from_args(argparse.Namespace(config=args.config, set=args.set, data_dir=args.data_dir,
+                                                  label_vectors=args.label_vectors))
+        check_config(cfg, splits=())  # its label files only: import-tf reads no feature files
         task = load_task(cfg)
         seen, unseen = task.seen_vecs, task.unseen_vecs
         labels = {"seen": task.seen_names, "unseen": task.unseen_names}
@@ -170,7 +151,12 @@ def run_import_tf(args) -> int:
     else:
         shapes = {name: info.shape for name, info in list_tf_checkpoint(prefix).items()}
         if infer_config(shapes) and VECS not in shapes:  # (infer_config refuses a checkpoint that is not LESA's)
-            raise ConfigError(f"{prefix}: {NO_VECTORS}")
+            raise ConfigError(
+                f"{prefix}: the checkpoint holds no label vectors (the original kept fixed ones as graph constants); "
+                "give them with --config nus_wide_zero_shot --data-dir DIR (Open Images: --config openimages_evaluate), "
+                f"DIR holding {layout.LABEL_VECTORS['nus_wide']} and NUS-WIDE's NUS_WIDE/NUS_WID_Tags/TagList1k.txt "
+                "and NUS_WIDE/ConceptsList/Concepts81.txt, or with --vectors PKL, a pickle of the (seen, unseen) "
+                "vectors (`lesa build-vectors` makes one from GloVe)")
     model, extras = import_tf_checkpoint(prefix, seen_vecs=seen, unseen_vecs=unseen,
                                          base=cfg.model if cfg else None)
     save_checkpoint(args.out, model, config=cfg, label_names=labels, include_rng=False)
@@ -185,9 +171,6 @@ def run_import_tf(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [_add_convert_tfrecord, _add_import_tf]
-
-
 def add_commands(subparsers) -> None:
-    for add in SUBCOMMANDS:
-        add(subparsers)
+    _add_convert_tfrecord(subparsers)
+    _add_import_tf(subparsers)

@@ -1,17 +1,14 @@
 """``lesa extract nus-wide|openimages`` (images -> HDF5 features) and ``lesa merge-shards``.
-
-Paths default to the data folder (``--data-dir``, default ./data; see ``lesa.layout``): NUS-WIDE's
-metadata in DATA/NUS_WIDE and its images in DATA/NUS_WIDE/Flickr; Open Images' metadata in
-DATA/OpenImages/2018_04 and its images in DATA/OpenImages/image_data/<split>; the features go to
-DATA/features/<NUS_WIDE|OpenImages>_<split>.h5, where the configurations look for them. The VGG-19
-weights default to model/vgg_19.ckpt in the current folder.
-"""
+Paths default to the data folder's layout (``lesa.layout``); the weights to model/vgg_19.ckpt."""
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
 import sys
+from dataclasses import fields
+
+from lesa import layout
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 SPLITS = {"nus_wide": ("Train", "Test"), "openimages": ("train", "validation", "test")}
@@ -116,21 +113,15 @@ def _extract(args, dataset: str, load_source) -> int:
     """Load the weights (the quick check), then the dataset's image list, extract, and say what's next."""
     import torch
 
-    from lesa import layout
     from lesa.features.extract import ExtractOptions, build_model, extract_features, shard_path
 
     model = build_model(args.backbone, args.weights)
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per local process
+    if device != "cpu" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():  # torchrun: a GPU per process
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    options = ExtractOptions(
-        device=device, batch_size=args.batch_size, workers=args.workers, precision=args.precision,
-        decoder=args.decoder, dtype=args.dtype,
-        channels_last=None if args.channels_last == "auto" else args.channels_last, resume=args.resume,
-        overwrite=args.overwrite, rank=args.rank, world_size=args.world_size, max_pixels=args.max_pixels,
-        progress=not args.no_progress)
+    settings = {f.name: getattr(args, f.name) for f in fields(ExtractOptions) if hasattr(args, f.name)}
+    options = ExtractOptions(**{**settings, "device": device, "progress": not args.no_progress,
+                                "channels_last": None if args.channels_last == "auto" else args.channels_last})
     out = args.out or layout.resolve(layout.features_file(dataset, args.split), args.data_dir)
     log = (lambda message: print(message, file=sys.stderr)) if args.verbose else None
     summary = extract_features(load_source(), out, model, options, log=log)
@@ -150,7 +141,6 @@ def _extract(args, dataset: str, load_source) -> int:
 
 
 def run_nus_wide(args) -> int:
-    from lesa import layout
     from lesa.datasets.nus_wide import load_nus_wide_split
     from lesa.features.extract import nus_wide_source
 
@@ -160,7 +150,6 @@ def run_nus_wide(args) -> int:
 
 
 def run_openimages(args) -> int:
-    from lesa import layout
     from lesa.datasets.openimages import ORIGINAL_PARTITION_ROWS, load_openimages_split
     from lesa.features.extract import openimages_source
 

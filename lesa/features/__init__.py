@@ -1,8 +1,5 @@
-"""Image features of the original: TF-exact JPEG decode, TF-slim VGG preprocessing, VGG-19 conv5_4.
-
-    image bytes --decode_jpeg--> uint8 (H, W, 3) --vgg_preprocess--> float32 (3, 224, 224)
-                --VGG19Conv54--> features (196, 512)       (extract.py: whole datasets -> HDF5)
-"""
+"""The original's image features: ``decode_jpeg`` (TF-exact) -> ``vgg_preprocess`` (TF-slim) ->
+``VGG19Conv54`` (196, 512); ``extract``: whole datasets -> HDF5."""
 from lesa.features.jpeg import decode_jpeg  # noqa: F401
 from lesa.features.preprocess import vgg_preprocess, vgg_preprocess_batch  # noqa: F401
 from lesa.features.vgg import VGG19Conv54  # noqa: F401

@@ -1,22 +1,9 @@
 """Feature extraction: an image list -> VGG-19 conv5_4 features in one HDF5 split file (or shard).
 
-``extract_features(source, out, model, options)`` runs these steps:
-
-1. ``image_loader``: DataLoader worker processes read the images of this rank's slice of the list
-   and decode them (``decode_jpeg``, TF1's pixels); each batch (``Batch``) carries only the window of
-   pixels the crop reads (``pack_crops``). With ``decoder="gpu"`` they only read the files.
-2. ``model_input``: a batch -> float32 (B, 3, 224, 224) on the device (TF-slim preprocessing; with
-   ``decoder="gpu"``, ``gpu_decode`` first: nvjpeg).
-3. VGG19Conv54 at ``options.precision`` -> features (B, 196, 512).
-4. ``FeatureWriter.append`` with the batch's labels; ``finish()`` names the file when all is written.
-
-- The file's rows follow the image list. An image that cannot be used is left out and logged, one
-  per line (position, image id, reason, message), in ``OUT.failed.tsv`` -- never its batch; the
-  summary counts written / skipped before extraction / failed, by reason.
-- ``resume``: continues ``OUT.partial`` after the last image written; the file equals an
-  uninterrupted run's.
-- ``rank`` r of ``world_size`` w extracts positions ``[n*r//w, n*(r+1)//w)`` into
-  ``OUT-stem.shard-RRRRR-of-WWWWW.h5``; ``merge_shards`` joins them into the one-rank file.
+Workers read and decode (TF1's pixels) the images and hand over their crop windows (``pack_crops``;
+``decoder="gpu"``: the files, for nvjpeg); ``model_input`` -> ``VGG19Conv54`` -> ``FeatureWriter``.
+An unusable image is left out and logged in ``OUT.failed.tsv``; ``resume`` continues ``OUT.partial``
+into an uninterrupted run's file; rank r of w writes positions ``[n*r//w, n*(r+1)//w)`` to a shard.
 """
 from __future__ import annotations
 
@@ -25,7 +12,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -38,7 +25,7 @@ from tqdm.auto import tqdm
 from lesa.datasets.h5 import FeatureWriter, open_features
 from lesa.device import channels_last_by_default, check_precision, pick_device, precision_context
 from lesa.errors import ConfigError, DataError, ImageError
-from lesa.features.jpeg import MAX_PIXELS, decode_jpeg, image_format
+from lesa.features.jpeg import MAX_PIXELS, ImageDecodeError, decode_jpeg, image_format
 from lesa.features.preprocess import pack_crops, vgg_preprocess_batch, vgg_preprocess_packed
 from lesa.features.vgg import VGG19Conv54
 from lesa.files import atomic_write_text
@@ -153,9 +140,8 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
 def shard_path(output: str | Path, rank: int, world_size: int) -> Path:
     """``out.h5`` -> ``out.shard-00001-of-00004.h5`` (``out.h5`` itself for one rank)."""
     output = Path(output)
-    if world_size == 1:
-        return output
-    return output.with_name(f"{output.stem}.shard-{rank:05d}-of-{world_size:05d}{output.suffix}")
+    name = f"{output.stem}.shard-{rank:05d}-of-{world_size:05d}{output.suffix}"
+    return output if world_size == 1 else output.with_name(name)
 
 
 def failed_log_path(output: str | Path) -> Path:
@@ -165,9 +151,8 @@ def failed_log_path(output: str | Path) -> Path:
 # -- 1. images -> batches (in the DataLoader's worker processes) --------------------------------
 @dataclass
 class Batch:
-    """Images of the list, as the workers hand them over. decoder="exact": ``pixels`` and ``plan``
-    from ``pack_crops`` of the decoded images; decoder="gpu": ``pixels`` are the files' bytes one
-    after the other, ``sizes`` their lengths, ``nvjpeg`` which of them nvjpeg may take."""
+    """What the workers hand over: ``pack_crops``'s ``pixels`` and ``plan`` (decoder="exact"), or
+    the files' bytes in ``pixels``, their ``sizes`` and which ``nvjpeg`` may take (decoder="gpu")."""
 
     positions: list[int]                  # in the image list, of the images in ``pixels``
     failures: list[tuple[int, str, str]]  # (position, reason, message) of images left out
@@ -180,33 +165,23 @@ class Batch:
         return replace(self, pixels=self.pixels.pin_memory(), plan={k: v.pin_memory() for k, v in self.plan.items()})
 
 
-class _ImageFiles(torch.utils.data.Dataset):
-    """Item k: (position, decoded uint8 (H, W, 3) array -- or the file's bytes, or None --, reason, message)."""
+def _read_image(path: Path, decode: bool, max_pixels: int):
+    """The file's bytes or (``decode``) its uint8 (H, W, 3) pixels; an ``ImageError`` with a reason."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})", "unreadable") from None
+    return decode_jpeg(data, str(path), max_pixels) if decode else data
 
-    def __init__(self, paths: Sequence[Path], positions: Sequence[int], decode: bool, max_pixels: int):
-        self.paths, self.positions, self.decode, self.max_pixels = paths, positions, decode, max_pixels
 
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, k: int):
-        pos = self.positions[k]
-        path = self.paths[pos]
+def _collate(positions, paths: Sequence[Path], decode: bool, max_pixels: int) -> Batch:
+    """The ``Batch`` of the images at ``positions``, read (and decoded) in a worker process."""
+    good, failures = [], []
+    for pos in positions:
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            return pos, None, "unreadable", f"{path}: cannot read ({exc.strerror or exc})"
-        if not self.decode:
-            return pos, data, "", ""
-        try:
-            return pos, decode_jpeg(data, str(path), self.max_pixels), "", ""
+            good.append((pos, _read_image(paths[pos], decode, max_pixels)))
         except ImageError as exc:
-            return pos, None, getattr(exc, "reason", "corrupt"), str(exc)
-
-
-def _collate(items, max_pixels: int) -> Batch:
-    failures = [(pos, reason, message) for pos, data, reason, message in items if data is None]
-    good = [(pos, data) for pos, data, _, _ in items if data is not None]
+            failures.append((pos, getattr(exc, "reason", "corrupt"), str(exc)))
     positions = [pos for pos, _ in good]
     if good and isinstance(good[0][1], bytes):  # decoder="gpu"
         files = [data for _, data in good]
@@ -217,17 +192,14 @@ def _collate(items, max_pixels: int) -> Batch:
 
 def image_loader(paths: Sequence[Path], positions: Sequence[int], decoder: str, batch_size: int, workers: int,
                  device: torch.device, max_pixels: int = MAX_PIXELS) -> torch.utils.data.DataLoader:
-    """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (the DataLoader
-    hands them over in shared memory), page-locked for a CUDA ``device``."""
+    """``Batch``es of ``paths[positions]`` in order, made by ``workers`` processes (page-locked for CUDA)."""
     return torch.utils.data.DataLoader(
-        _ImageFiles(paths, positions, decode=decoder == "exact", max_pixels=max_pixels),
-        batch_size=batch_size, num_workers=workers, collate_fn=partial(_collate, max_pixels=max_pixels),
-        pin_memory=torch.device(device).type == "cuda")
+        positions, batch_size=batch_size, num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+        collate_fn=partial(_collate, paths=paths, decode=decoder == "exact", max_pixels=max_pixels))
 
 
 def _nvjpeg_can_take(data: bytes, max_pixels: int) -> bool:
-    """Complete RGB JPEGs within the size limit; the rest goes to the exact decoder, which decodes
-    or rejects them as TF did."""
+    """Complete RGB JPEGs within the size limit; the exact decoder takes (or rejects) the rest."""
     import simplejpeg
 
     if image_format(data) != "jpeg" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -249,20 +221,17 @@ def model_input(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS
 
 
 def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS):
-    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)`` of the batch's
-    files; nvjpeg where it may, the exact decoder for the rest and for what nvjpeg refuses."""
+    """decoder="gpu": ``(positions, uint8 (H, W, 3) images on device, failures)``; nvjpeg where it
+    may, the exact decoder for the rest and for what nvjpeg refuses."""
     from torchvision.io import ImageReadMode, decode_jpeg as nvjpeg
 
     files = batch.pixels.split(batch.sizes)
     take = [i for i, ok in enumerate(batch.nvjpeg) if ok]
     decoded = {}
-    if take:
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = dict(zip(take, nvjpeg([files[i] for i in take], mode=ImageReadMode.RGB, device=device)))
-        except RuntimeError:
-            pass
+    with suppress(RuntimeError), warnings.catch_warnings():  # torchvision 0.29 flags its codecs as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if take:  # what nvjpeg refuses (RuntimeError) goes to the exact decoder
+            decoded = dict(zip(take, nvjpeg([files[i] for i in take], mode=ImageReadMode.RGB, device=device)))
     positions, images, failures = [], [], list(batch.failures)
     for i, pos in enumerate(batch.positions):
         try:
@@ -280,8 +249,8 @@ def gpu_decode(batch: Batch, device: torch.device, max_pixels: int = MAX_PIXELS)
 def extract_features(source: ExtractionSource, output: str | Path, model: VGG19Conv54,
                      options: ExtractOptions | None = None, *, log: Callable[[str], None] | None = None,
                      **settings) -> ExtractionSummary:
-    """Extract ``source`` (this rank's slice of it) into ``output``. ``settings`` change single
-    fields of ``options``; ``log`` receives one line per image left out."""
+    """Extract this rank's slice of ``source`` into ``output``. ``settings`` override fields of
+    ``options``; ``log`` gets one line per image left out."""
     options = replace(options or ExtractOptions(), **settings)
     device = options.check()
     start, stop = shard_range(len(source), options.rank, options.world_size)
@@ -289,9 +258,8 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
     if options.resume and out.exists() and not options.overwrite:
         return _summary_of_complete(out)
     _warn_if_many_missing(source)
-    channels_last = options.channels_last
-    if channels_last is None:
-        channels_last = channels_last_by_default(device, options.precision)
+    channels_last = channels_last_by_default(device, options.precision) if options.channels_last is None \
+        else options.channels_last
     model = model.to(device).eval().to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     summary = ExtractionSummary(out, skipped={k: len(v) for k, v in sorted(source.skipped.items())}, waits=Counter())
     attrs = {"backbone": BACKBONE, "weights": model.source, "weights_sha256": model.weights_sha256,
@@ -337,7 +305,7 @@ def extract_features(source: ExtractionSource, output: str | Path, model: VGG19C
 
 
 def _warn_if_many_missing(source: ExtractionSource) -> None:
-    """Say at the start (not only in the summary) when a large share of the images is missing."""
+    """Say at the start (not only in the summary) when many images are missing."""
     missing = len(source.skipped.get("missing", ()))
     listed = len(source) + sum(len(ids) for ids in source.skipped.values())
     if missing > MISSING_WARNING * listed:
@@ -347,8 +315,7 @@ def _warn_if_many_missing(source: ExtractionSource) -> None:
 
 
 def _resume_position(ids: Sequence[str], start: int, stop: int, done_ids: Sequence[str], where) -> int:
-    """The position after the last image already written (the written ids are a subsequence of
-    ``ids[start:stop]``: images that failed are not in the file)."""
+    """The position after the last image written (a subsequence of ``ids[start:stop]``: no failed ones)."""
     pos = start
     for done in done_ids:
         while pos < stop and ids[pos] != done:
@@ -361,9 +328,8 @@ def _resume_position(ids: Sequence[str], start: int, stop: int, done_ids: Sequen
 
 
 def _restart_failed_log(path: Path, keep_before: int | None) -> Counter:
-    """Start the failed-image log afresh, or for a resumed run with its lines of the positions
-    before ``keep_before``; returns their counts by reason. The kept lines replace the log in one
-    rename: a crash meanwhile never loses the failures found before."""
+    """Restart the failed-image log, keeping (resumed run) the lines before ``keep_before``, in one
+    rename so a crash never loses them; returns their counts by reason."""
     kept = []
     if keep_before is not None and path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -375,8 +341,7 @@ def _restart_failed_log(path: Path, keep_before: int | None) -> Counter:
 
 
 def _batches(loader, out: Path, waits: Counter):
-    """The loader's batches, timing the waits for them. Workers hand batches over in /dev/shm,
-    which containers keep small: running out of it becomes an error that says what to do."""
+    """The loader's batches, timed; running out of /dev/shm (small in containers) says what to do."""
     batches = iter(loader)
     while True:
         with _timed(waits, "waiting for decoded images"):
@@ -416,9 +381,7 @@ def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: b
         first = split.files[0].attrs
         attrs = {k: v for k, v in split.attrs.items() if k not in (
             "shard_world_size", "dataset", "split", "feature_dtype", "complete", "failed", "lesa_version")}
-        failed: Counter = Counter()
-        for f in split.files:
-            failed.update(json.loads(f.attrs.get("failed", "{}")))
+        failed = sum((Counter(json.loads(f.attrs.get("failed", "{}"))) for f in split.files), Counter())
         ids = split.img_ids
         with FeatureWriter(output, first["dataset"], first["split"], split.label_dims, str(split.feature_dtype),
                            attrs, split.label_names or None, overwrite=overwrite) as writer, \
@@ -432,8 +395,8 @@ def merge_shards(paths, output: str | Path, overwrite: bool = False, progress: b
 
 
 def build_model(backbone: str, weights: str | None = None, seed: int = 0) -> VGG19Conv54:
-    """``tf_slim`` (``weights``: vgg_19.ckpt, default model/vgg_19.ckpt), ``torchvision``
-    (``weights``: an optional .pth) or ``random`` (seeded, for tests and throughput benchmarks)."""
+    """``tf_slim`` (vgg_19.ckpt, default model/vgg_19.ckpt), ``torchvision`` (optional .pth) or
+    ``random`` (seeded, for tests and benchmarks)."""
     if backbone == "tf_slim":
         return VGG19Conv54.from_tf_slim(weights or VGG_WEIGHTS)
     if backbone == "torchvision":

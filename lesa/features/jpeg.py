@@ -1,15 +1,10 @@
 """Image bytes -> uint8 RGB array, bit-identical to TF1's ``tf.image.decode_jpeg(data, channels=3)``.
 
-TF1: ``decode_jpeg`` uses libjpeg with the integer-fast DCT (JDCT_IFAST) and fancy upsampling;
-simplejpeg (libjpeg-turbo) with ``fastdct=True, fastupsample=False`` gives the same pixels (checked
-bit for bit on the golden images). Grayscale JPEGs come out as 3 equal channels, as TF's did.
-
-TF1: the DecodeJpeg kernel sniffs the magic bytes and also decodes PNG data (the Flickr
-"photo unavailable" placeholders are PNGs named .jpg); we decode those with libpng through
-torchvision (palette expanded, grey replicated, alpha dropped, 16-bit reduced to 8: libpng's
-transformations, as TF's PNG path). GIF data made TF's ``decode_jpeg`` return a 4-D array that the
-VGG preprocessing then rejected, so GIFs are rejected here (``ImageError``), as are CMYK/YCCK
-JPEGs, truncated or corrupt data, empty files and images above ``max_pixels``.
+TF1: libjpeg's JDCT_IFAST + fancy upsampling = simplejpeg ``fastdct=True, fastupsample=False``
+(bit for bit on the golden images); grey JPEGs give 3 equal channels. TF1: the kernel also decoded
+PNG data (Flickr placeholders named .jpg): libpng through torchvision, with TF's transformations.
+TF1 turned GIFs into 4-D arrays the preprocessing rejected: GIFs, CMYK/YCCK, truncated, corrupt,
+empty and over-``max_pixels`` images raise ``ImageError``.
 """
 from __future__ import annotations
 
@@ -19,17 +14,12 @@ import numpy as np
 
 from lesa.errors import ImageError
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-GIF_MAGICS = (b"GIF87a", b"GIF89a")
-# Larger images are refused (a decompression bomb would need GBs); NUS-WIDE/Open Images photos are
-# far below this (Open Images originals are at most ~20 Mpx).
+# larger images are refused (decompression bombs); Open Images originals are at most ~20 Mpx
 MAX_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ImageError):
-    """An image that cannot be used; ``reason`` is a short code for summaries: empty, not_image,
-    gif, cmyk, too_large, truncated, corrupt."""
+    """An unusable image; ``reason``: empty, not_image, gif, cmyk, too_large, truncated, corrupt."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)
@@ -38,21 +28,17 @@ class ImageDecodeError(ImageError):
 
 def image_format(data: bytes) -> str:
     """'jpeg', 'png', 'gif' or 'unknown' from the magic bytes (as TF's kernel classified them)."""
-    if data[:3] == JPEG_MAGIC:
+    if data[:3] == b"\xff\xd8\xff":
         return "jpeg"
-    if data[:8] == PNG_MAGIC:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
-    if data[:6] in GIF_MAGICS:
+    if data[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
     return "unknown"
 
 
 def decode_jpeg(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes to uint8 (H, W, 3) exactly as TF1 ``decode_jpeg(channels=3)`` did.
-
-    ``name`` is only used in error messages. Raises ``ImageError`` for anything TF could not turn
-    into a 3-D RGB image (and for CMYK JPEGs and images above ``max_pixels``).
-    """
+    """Image bytes -> uint8 (H, W, 3) as TF1's ``decode_jpeg(channels=3)``; ``name`` is for errors."""
     data = bytes(data) if not isinstance(data, bytes) else data
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes); re-download the image", "empty")
@@ -95,8 +81,6 @@ def _decode_jpeg_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         except (ValueError, RuntimeError) as exc2:
             raise ImageDecodeError(f"{name}: cannot decode JPEG ({exc2}); the file is corrupt — "
                                    "re-download it", "corrupt") from exc2
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageDecodeError(f"{name}: decoded to shape {image.shape}, not (H, W, 3)", "corrupt")
     return image
 
 
@@ -104,10 +88,8 @@ def _decode_png_bytes(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     import torch
     from torchvision.io import ImageReadMode, decode_png
 
-    if len(data) >= 24:  # IHDR width/height, big endian, right after the signature + chunk header
-        width = int.from_bytes(data[16:20], "big")
-        height = int.from_bytes(data[20:24], "big")
-        _check_size(height, width, name, max_pixels)
+    if len(data) >= 24:  # IHDR width, height (big endian), right after the signature + chunk header
+        _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), name, max_pixels)
     try:
         with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -1,18 +1,10 @@
-"""TF-slim ``vgg_preprocessing`` eval path in torch (the same code on the CPU and the GPU).
+"""TF-slim ``vgg_preprocessing`` eval path in torch (the same code on the CPU and the GPU):
 
-Steps (TF-slim ``preprocess_for_eval``, resize side 256, output 224):
-
-1. aspect-preserving resize of the short side to 256. TF1: the new size is computed in float32,
-   ``scale = 256 / short_side``, ``new = rint(side * scale)`` (round half to even);
-2. TF1 ``resize_bilinear(align_corners=False)``: the legacy sampling without half-pixel centres,
-   source coordinate ``y_in = y_out * (in_size / out_size)`` in float32, interpolated as
-   ``top = tl + (tr - tl) * dx; bottom = bl + (br - bl) * dx; out = top + (bottom - top) * dy``;
-3. central crop 224 x 224 at offset ``(new - 224) // 2``;
-4. subtraction of the RGB means (123.68, 116.78, 103.94).
-
-Only the 224 x 224 samples that survive the crop are interpolated, from only the window of source
-pixels they read (``pack_crops``: about 60% of a 500 x 375 photo; the extraction workers send just
-that window). Output: channel-first float32 ``(3, 224, 224)`` (the golden references are HWC).
+1. short side resized to 256, TF1: size in float32, ``new = rint(side * (256 / short_side))``;
+2. TF1 ``resize_bilinear(align_corners=False)``: legacy sampling ``y_in = y_out * (in / out)`` in
+   float32, ``top = tl + (tr - tl) * dx; bottom = ...; out = top + (bottom - top) * dy``;
+3. central 224 x 224 crop at ``(new - 224) // 2``; 4. minus the RGB means. Only the cropped samples
+are interpolated, from the window they read (``pack_crops``). Output (3, 224, 224) (goldens: HWC).
 """
 from __future__ import annotations
 
@@ -61,11 +53,9 @@ def crop_plan(height: int, width: int, resize_side: int = RESIZE_SIDE, crop: int
 
 
 def pack_crops(images: Sequence) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """uint8 (H, W, 3) images (numpy arrays or tensors, on one device) -> ``(pixels, plan)``:
-    ``pixels`` (n,) uint8 holds, one after the other, the window of each image that its samples
-    read; ``plan`` gives each sample's offsets into ``pixels``: ``rows_lo``/``rows_hi`` (B, 224)
-    int64 (where a source row starts), ``cols_lo``/``cols_hi`` (B, 224) int64 (column * 3),
-    ``dy``/``dx`` (B, 224) float32. ``vgg_preprocess_packed`` turns them into the batch."""
+    """uint8 (H, W, 3) images (arrays or tensors) -> ``(pixels, plan)``: ``pixels`` (n,) the windows
+    their samples read, one after the other; ``plan``: (B, 224) offsets into it of each sample's
+    source rows (``rows_lo/hi``) and columns * 3 (``cols_lo/hi``), and the lerps ``dy``/``dx``."""
     windows, plan, offset = [], {key: [] for key in PLAN_KEYS}, 0
     for image in images:
         image = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
@@ -75,12 +65,10 @@ def pack_crops(images: Sequence) -> tuple[torch.Tensor, dict[str, torch.Tensor]]
         r0, c0 = int(y_lo.min()), int(x_lo.min())
         window = image[r0:int(y_hi.max()) + 1, c0:int(x_hi.max()) + 1]
         row_bytes = window.shape[1] * 3
-        plan["rows_lo"].append(offset + (y_lo - r0) * row_bytes)
-        plan["rows_hi"].append(offset + (y_hi - r0) * row_bytes)
-        plan["cols_lo"].append((x_lo - c0) * 3)
-        plan["cols_hi"].append((x_hi - c0) * 3)
-        plan["dy"].append(dy)
-        plan["dx"].append(dx)
+        parts = (offset + (y_lo - r0) * row_bytes, offset + (y_hi - r0) * row_bytes, dy, (x_lo - c0) * 3,
+                 (x_hi - c0) * 3, dx)  # in PLAN_KEYS' order
+        for key, part in zip(PLAN_KEYS, parts):
+            plan[key].append(part)
         windows.append(window.reshape(-1))
         offset += window.numel()
     if not windows:
@@ -113,8 +101,7 @@ def vgg_preprocess_packed(pixels: torch.Tensor, plan: dict[str, torch.Tensor], d
 
 
 def vgg_preprocess_batch(images: Sequence, device=None) -> torch.Tensor:
-    """uint8 (H, W, 3) images of any sizes (numpy or tensors) -> float32 (B, 3, 224, 224) on
-    ``device`` (default: the images' device)."""
+    """uint8 (H, W, 3) images of any sizes -> float32 (B, 3, 224, 224) on ``device`` (default theirs)."""
     pixels, plan = pack_crops(images)
     return vgg_preprocess_packed(pixels, plan, device)
 

@@ -1,15 +1,8 @@
-"""VGG-19 up to conv5_4 + ReLU: the feature extractor of the original (TF-slim ``vgg_19``).
+"""VGG-19 up to conv5_4 + ReLU, the original's feature extractor (TF-slim ``vgg_19``):
+images (B, 3, 224, 224) -> features (B, 196, 512), the 14 x 14 map row-major as in TF1's NHWC reshape.
 
-``VGG19Conv54()(images (B, 3, 224, 224) float32) -> features (B, 196, 512)``, regions in the
-original's order: the 14 x 14 conv5_4 map reshaped row-major (TF1: NHWC ``reshape(196, 512)``).
-
-Weights:
-- ``VGG19Conv54.from_tf_slim("vgg_19.ckpt")``: the TF-slim model-zoo checkpoint (as the original);
-  variables ``vgg_19/convK/convK_J/{weights,biases}``, HWIO kernels; fc layers are ignored.
-- ``VGG19Conv54.from_torchvision()``: torchvision's ImageNet VGG-19 (``IMAGENET1K_V1``). Those weights
-  expect ``(x/255 - mean)/std`` inputs, so the model converts the TF-slim-preprocessed input
-  (pixels minus the RGB means) with a per-channel affine map first. Downloads to torch's cache on
-  first use; pass ``path=`` to a local ``vgg19-dcbb9e9d.pth`` where there is no network.
+Weights: ``from_tf_slim("vgg_19.ckpt")`` (the original's), or ``from_torchvision()`` (ImageNet
+``IMAGENET1K_V1``, its ``(x/255 - mean)/std`` input made from the TF-slim input by an affine map).
 """
 from __future__ import annotations
 
@@ -21,10 +14,10 @@ import torch
 from torch import nn
 
 from lesa.errors import CheckpointError, ConfigError
+from lesa.features.preprocess import RGB_MEAN
 
 # (block, number of 3x3 convs, output channels) of VGG-19
 VGG19_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
-SLIM_RGB_MEAN = (123.68, 116.78, 103.94)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 TF_SLIM_URL = "http://download.tensorflow.org/models/vgg_19_2016_08_28.tar.gz"
@@ -45,12 +38,8 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 class VGG19Conv54(nn.Module):
-    """VGG-19 conv1_1 ... conv5_4 (+ReLU), 4 max-pools; output (B, 196, 512).
-
-    ``self.features`` has torchvision's layer indices (conv5_4's ReLU is index 35), so torchvision
-    state dicts load directly. A per-channel ``input_scale``/``input_shift`` (identity for TF-slim
-    weights) adapts the TF-slim preprocessing to other weights' input convention.
-    """
+    """VGG-19 conv1_1 ... conv5_4 (+ReLU), 4 max-pools. ``features`` has torchvision's layer indices;
+    ``input_scale``/``input_shift`` (identity for TF-slim weights) adapt the input to other weights."""
 
     def __init__(self):
         super().__init__()
@@ -150,17 +139,14 @@ class VGG19Conv54(nn.Module):
                 ) from exc
             sha = Path(weights.url).name.split("-")[-1].split(".")[0]  # torchvision's hash prefix
         model = cls()
-        conv_state = {k: v for k, v in state.items() if k.startswith("features.")
-                      and int(k.split(".")[1]) < len(model.features)}
-        missing = set(model.features.state_dict()) - {k[len("features."):] for k in conv_state}
+        wanted = model.features.state_dict()
+        missing = sorted(k for k in wanted if f"features.{k}" not in state)
         if missing:
-            raise CheckpointError(f"{path or 'torchvision VGG-19'}: missing {sorted(missing)[:4]}...; "
+            raise CheckpointError(f"{path or 'torchvision VGG-19'}: missing {missing[:4]}...; "
                                   "not a torchvision VGG-19 state dict")
-        model.features.load_state_dict({k[len("features."):]: v for k, v in conv_state.items()})
+        model.features.load_state_dict({k: state[f"features.{k}"] for k in wanted})
         # input: x = pixel - slim_mean; torchvision wants (pixel/255 - mean)/std
-        std = torch.tensor(TORCHVISION_STD)
-        mean = torch.tensor(TORCHVISION_MEAN)
-        slim = torch.tensor(SLIM_RGB_MEAN)
+        std, mean, slim = map(torch.tensor, (TORCHVISION_STD, TORCHVISION_MEAN, RGB_MEAN))
         model.input_scale.copy_(1.0 / (255.0 * std))
         model.input_shift.copy_((slim / 255.0 - mean) / std)
         model.source = "torchvision:IMAGENET1K_V1"

@@ -1,16 +1,10 @@
 """Read TF1 checkpoints without TensorFlow: the V2 bundle and the V1 single-file table.
 
-V2 (what ``tf.train.Saver`` writes by default, e.g. the original's ``model.ckpt``):
-``prefix.index`` is a table whose key "" holds a BundleHeaderProto and whose other keys are tensor
-names -> BundleEntryProto (dtype, shape, shard, offset, size, masked CRC32C); the bytes live in
-``prefix.data-0000S-of-0000N``.
-V1 (TF-slim model zoo files such as ``vgg_19.ckpt``): one table file; key "" holds the
-SavedTensorSlices meta (name, shape, dtype of each tensor), the other keys hold SavedSlice records
-whose TensorProto carries the values (``float_val`` etc.), possibly split into several slices.
-
-Every stored checksum is verified; every declared size is checked against the file before any
-allocation, so a truncated, corrupted or hostile file gives a ``CheckpointError`` naming the file and
-the tensor, never garbage numbers or a huge allocation.
+V2 (``tf.train.Saver``'s default, the original's ``model.ckpt``): ``prefix.index``, a table of
+BundleHeaderProto (key "") and tensor name -> BundleEntryProto; the bytes in ``prefix.data-*``.
+V1 (TF-slim's ``vgg_19.ckpt``): one table; key "" the SavedTensorSlices meta, the other keys
+SavedSlice records whose TensorProto carries the values. Every checksum and declared size is
+checked before use: a damaged file gives a ``CheckpointError`` naming the file and the tensor.
 """
 from __future__ import annotations
 
@@ -39,7 +33,6 @@ UNSUPPORTED = {20: "resource", 21: "variant"}
 # TensorProto field holding the values of each dtype (V1), and how they are encoded; others: int_val (7)
 VALUE_FIELDS = {1: (5, "f4"), 2: (6, "f8"), 8: (9, "f4"), 18: (12, "f8"), 14: (13, "varint"),
                 19: (13, "varint"), 9: (10, "varint"), 10: (11, "varint"), 22: (16, "varint"), 23: (17, "varint")}
-_DATA_FILE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
 class TensorInfo(NamedTuple):
@@ -91,20 +84,18 @@ def _messages(fields: dict, number: int) -> list:
     return [f.value for f in fields.get(number, ()) if f.wire_type == LENGTH]
 
 
-def _shape(buf) -> tuple:
-    """TensorShapeProto -> tuple of dims."""
-    fields = _fields(buf)
+def _shape(fields: dict, number: int) -> tuple:
+    """The last TensorShapeProto of field ``number`` -> tuple of dims (() without one)."""
+    shapes = _messages(fields, number)
+    if not shapes:
+        return ()
+    fields = _fields(shapes[-1])
     if _int(fields, 3):
         raise WireFormatError("shape of unknown rank")
     dims = tuple(_int(_fields(dim), 1) for dim in _messages(fields, 2))
     if any(d < 0 for d in dims):
         raise WireFormatError(f"dimension of unknown size in {dims}")
     return dims
-
-
-def _last_shape(fields: dict, number: int) -> tuple:
-    shapes = _messages(fields, number)
-    return _shape(shapes[-1]) if shapes else ()
 
 
 # ---- locating the files ----
@@ -130,12 +121,9 @@ def _resolve_prefix(path) -> tuple[str, Path]:
                 return _resolve_prefix(candidate)
         raise CheckpointError(f"{state}: names checkpoint {stored}, which is not in {path}; "
                               "pass the checkpoint prefix instead")
-    text = str(path)
-    match = _DATA_FILE.search(text)
-    if text.endswith(".index") or match:
-        return "v2", Path(text[: -len(".index")] if not match else text[: match.start()])
-    if Path(text + ".index").is_file():
-        return "v2", path
+    prefix = re.sub(r"\.(index|data-\d{5}-of-\d{5})$", "", str(path))
+    if prefix != str(path) or Path(f"{path}.index").is_file():
+        return "v2", Path(prefix)
     if path.is_file():
         return "v1", path
     raise CheckpointError(f"{path}: no checkpoint found (neither {path}.index nor a V1 file {path}); "
@@ -177,7 +165,7 @@ class _Bundle:
         if key.startswith(b"\x00"):  # slice entry of a partitioned variable
             return
         crcs = [f.value for f in fields.get(6, ()) if f.wire_type == FIXED32]
-        entry = _Entry(_int(fields, 1), _last_shape(fields, 2), _int(fields, 3), _int(fields, 4),
+        entry = _Entry(_int(fields, 1), _shape(fields, 2), _int(fields, 3), _int(fields, 4),
                        _int(fields, 5), crcs[-1] if crcs else None)
         storage = _storage(entry.dtype, self.where, name)
         if 7 in fields:
@@ -232,9 +220,6 @@ class _Bundle:
         storage = np.dtype(TF_DTYPES[entry.dtype]).newbyteorder(">" if self.big_endian else "<")
         return _to_native(raw.view(storage).reshape(entry.shape), entry.dtype)
 
-    def close(self) -> None:
-        pass
-
 
 def _bundle_strings(raw: np.ndarray, shape: tuple, path: Path, name: str) -> np.ndarray:
     """[varint len]*N, 4-byte crc32c of the length bytes, then the string bytes."""
@@ -266,16 +251,12 @@ def _bundle_strings(raw: np.ndarray, shape: tuple, path: Path, name: str) -> np.
 class _V1Table:
     def __init__(self, path: Path):
         self.where = path
-        self.table = SSTable(path)
-        try:
-            key, value = self.table.first()
+        with SSTable(path) as table:
+            key, value = table.first()
             if key != b"":
                 raise CheckpointError(f"{path}: a TF table without checkpoint metadata (first key {key!r}); "
                                       "not a V1 checkpoint")
             self.tensors = self._meta(value)
-        except CheckpointError:
-            self.table.close()
-            raise
 
     def _meta(self, value) -> dict[str, tuple[int, tuple]]:
         """SavedTensorSlices.meta -> {name: (TF dtype, shape)}."""
@@ -287,7 +268,7 @@ class _V1Table:
                     names = _messages(fields, 1)
                     if not names:
                         raise WireFormatError("tensor without a name")
-                    tensors[bytes(names[-1]).decode("utf-8", errors="replace")] = (_int(fields, 3), _last_shape(fields, 2))
+                    tensors[bytes(names[-1]).decode("utf-8", errors="replace")] = (_int(fields, 3), _shape(fields, 2))
         except WireFormatError as exc:
             raise CheckpointError(f"{self.where}: corrupted V1 checkpoint metadata ({exc})") from None
         for name, (dtype, _) in tensors.items():
@@ -296,25 +277,26 @@ class _V1Table:
 
     def read(self, names: list[str], mmap: bool = False) -> dict[str, np.ndarray]:
         slices: dict[str, list] = {name: [] for name in names}
-        for key, value in self.table.items() if names else ():
-            if key == b"":
-                continue
-            try:  # SavedSlice: name, slice (its extents: start, length), data (a TensorProto)
-                saved = _messages(_fields(value), 2)
-                if not saved:
-                    raise WireFormatError("record without slice data")
-                fields = _fields(saved[-1])
-                name, data = _messages(fields, 1), _messages(fields, 3)
-                if not name or not data:
-                    raise WireFormatError("slice without a name or data")
-                extents = [(_int(e, 1), _int(e, 2) if 2 in e else None)
-                           for s in _messages(fields, 2) for e in map(_fields, _messages(_fields(s), 1))]
-            except WireFormatError as exc:
-                raise CheckpointError(f"{self.where}: corrupted V1 checkpoint record {key!r} ({exc})") from None
-            name = bytes(name[-1]).decode("utf-8", errors="replace")
-            if name in slices:
-                slices[name].append((extents, data[-1]))
-        return {name: self._assemble(name, slices[name]) for name in names}
+        with SSTable(self.where) as table:
+            for key, value in table.items() if names else ():
+                if key == b"":
+                    continue
+                try:  # SavedSlice: name, slice (its extents: start, length), data (a TensorProto)
+                    saved = _messages(_fields(value), 2)
+                    if not saved:
+                        raise WireFormatError("record without slice data")
+                    fields = _fields(saved[-1])
+                    name, data = _messages(fields, 1), _messages(fields, 3)
+                    if not name or not data:
+                        raise WireFormatError("slice without a name or data")
+                    extents = [(_int(e, 1), _int(e, 2) if 2 in e else None)
+                               for s in _messages(fields, 2) for e in map(_fields, _messages(_fields(s), 1))]
+                except WireFormatError as exc:
+                    raise CheckpointError(f"{self.where}: corrupted V1 checkpoint record {key!r} ({exc})") from None
+                name = bytes(name[-1]).decode("utf-8", errors="replace")
+                if name in slices:
+                    slices[name].append((extents, data[-1]))
+            return {name: self._assemble(name, slices[name]) for name in names}
 
     def _assemble(self, name: str, records: list) -> np.ndarray:
         tf_dtype, shape = self.tensors[name]
@@ -343,9 +325,6 @@ class _V1Table:
         for index, values in regions:
             out[index] = values
         return _to_native(out, tf_dtype)
-
-    def close(self) -> None:
-        self.table.close()
 
 
 def _tensor_proto_values(data, tf_dtype: int, shape: tuple, path: Path, name: str) -> np.ndarray:
@@ -389,26 +368,19 @@ def _open(path):
 
 def list_tf_checkpoint(path) -> dict[str, TensorInfo]:
     """Names -> (numpy dtype, shape) of a TF1 checkpoint, from the index/metadata alone."""
-    checkpoint = _open(path)
-    checkpoint.close()
-    return {name: _info(dtype, shape) for name, (dtype, shape) in checkpoint.tensors.items()}
+    return {name: _info(dtype, shape) for name, (dtype, shape) in _open(path).tensors.items()}
 
 
 def read_tf_checkpoint(path, names: Iterable[str] | None = None, mmap: bool = False) -> dict[str, np.ndarray]:
-    """Read the tensors of a TF1 checkpoint (V2 bundle or V1 table) as NumPy arrays.
+    """The tensors (``names``, default all) of a TF1 checkpoint as NumPy arrays, bfloat16 as float32.
 
-    path: the prefix (``.../model.ckpt``), the ``.index``/``.data-*`` file, a V1 file, or a directory
-    with a ``checkpoint`` state file. names: only these tensors (default all). mmap: for V2 numeric
-    tensors, return read-only memory-mapped arrays (checksums still verified) instead of copies.
-    bfloat16 tensors come back as float32 (exact).
+    path: the prefix (``.../model.ckpt``), its ``.index``/``.data-*`` file, a V1 file, or a folder with
+    a ``checkpoint`` state file. mmap: V2 numeric tensors as read-only (verified) memory maps.
     """
     checkpoint = _open(path)
-    try:
-        names = list(checkpoint.tensors if names is None else names)
-        missing = [n for n in names if n not in checkpoint.tensors]
-        if missing:
-            raise CheckpointError(f"{checkpoint.where}: tensors not in the checkpoint: {', '.join(missing)}; "
-                                  f"it holds {len(checkpoint.tensors)} tensors (see list_tf_checkpoint)")
-        return checkpoint.read(names, mmap)
-    finally:
-        checkpoint.close()
+    names = list(checkpoint.tensors if names is None else names)
+    missing = [n for n in names if n not in checkpoint.tensors]
+    if missing:
+        raise CheckpointError(f"{checkpoint.where}: tensors not in the checkpoint: {', '.join(missing)}; "
+                              f"it holds {len(checkpoint.tensors)} tensors (see list_tf_checkpoint)")
+    return checkpoint.read(names, mmap)

@@ -1,8 +1,7 @@
-"""``tf.train.Example`` protos, decoded to plain Python/NumPy values.
+"""``tf.train.Example`` protos -> plain Python/NumPy values.
 
-Example { Features features = 1 }; Features { map<string, Feature> feature = 1 } (map entries:
-key = 1, value = 2); Feature { oneof: BytesList bytes_list = 1, FloatList float_list = 2,
-Int64List int64_list = 3 }; each list is ``repeated value = 1`` (floats/ints packed or not).
+Example {features = 1}; Features {map<string, Feature> feature = 1}; Feature {oneof bytes_list = 1,
+float_list = 2, int64_list = 3}, each list ``repeated value = 1``.
 """
 from __future__ import annotations
 
@@ -37,10 +36,8 @@ def _feature(buf):
 
 
 def parse_example(record, where: str = "record") -> dict:
-    """Serialized ``tf.train.Example`` -> {name: list[bytes] | float32 array | int64 array}.
-
-    where: text naming the record in error messages (e.g. "file.tfrecords: record 12").
-    """
+    """Serialized ``tf.train.Example`` -> {name: list[bytes] | float32 array | int64 array}; ``where``
+    names the record in errors."""
     out: dict = {}
     try:
         for top in iter_fields(record):

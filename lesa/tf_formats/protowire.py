@@ -1,10 +1,7 @@
-"""A minimal protocol-buffer wire-format decoder (no generated code, no protobuf package).
+"""A minimal protocol-buffer wire-format decoder (no protobuf package), for the TF1 formats.
 
-Only what the TF1 file formats need: varints, fixed32/64 and length-delimited fields, in any
-bytes-like buffer (bytes, memoryview of a memory map). The payload of a length-delimited field is a
-memoryview slice, never a copy, and every read is bounds-checked, so a hostile length can cause
-neither a large allocation nor a read past the end. Errors raise ``WireFormatError``; the format
-modules turn it into their ``lesa`` error with the file and record/tensor named.
+Length-delimited payloads are memoryview slices, never copies, and every read is bounds-checked.
+``WireFormatError`` is re-raised by the format modules as a lesa error naming the file and record.
 """
 from __future__ import annotations
 
@@ -72,7 +69,8 @@ def to_signed64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _varints(buf) -> list[int]:
+def varints(buf) -> list[int]:
+    """All the varints of ``buf``, one after another."""
     values, pos, end = [], 0, len(buf)
     while pos < end:
         value, pos = read_varint(buf, pos, end)
@@ -81,10 +79,7 @@ def _varints(buf) -> list[int]:
 
 
 def repeated_scalars(fields: list[Field], number: int, kind: str) -> np.ndarray:
-    """All values of the repeated scalar field ``number``, packed or not.
-
-    kind: 'f4' (float, fixed32), 'f8' (double, fixed64) or 'varint' (-> uint64 array).
-    """
+    """All values of repeated field ``number``, packed or not; kind 'f4', 'f8' or 'varint' (-> uint64)."""
     wire_type = {"f4": FIXED32, "f8": FIXED64, "varint": VARINT}[kind]
     dtype = np.dtype(np.uint64 if kind == "varint" else "<" + kind)
     parts = []
@@ -93,7 +88,7 @@ def repeated_scalars(fields: list[Field], number: int, kind: str) -> np.ndarray:
             continue
         if field.wire_type == LENGTH:  # packed
             if kind == "varint":
-                parts.append(np.array(_varints(field.value), dtype))
+                parts.append(np.array(varints(field.value), dtype))
             elif len(field.value) % dtype.itemsize:
                 raise WireFormatError(f"packed field {number} has {len(field.value)} bytes, "
                                       f"not a multiple of {dtype.itemsize}")

@@ -1,13 +1,7 @@
-"""TF's immutable sorted table (the LevelDB SSTable format), used by both checkpoint formats.
+"""TF's immutable sorted table (LevelDB's SSTable), the container of both checkpoint formats.
 
-Layout: data blocks, a metaindex block, an index block (last key of each data block -> handle),
-then a 48-byte footer (metaindex handle, index handle, padding, magic 0xdb4775248b80fb57).
-Each block is followed by a 5-byte trailer: compression type (0 none, 1 snappy) and the masked
-CRC32C of block contents + type byte. Block entries are prefix-compressed keys
-(shared, non_shared, value_length varints) with a restart-offset array at the end.
-
-The file is memory-mapped, and values of uncompressed blocks are memoryview slices of the map, so
-a 550 MB V1 checkpoint is never copied whole into RAM.
+Data blocks, metaindex, index (last key of each block -> handle), 48-byte footer; block trailers
+hold the compression and a masked CRC32C. Values are views of a memory map: no copy of the file.
 """
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ import cramjam
 
 from lesa.errors import CheckpointError
 from lesa.tf_formats.crc32c import crc32c, unmask
-from lesa.tf_formats.protowire import WireFormatError, read_varint
+from lesa.tf_formats.protowire import WireFormatError, read_varint, varints
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48
@@ -46,14 +40,10 @@ class SSTable:
         if int.from_bytes(footer[40:], "little") != MAGIC:
             raise self._error("not a TF table file (bad magic number in the footer); the file is "
                               "truncated, corrupted or not a checkpoint")
-        handle, pos = [], 0
-        try:
-            for _ in range(4):  # metaindex offset and size, index offset and size
-                value, pos = read_varint(footer, pos, 40)
-                handle.append(value)
+        try:  # metaindex offset and size, index offset and size, zero padding
+            self._index_handle = varints(footer[:40])[2:4]
         except WireFormatError as exc:
             raise self._error(f"corrupted table footer ({exc})") from None
-        self._index_handle = handle[2:]
 
     def _error(self, problem: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {problem}")
@@ -108,9 +98,8 @@ class SSTable:
         index = self._block(*self._index_handle, "index")
         for key, handle in self._entries(index, "the index block"):
             try:
-                offset, pos = read_varint(handle, 0, len(handle))
-                size, _ = read_varint(handle, pos, len(handle))
-            except WireFormatError as exc:
+                offset, size = varints(handle)
+            except (WireFormatError, ValueError) as exc:
                 raise self._error(f"corrupted block handle for key {key!r} ({exc})") from None
             yield from self._entries(self._block(offset, size, "data"), f"the data block at offset {offset}")
 

@@ -1,10 +1,7 @@
-"""TFRecord files: the record framing, plain or ZLIB/GZIP compressed.
+"""TFRecord files, plain or ZLIB/GZIP (one or several concatenated streams), read as a stream.
 
-Each record is ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``
-(little-endian). A compressed file is one (or several concatenated) zlib/gzip stream(s) of that
-framing. Reading streams: memory stays at one record plus a decompression buffer, whatever the
-file size. Every CRC is verified; a corrupted or truncated record raises ``TFRecordError`` naming the
-file and record index, after all records before it have been yielded.
+Record: ``uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)``.
+A bad record raises ``TFRecordError`` naming the file and index, after every record before it.
 """
 from __future__ import annotations
 
@@ -22,8 +19,7 @@ _WBITS = {"ZLIB": 15, "GZIP": 31}
 
 
 def detect_compression(path, compression: str | None = None) -> str:
-    """"", "ZLIB" or "GZIP": an explicit ``compression`` ("none" = "") wins; otherwise the file's
-    first bytes decide, then its name."""
+    """"", "ZLIB" or "GZIP": ``compression`` ("none" = "") if given, else the first bytes, then the name."""
     if compression is not None:
         value = "" if compression.upper() in ("", "NONE") else compression.upper()
         if value not in ("", *_WBITS):
@@ -41,39 +37,29 @@ def detect_compression(path, compression: str | None = None) -> str:
     return next((kind for kind in _WBITS if kind in Path(path).name), "")
 
 
-def _inflate(fh, wbits: int) -> Iterator[bytes]:
-    """The bytes of a zlib/gzip stream (members one after another allowed, zero padding after one
-    ignored) in pieces of at most ``_READ_SIZE``."""
-    decomp, data, fresh = zlib.decompressobj(wbits), b"", True  # fresh: nothing of this member fed yet
-    while True:
-        data = data or fh.read(_READ_SIZE)
-        if not data:
-            if not fresh:
-                tail = decomp.flush()  # output zlib still holds
-                if not decomp.eof:
-                    raise zlib.error("compressed stream ends early (file truncated)")
-                yield tail
-            return
-        fresh = False
-        yield decomp.decompress(data, _READ_SIZE)
-        data = decomp.unconsumed_tail
-        if decomp.eof:
-            data = decomp.unused_data.lstrip(b"\0")
-            decomp, fresh = zlib.decompressobj(wbits), True
+class _Inflated:
+    """``read(n)`` of concatenated zlib/gzip members (zero padding after one ignored), streaming."""
 
-
-class _Pieces:
-    """``read(n)`` over an iterator of byte strings."""
-
-    def __init__(self, pieces: Iterator[bytes]):
-        self.pieces, self.buffer = pieces, bytearray()
+    def __init__(self, fh, wbits: int):
+        self.fh, self.wbits, self.buffer, self.data = fh, wbits, bytearray(), b""
+        self.decomp, self.fresh = zlib.decompressobj(wbits), True  # fresh: nothing of this member fed yet
 
     def read(self, n: int) -> bytes:
         while len(self.buffer) < n:
-            piece = next(self.pieces, None)
-            if piece is None:
+            self.data = self.data or self.fh.read(_READ_SIZE)
+            if not self.data:
+                if not self.fresh:
+                    self.buffer += self.decomp.flush()  # output zlib still holds
+                    if not self.decomp.eof:
+                        raise zlib.error("compressed stream ends early (file truncated)")
+                    self.fresh = True
                 break
-            self.buffer += piece
+            self.fresh = False
+            self.buffer += self.decomp.decompress(self.data, _READ_SIZE)
+            self.data = self.decomp.unconsumed_tail
+            if self.decomp.eof:
+                self.data = self.decomp.unused_data.lstrip(b"\0")
+                self.decomp, self.fresh = zlib.decompressobj(self.wbits), True
         with memoryview(self.buffer) as view:
             out = bytes(view[:n])
         del self.buffer[:n]
@@ -82,11 +68,7 @@ class _Pieces:
 
 def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
                    max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[bytes]:
-    """Yield the records of one TFRecord file as bytes, in order.
-
-    compression: None = detect (first bytes, then the original's file-name rule), or
-    ``""``/``"none"``, ``"ZLIB"``, ``"GZIP"`` to force it.
-    """
+    """The records of one TFRecord file as bytes; compression: None (detect), "none", "ZLIB" or "GZIP"."""
     path = Path(path)
     if not path.is_file():
         raise TFRecordError(f"TFRecord file not found: {path}")
@@ -103,9 +85,8 @@ def iter_tfrecords(path, compression: str | None = None, verify: bool = True,
                             "truncated or corrupted: re-copy or re-extract it")
 
     with fh:
-        file_size = fh.seek(0, 2)
-        fh.seek(0)
-        stream = _Pieces(_inflate(fh, _WBITS[kind])) if kind else fh
+        file_size = path.stat().st_size
+        stream = _Inflated(fh, _WBITS[kind]) if kind else fh
         while True:
             try:
                 header = stream.read(12)
