@@ -27,10 +27,9 @@ import torch
 from lesa import metrics
 from lesa.checkpoint import load_model
 from lesa.datasets.stream import Batch
+from lesa.device import pick_device, precision_context
+from lesa.errors import ConfigError, ShapeError
 from lesa.files import atomic_write_text, write_csv
-from lesa.device import pick_device
-from lesa.device import precision_context
-from lesa.errors import ShapeError
 
 HEADS = ("logits", "zs_logits", "gzs_logits")
 
@@ -39,17 +38,10 @@ HEADS = ("logits", "zs_logits", "gzs_logits")
 @torch.no_grad()
 def predict(model, source, batch_size: int = 1000, heads=HEADS, batchnorm: str = "inference",
             progress: bool = False, desc: str = "", precision: str = "fp32") -> tuple[dict, dict]:
-    """Scores ``{head: (N, C) float32}`` and labels ``{key: (N, D) int8}`` of every record of
-    ``source``: a ``RangeReader`` (its labels come along), or features (N, 196, 512) as a tensor
-    or array (no labels), sent to the model's device batch by batch.
-
-    ``batchnorm="inference"`` uses the moving statistics (``model.eval()``); ``"batch"`` uses each
-    batch's statistics without changing the moving ones (original: the NUS-WIDE multi-label script
-    validated that way, since it did not switch its model to inference mode). ``precision``: fp32
-    (exact), tf32 (GPU) or bf16 (autocast; about 2x faster on a GPU and on CPUs with bfloat16
-    units, scores about 4e-3 from fp32's, so metrics may move in their third digit).
-    """
-
+    """Scores ``{head: (N, C) float32}`` and labels ``{key: (N, D) int8}`` of a ``RangeReader``, or
+    scores of features (N, 196, 512) (no labels). ``batchnorm="batch"``: each batch's statistics,
+    the moving ones left unchanged (original: NUS-WIDE multi-label validated without inference mode).
+    ``precision``: fp32 (exact), tf32 (GPU) or bf16 (autocast; scores ~4e-3 off)."""
     was_training = model.training
     saved = None
     if batchnorm == "batch":
@@ -223,11 +215,14 @@ def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint:
                                                       "experiment": cfg.experiment.name})
 
 
-def report_files(out_dir: Path, tag: str) -> list[Path]:
-    """The report files of ``tag`` already in ``out_dir``."""
-    out_dir = Path(out_dir)
-    return sorted([*out_dir.glob(f"F1_{tag}_*test.csv"), *out_dir.glob(f"F1_{tag}_test.csv"),
-                   *out_dir.glob(f"summary_{tag}.json")])
+def refuse_existing_reports(out_dir: Path, tags, overwrite: bool, what: str = "") -> None:
+    """ConfigError if ``out_dir`` already holds reports of one of ``tags`` (unless ``overwrite``)."""
+    existing = [p.name for tag in tags for p in sorted([*out_dir.glob(f"F1_{tag}_*test.csv"),
+                                                        *out_dir.glob(f"F1_{tag}_test.csv"),
+                                                        *out_dir.glob(f"summary_{tag}.json")])]
+    if existing and not overwrite:
+        raise ConfigError(f"{out_dir} already holds the reports {', '.join(existing)}{what}; choose another folder "
+                          "with --out DIR, or pass --overwrite to replace them")
 
 
 def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, save_scores: str | None = None,
@@ -237,7 +232,6 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     Everything is checked before the test split is read: the configuration's files, every
     checkpoint (loaded), and that no earlier reports would be replaced (unless ``overwrite``)."""
     from lesa.datasets.stream import RangeReader, open_split
-    from lesa.errors import ConfigError
     from lesa.experiment import check_config
     from lesa.tasks import load_task
 
@@ -245,11 +239,8 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     dev = pick_device(device or cfg.train.device)
     task = load_task(cfg)
     out_dir = Path(out_dir or cfg.out_dir).absolute()
-    existing = [p.name for tag, _ in checkpoints for p in report_files(out_dir, tag)]
-    if existing and not overwrite:
-        raise ConfigError(f"{out_dir} already holds the reports {', '.join(existing)} (of a training run or an "
-                          "earlier evaluation); choose another folder with --out DIR, or pass --overwrite "
-                          "to replace them")
+    refuse_existing_reports(out_dir, [tag for tag, _ in checkpoints], overwrite,
+                            " (of a training run or an earlier evaluation)")
     models = [(tag, ckpt, load_model_for_task(ckpt, task, cfg.model, dev)) for tag, ckpt in checkpoints]
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"evaluating {len(models)} checkpoint(s) on {', '.join(cfg.data.test)}; reports go to {out_dir}")
@@ -257,7 +248,7 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     results = []
     try:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
-                             chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, name="test")
+                             chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, progress=progress, name="test")
         for tag, ckpt, model in models:
             scores_path = None
             if save_scores:

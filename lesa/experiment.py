@@ -1,30 +1,17 @@
-"""Experiment configuration: one TOML file per experiment (``configs/*.toml``), CLI overrides.
-
-A configuration has five tables; every key is checked (an unknown or misspelt key is a
-``ConfigError`` naming the file, the table and the known keys)::
-
-    [experiment]  name, task, out, description
-    [data]        the HDF5 feature files, label-vector and label-list files, streaming options
-    [model]       the ``LESAConfig`` switches (n_attention, lamb_att_dist, ...)
-    [train]       schedule, optimiser, adaptive rate, evaluation cadence, seed, device
-    [evaluate]    the K values of the test reports
-
-Configurations are found by name (``nus_wide_zero_shot``: the files of ``configs/``, installed as
-the package ``lesa.configs``), as a path to a TOML file, or as a run folder holding ``config.toml``.
-Overrides: ``--set train.n_iters=100`` (value parsed as TOML, else taken as a string); the
-dedicated flags of ``lesa train`` are applied the same way. Data paths are taken inside the data
-folder ``data.dir`` (``lesa.layout``). ``check_config`` validates the whole configuration before any
-long work (every choice, range and file), in one place.
+"""Experiment configuration: one TOML file per experiment, tables [experiment] [data] [model]
+[train] [evaluate], every key type-checked; ``--set table.key=value`` overrides (TOML values).
+Found by bundled name (``configs/``), TOML path or run folder (its ``config.toml``); data paths are
+taken inside ``data.dir``. ``check_config`` validates everything before any long work, in one place.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 from lesa.device import PRECISIONS as EVAL_PRECISIONS
 from lesa.device import TRAIN_PRECISIONS
@@ -145,9 +132,6 @@ class Config:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     source: str = "<defaults>"  # where the configuration came from (for messages)
 
-    SECTIONS = ("experiment", "data", "model", "train", "evaluate")
-
-    # -- derived values ------------------------------------------------------------------------
     @property
     def eval_interval(self) -> int:
         """Iterations between evaluations: ``max(n_iters // n_report, 500)`` as the original."""
@@ -161,7 +145,7 @@ class Config:
         return Path(self.experiment.out or os.path.join("results", self.experiment.name)).absolute()
 
     def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in self.SECTIONS}
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTION_TYPES}
 
 
 _SECTION_TYPES = {
@@ -205,15 +189,6 @@ def _coerce(value, current, where: str):
     return value
 
 
-def _default_of(section_type, name):
-    for f in fields(section_type):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            return f.default_factory()  # type: ignore[misc]
-    raise KeyError(name)
-
-
 def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None:
     """Set ``section.key`` to ``value`` (type-checked against the field)."""
     where = where or cfg.source
@@ -227,9 +202,7 @@ def set_value(cfg: Config, dotted: str, value, where: str | None = None) -> None
     known = [f.name for f in fields(stype)]
     if key not in known:
         raise ConfigError(f"{where}: unknown key {key!r} in [{section}]; known keys: {', '.join(known)}")
-    current = _default_of(stype, key)
-    obj = getattr(cfg, section)
-    setattr(obj, key, _coerce(value, current, f"{where}: {dotted}"))
+    setattr(getattr(cfg, section), key, _coerce(value, getattr(stype(), key), f"{where}: {dotted}"))
 
 
 def config_from_dict(values: dict, source: str = "<dict>") -> Config:
@@ -289,22 +262,17 @@ def load_config(name: str | os.PathLike, overrides: list[str] | None = None) -> 
     return cfg
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise ConfigError(f"override {text!r} must look like table.key=value (e.g. train.n_iters=100)")
-    key = key.strip()
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key, value
-
-
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``table.key=value`` texts (the value parsed as TOML, else taken as a string)."""
     for text in overrides:
-        key, value = parse_override(text)
-        set_value(cfg, key, value, where="command line")
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise ConfigError(f"override {text!r} must look like table.key=value (e.g. train.n_iters=100)")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        set_value(cfg, key.strip(), value, where="command line")
     cfg.model = _checked_model(cfg.model, "command line")
     return cfg
 
@@ -333,9 +301,7 @@ WHERE_FROM = {
 
 
 def resolve_data_paths(cfg: Config) -> Config:
-    """Make every data path absolute: relative ones are taken inside the data folder ``data.dir``
-    (itself relative to the current folder), as are the output folder's (relative to the current
-    folder). Idempotent."""
+    """Make every data path absolute (relative ones inside ``data.dir``) and the output folder. Idempotent."""
     d = cfg.data
     d.dir = str(layout.data_dir(d.dir))
     for key in PATH_KEYS:
@@ -380,27 +346,19 @@ def _need_split(cfg: Config, split: str) -> None:
                               f"{layout.missing_hint(path, cfg.data.dir)}")
 
 
-def check_choices(cfg: Config) -> None:
-    """Every setting with a fixed set of values (``CHOICES``) holds one of them."""
+def check_config(cfg: Config, splits=("train", "validation", "test"), vectors: bool = True) -> None:
+    """Fail fast: every choice and range, every label file (NUS-WIDE's lists found in data.nus_wide
+    when not given), the feature files of ``splits`` and, with ``vectors``, the label-vector pickle."""
+    resolve_data_paths(cfg)
+    e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
+    src = cfg.source
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if (dotted, value) in REMOVED_VALUES:
-            raise ConfigError(f"{cfg.source}: {REMOVED_VALUES[dotted, value]}")
+            raise ConfigError(f"{src}: {REMOVED_VALUES[dotted, value]}")
         if value not in choices:
-            raise ConfigError(f"{cfg.source}: {dotted} = {value!r}; choose one of {', '.join(choices)}")
-
-
-def check_config(cfg: Config, splits=("train", "validation", "test"), vectors: bool = True) -> None:
-    """Fail fast: every value in range and every file present (the label files, and the feature files
-    of ``splits``: a validation file only where one is set), before anything is loaded. Data paths
-    are made absolute first (``resolve_data_paths``); NUS-WIDE's label lists, when not given, are
-    found in ``data.nus_wide`` (either layout). ``vectors``: the label-vector pickle is needed
-    (scoring another method's predictions needs only the label lists)."""
-    resolve_data_paths(cfg)
-    check_choices(cfg)
-    e, d, t, ev = cfg.experiment, cfg.data, cfg.train, cfg.evaluate
-    src = cfg.source
+            raise ConfigError(f"{src}: {dotted} = {value!r}; choose one of {', '.join(choices)}")
     positive = {"train.n_iters": t.n_iters, "train.batch_size": t.batch_size, "train.val_k": t.val_k,
                 "data.eval_batch_size": d.eval_batch_size, "data.chunk_mb": d.chunk_mb,
                 "data.shuffle_buffer": d.shuffle_buffer, "train.n_report": t.n_report,
@@ -460,16 +418,8 @@ def resume_differences(saved: Config, wanted: Config) -> list[str]:
 
 # -- writing a configuration back (config.toml in the output folder) -----------------------------
 def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    # JSON's strings, integers, booleans and arrays are valid TOML; floats by repr (inf, nan)
+    return repr(value) if isinstance(value, float) else json.dumps(value)
 
 
 def dumps_config(cfg: Config) -> str:

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lesa.errors import DataError, ShapeError
-
-HEADS = ("logits", "zs_logits", "gzs_logits")
+from lesa.evaluate import HEADS
 
 
 def _strings(values) -> list[str]:
@@ -132,18 +131,14 @@ def score(cfg, predictions, labels_path, out_dir, tag: str = "f", overwrite: boo
     """Reports of ``predictions`` against the split ``labels_path`` (see the module doc)."""
     from lesa.datasets.h5 import open_features
     from lesa.datasets.stream import read_labels
-    from lesa.evaluate import format_summary, report_files, report_heads, test_tables, write_reports
-    from lesa.errors import ConfigError
+    from lesa.evaluate import format_summary, refuse_existing_reports, report_heads, test_tables, write_reports
     from lesa.experiment import check_config
     from lesa.tasks import load_task
 
     check_config(cfg, splits=(), vectors=False)
     task = load_task(cfg, vectors=False)
     out_dir = Path(out_dir).absolute()
-    existing = [p.name for p in report_files(out_dir, tag)]
-    if existing and not overwrite:
-        raise ConfigError(f"{out_dir} already holds the reports {', '.join(existing)}; choose another folder with "
-                          "--out DIR, or pass --overwrite to replace them")
+    refuse_existing_reports(out_dir, [tag], overwrite)
     pred = read_predictions(predictions)
     with open_features(labels_path) as split:
         labels = read_labels(split, task.test_labels)

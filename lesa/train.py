@@ -16,6 +16,7 @@ resolved configuration: ``lesa train RUN_DIR --resume`` reads it back), ``model_
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -32,8 +33,7 @@ from lesa.checkpoint import load_checkpoint, load_model_state, save_checkpoint, 
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
 from lesa.device import pick_device, set_tf32
 from lesa.errors import ConfigError, ShapeError, TrainingError
-from lesa.evaluate import evaluate_model, format_summary, gzs_labels, load_model_for_task, predict, \
-    validation_metrics
+from lesa.evaluate import evaluate_checkpoints, gzs_labels, predict, validation_metrics
 from lesa.experiment import Config, check_config, dumps_config
 from lesa.files import atomic_write_text, read_csv, remove_temporaries, write_csv
 from lesa.model import LESA
@@ -96,8 +96,7 @@ class TrainState:
     best: float | None = None
 
     def to_dict(self) -> dict:
-        return {"iteration": self.iteration, "position": dict(self.position), "log_rows": self.log_rows,
-                "best": self.best}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainState":
@@ -141,17 +140,6 @@ class Training:
             s.close()
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 def build_training(cfg: Config, resume: bool = False, progress: bool = True, dist=None) -> Training:
     """Check the configuration, open the data, build model/optimiser/schedule/step (restored on
     resume). ``dist``: the ``lesa.distributed.DistContext`` under torchrun."""
@@ -171,7 +159,14 @@ def build_training(cfg: Config, resume: bool = False, progress: bool = True, dis
     if resume:
         remove_temporaries(out_dir)  # of writes interrupted by a crash (never under a final name)
     device = pick_device(t.device)  # (under torchrun, lesa.distributed.setup chose this rank's GPU)
-    set_determinism(t.seed, t.deterministic)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+    torch.manual_seed(t.seed)
+    if t.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     task = load_task(cfg)
 
     train_split = open_split(d.train, "train")
@@ -215,10 +210,8 @@ def build_training(cfg: Config, resume: bool = False, progress: bool = True, dis
 
 
 def make_step(cfg: Config, model: LESA, optimizer: TFRMSprop, reader: RangeReader, dist=None) -> TrainStep:
-    """``train.step`` resolved: "auto" is the whole step as one CUDA graph for one process on a GPU,
-    and the plain step on the CPU, under torchrun and with data.skip_no_positive (batches of varying
-    size). Compiled and captured steps pad the ranking loss to the most positives of any training
-    image (read once from the labels), so that shapes are static."""
+    """``train.step`` resolved ("auto": a CUDA graph for one process on a GPU, else eager). Compiled and
+    captured steps pad the ranking loss to the most positives of any training image (static shapes)."""
     mode = cfg.train.step
     single = (dist is None or not dist.active) and not cfg.data.skip_no_positive
     if mode == "auto":
@@ -314,9 +307,8 @@ def train_step(run: Training, batch) -> dict | None:
 
 
 class LossWatch:
-    """The first iteration whose total loss was NaN or inf, kept on the loss's device so that a
-    GPU loop needs no host sync per step. The loop asks before anything is saved and at every
-    evaluation, so last.pt and model_ES.pt only ever hold states reached by finite steps."""
+    """The first iteration with a NaN/inf loss, kept on the device (no host sync per step); asked
+    before every save and evaluation, so checkpoints only hold states reached by finite steps."""
 
     NONE = 2**62  # "no bad iteration yet"
 
@@ -344,12 +336,6 @@ def _last_good_state(run: Training) -> str:
     except Exception:
         return "no resume point was saved yet"
     return f"the last good state is {path} (iteration {iteration})"
-
-
-def run_validation(run: Training) -> dict:
-    scores, labels = predict(run.model, run.val_reader, run.cfg.data.eval_batch_size,
-                             batchnorm=run.cfg.train.val_batchnorm)
-    return validation_metrics(run.task, scores, labels, run.cfg.train.val_k)
 
 
 def _zs_quarter_test(run: Training, i: int, log) -> None:
@@ -474,7 +460,9 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
                 if evaluation and not run.is_main:
                     distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
                 elif evaluation:
-                    val = run_validation(run)
+                    scores, labels = predict(run.model, run.val_reader, cfg.data.eval_batch_size,
+                                             batchnorm=t.val_batchnorm)
+                    val = validation_metrics(run.task, scores, labels, t.val_k)
                     lr = run.schedule.step(val[t.monitor])
                     row = [i] + [f32(float(losses[c])) for c, _ in LOSS_COLUMNS] + \
                         [float(val[c]) for c in columns[6:-1]] + [f32(lr)]
@@ -503,36 +491,15 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
     finally:
         bar.close()
         stream.close()
-    if not run.is_main:
-        distributed.barrier(run.dist)  # rank 0 saves and runs the test evaluation
-        return {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
-    save_checkpoint(out / "model.pt", run.model, config=cfg, optimizer=run.optimizer, schedule=run.schedule,
-                    train_state=state.to_dict(), label_names=run.label_names())
-    save_resume_point(run)
     result = {"out_dir": out, "iterations": state.iteration, "best": state.best, "summaries": {}}
-    if final_eval:
-        result["summaries"] = final_evaluation(run, progress=progress, log=log)
+    if run.is_main:  # rank 0 saves and runs the test evaluation
+        save_resume_point(run, "model.pt")
+        save_resume_point(run)
+        if final_eval:  # test reports of the final model (F1_f_*) and the early-stopping one (F1_ES_*)
+            pairs = [(tag, str(out / name)) for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt"))
+                     if (out / name).exists()]
+            summaries = evaluate_checkpoints(cfg, pairs, out, device=str(run.device), progress=progress, log=log,
+                                             overwrite=True)
+            result["summaries"] = {s["tag"]: s for s in summaries}
     distributed.barrier(run.dist)
     return result
-
-
-def final_evaluation(run: Training, progress: bool = True, log=print) -> dict:
-    """Test reports of the final model (F1_f_*) and of the early-stopping model (F1_ES_*)."""
-    cfg, out = run.cfg, run.out_dir
-    split = open_split(cfg.data.test, "test")
-    summaries = {}
-    try:
-        reader = RangeReader(split, run.task.test_labels, preload=cfg.data.preload, device=run.device,
-                             chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, progress=progress,
-                             name="test")
-        for tag, name in (("f", "model.pt"), ("ES", "model_ES.pt")):
-            if not (out / name).exists():
-                continue
-            model = load_model_for_task(out / name, run.task, cfg.model, run.device)
-            summary = evaluate_model(model, cfg, run.task, reader, out, tag, checkpoint=str(out / name),
-                                     progress=progress)
-            log(format_summary(summary))
-            summaries[tag] = summary
-    finally:
-        split.close()
-    return summaries

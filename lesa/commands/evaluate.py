@@ -7,11 +7,7 @@ from pathlib import Path
 
 def checkpoint_tag(path: str) -> str:
     """F1_<tag>_*: 'ES' for early-stopping checkpoints, 'f' for final ones (as the original named them)."""
-    name = Path(path).name
-    for suffix in (".index", ".pt"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    stem = name.split(".")[0]
+    stem = Path(path).name.split(".")[0]
     if stem.endswith("_ES"):
         return "ES"
     if stem in ("model", "last"):
@@ -29,9 +25,7 @@ def run(args) -> int:
 
         set_value(cfg, "evaluate.precision", args.precision, where="command line")
     tags = args.tag or []
-    pairs = []
-    for i, ckpt in enumerate(args.checkpoint):
-        pairs.append((tags[i] if i < len(tags) else checkpoint_tag(ckpt), ckpt))
+    pairs = [(tags[i] if i < len(tags) else checkpoint_tag(c), c) for i, c in enumerate(args.checkpoint)]
     evaluate_checkpoints(cfg, pairs, out_dir=args.out, save_scores=args.save_scores,
                          progress=not args.no_progress, overwrite=args.overwrite)
     return 0
@@ -41,8 +35,6 @@ RELEASED = "results/release_zs_NUS_WIDE_log_GPU_7_1587185916d2570488/model.ckpt"
 
 
 def run_released(args) -> int:
-    import json
-
     from lesa.commands.train import config_from_args
     from lesa.evaluate import evaluate_checkpoints
     from lesa.released import compare_with_published
@@ -52,7 +44,7 @@ def run_released(args) -> int:
     (summary,) = evaluate_checkpoints(cfg, [("f", args.checkpoint)], out_dir=args.out, progress=not args.no_progress,
                                       overwrite=args.overwrite)
     print("\nthe released checkpoint's published results next to this evaluation:")
-    print(compare_with_published(json.loads(json.dumps(summary))))
+    print(compare_with_published(summary))
     return 0
 
 

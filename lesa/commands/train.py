@@ -34,18 +34,14 @@ def config_from_args(args, resume: bool = False):
     ``resume``, the run folder's own ``config.toml`` is the configuration: overrides may only change
     where things are and how they are read (``RUNTIME_SETTINGS``); anything else is refused."""
     from lesa.errors import ConfigError
-    from lesa.experiment import load_config, resolve_data_paths, resume_differences, set_value
+    from lesa.experiment import apply_overrides, load_config, resolve_data_paths, resume_differences, set_value
 
     def with_overrides(cfg):
         for flag, key in FLAG_SETTINGS.items():
             value = getattr(args, flag, None)
             if value not in (None, False):
                 set_value(cfg, key, value, where="command line")
-        for text in getattr(args, "set", []) or []:
-            from lesa.experiment import apply_overrides
-
-            apply_overrides(cfg, [text])
-        return resolve_data_paths(cfg)
+        return resolve_data_paths(apply_overrides(cfg, getattr(args, "set", None) or []))
 
     cfg = with_overrides(load_config(args.config))
     if not resume:
