@@ -1,18 +1,12 @@
 """Evaluation: scores over a split, the original's protocol (``lesa.metrics``) and its report files.
 
-Reports per task (``F1_<f|ES>[_<name>]_test.csv``, columns as the original wrote them):
-
-    nus_wide_zero_shot   _81  classes,F1_3,P_3,R_3,F1_5,P_5,R_5,ap     zero-shot, 81 unseen labels
-                         _1k  g_F1_3,g_P_3,g_R_3,g_F1_5,g_P_5,g_R_5,aP  generalised, 81+925 (unseen first)
-    nus_wide_multilabel  (none) classes,F1_3,...,ap                     the 81 labels
-    openimages           (none) classes,F1_<k>,...,ap  seen;  _zs  unseen;  _gzs  unseen+seen, g_F1_<k>...
-
-The F1/P/R columns hold the overall (pooled) values, repeated on every row, and ``ap`` the per-class
-AP (original: ``evaluate_k(mode_F1='overall')`` returned one number that pandas broadcast).
-original: the NUS-WIDE ``_1k`` file came out with empty g_* columns (pandas assigned scalars to an
-empty frame); here they hold the values. The Open Images ``_gzs`` file listed class names seen-first
-while its scores are unseen-first; here the names follow the scores.
-
+Reports ``F1_<f|ES>[_<name>]_test.csv`` in the original's columns: nus_wide_zero_shot ``_81``
+(zero-shot, 81 unseen: classes,F1_3,P_3,R_3,...,ap) and ``_1k`` (generalised, 81+925 unseen first:
+g_F1_3,...,aP); nus_wide_multilabel (no name): the 81 labels; openimages: seen (no name), ``_zs``
+unseen, ``_gzs`` unseen+seen. F1/P/R hold the overall values on every row, ``ap`` the per-class AP
+(original: ``evaluate_k(mode_F1='overall')``'s one number, broadcast by pandas). original: NUS-WIDE's
+``_1k`` came out with empty g_* columns and Open Images' ``_gzs`` listed names seen-first while its
+scores are unseen-first; here the columns hold the values and the names follow the scores.
 Also written: ``summary_<tag>.json`` and, on request, the raw scores (``.npz``).
 """
 from __future__ import annotations
@@ -26,10 +20,12 @@ import torch
 
 from lesa import metrics
 from lesa.checkpoint import load_model
-from lesa.datasets.stream import Batch
+from lesa.datasets.stream import Batch, RangeReader, open_split
 from lesa.device import pick_device, precision_context
 from lesa.errors import ConfigError, ShapeError
+from lesa.experiment import check_config
 from lesa.files import atomic_write_text, write_csv
+from lesa.tasks import load_task
 
 HEADS = ("logits", "zs_logits", "gzs_logits")
 
@@ -108,9 +104,7 @@ def make_table(name: str, title: str, scores: np.ndarray, labels: np.ndarray, ks
         values += [f1, p, r]
         summary.update({f"F1@{k}": f1, f"P@{k}": p, f"R@{k}": r})
     columns.append(ap_column)
-    rows = []
-    for c in range(scores.shape[1]):
-        rows.append(([names[c]] if names is not None else []) + values + [float(ap[c])])
+    rows = [([names[c]] if names is not None else []) + values + [float(ap[c])] for c in range(scores.shape[1])]
     return ReportTable(name=name, title=title, columns=columns, rows=rows, summary=summary)
 
 
@@ -168,51 +162,19 @@ def write_reports(out_dir, tag: str, tables: list[ReportTable], extra: dict | No
 def format_summary(summary: dict) -> str:
     """A plain-text table of every report in ``summary`` (values in %)."""
     reports = summary["reports"]
-    ks = []
-    for r in reports.values():
-        for key in r:
-            if key.startswith("F1@") and key[3:] not in ks:
-                ks.append(key[3:])
+    ks = list(dict.fromkeys(key[3:] for r in reports.values() for key in r if key.startswith("F1@")))
     header = ["report", "labels", "images", "mAP"] + [f"{m}@{k}" for k in ks for m in ("F1", "P", "R")]
     lines = []
     for r in reports.values():
-        row = [r["title"], str(r["n_labels"]), str(r["n_images"]), f"{100 * r['mAP']:.1f}"]
-        for k in ks:
-            for m in ("F1", "P", "R"):
-                v = r.get(f"{m}@{k}")
-                row.append("-" if v is None else f"{100 * v:.1f}")
-        lines.append(row)
+        values = [r.get(f"{m}@{k}") for k in ks for m in ("F1", "P", "R")]
+        lines.append([r["title"], str(r["n_labels"]), str(r["n_images"]), f"{100 * r['mAP']:.1f}",
+                      *("-" if v is None else f"{100 * v:.1f}" for v in values)])
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     fmt = lambda row: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))  # noqa: E731
     title = f"{summary.get('tag', '')} {summary.get('checkpoint', '')}".strip()
     if summary.get("precision", "fp32") != "fp32":
         title += f" (forward pass in {summary['precision']}: not the exact fp32 scores)"
     return "\n".join([title, fmt(header), *(fmt(r) for r in lines)])
-
-
-def load_model_for_task(path, task, model_config, device="cpu"):
-    """A ``LESA`` with ``task``'s label vectors and the weights of a native ``.pt`` or TF checkpoint
-    (the configuration decides the unseen labels, e.g. a top-400 subset)."""
-    return load_model(path, seen_vecs=task.seen_vecs, unseen_vecs=task.unseen_vecs if task.has_unseen else None,
-                      model_config=model_config, device=device).model
-
-
-def evaluate_model(model, cfg, task, test_reader, out_dir, tag: str, checkpoint: str = "",
-                   save_scores: str | None = None, progress: bool = True) -> dict:
-    """Score the test split, write the reports of ``tag`` ('f', 'ES', ...), return the summary."""
-    precision = cfg.evaluate.precision
-    heads = report_heads(task)
-    scores, labels = predict(model, test_reader, cfg.data.eval_batch_size, heads=heads, progress=progress,
-                             desc=f"test ({tag})", precision=precision)
-    if save_scores:  # what `lesa score` reads: the heads, with the images' ids and the labels' names
-        names = {"logits": task.seen_names, "zs_logits": task.unseen_names,
-                 "gzs_logits": task.unseen_names + task.seen_names}
-        np.savez(save_scores, **scores, **{f"names_{h}": np.array(names[h]) for h in heads},
-                 img_ids=np.array(test_reader.split.img_ids[test_reader.start:test_reader.stop]))
-    tables = test_tables(task, scores, labels, cfg.evaluate)
-    return write_reports(out_dir, tag, tables, extra={"checkpoint": str(checkpoint), "task": task.task,
-                                                      "precision": precision,
-                                                      "experiment": cfg.experiment.name})
 
 
 def refuse_existing_reports(out_dir: Path, tags, overwrite: bool, what: str = "") -> None:
@@ -231,17 +193,17 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     """``lesa evaluate``: for each (tag, checkpoint path), write the reports and print the table.
     Everything is checked before the test split is read: the configuration's files, every
     checkpoint (loaded), and that no earlier reports would be replaced (unless ``overwrite``)."""
-    from lesa.datasets.stream import RangeReader, open_split
-    from lesa.experiment import check_config
-    from lesa.tasks import load_task
-
     check_config(cfg, splits=("test",))
     dev = pick_device(device or cfg.train.device)
     task = load_task(cfg)
     out_dir = Path(out_dir or cfg.out_dir).absolute()
     refuse_existing_reports(out_dir, [tag for tag, _ in checkpoints], overwrite,
                             " (of a training run or an earlier evaluation)")
-    models = [(tag, ckpt, load_model_for_task(ckpt, task, cfg.model, dev)) for tag, ckpt in checkpoints]
+    # native .pt or TF checkpoints, with the task's label vectors (the configuration decides the
+    # unseen labels, e.g. a top-400 subset)
+    unseen_vecs = task.unseen_vecs if task.has_unseen else None
+    models = [(tag, ckpt, load_model(ckpt, seen_vecs=task.seen_vecs, unseen_vecs=unseen_vecs, model_config=cfg.model,
+                                     device=dev).model) for tag, ckpt in checkpoints]
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"evaluating {len(models)} checkpoint(s) on {', '.join(cfg.data.test)}; reports go to {out_dir}")
     split = open_split(cfg.data.test, "test")
@@ -249,12 +211,18 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
     try:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
                              chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, progress=progress, name="test")
+        heads, precision = report_heads(task), cfg.evaluate.precision
         for tag, ckpt, model in models:
-            scores_path = None
-            if save_scores:
-                scores_path = save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz"
-            summary = evaluate_model(model, cfg, task, reader, out_dir, tag, checkpoint=ckpt,
-                                     save_scores=scores_path, progress=progress)
+            scores, labels = predict(model, reader, cfg.data.eval_batch_size, heads=heads, progress=progress,
+                                     desc=f"test ({tag})", precision=precision)
+            if save_scores:  # what `lesa score` reads: the heads, with the images' ids and the labels' names
+                names = {"logits": task.seen_names, "zs_logits": task.unseen_names,
+                         "gzs_logits": task.unseen_names + task.seen_names}
+                np.savez(save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz", **scores,
+                         **{f"names_{h}": np.array(names[h]) for h in heads}, img_ids=np.array(split.img_ids))
+            summary = write_reports(out_dir, tag, test_tables(task, scores, labels, cfg.evaluate),
+                                    extra={"checkpoint": str(ckpt), "task": task.task, "precision": precision,
+                                           "experiment": cfg.experiment.name})
             log(format_summary(summary))
             log("wrote " + ", ".join(str(out_dir / r["file"]) for r in summary["reports"].values())
                 + f" and {out_dir / f'summary_{tag}.json'}")

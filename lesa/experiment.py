@@ -293,10 +293,8 @@ SPLIT_KEYS = ("train", "validation", "test")
 WHERE_FROM = {
     "label_vectors": "the original repository's wiki_contexts/ folder (github.com/hbdat/cvpr20_LESA), "
                      "or build one from GloVe with `lesa build-vectors`",
-    "seen_label_ids": "the original repository's data/OpenImages/2018_04/ folder",
-    "unseen_label_ids": "the original repository's data/OpenImages/2018_04/ folder",
-    "class_descriptions": "the original repository's data/OpenImages/2018_04/ folder",
-    "top_unseen": "the original repository's data/OpenImages/2018_04/ folder",
+    **dict.fromkeys(("seen_label_ids", "unseen_label_ids", "class_descriptions", "top_unseen"),
+                    "the original repository's data/OpenImages/2018_04/ folder"),
 }
 
 

@@ -1,21 +1,9 @@
-"""``lesa score``: the exact evaluation protocol for any method's predictions.
+"""``lesa score``: the tables of ``lesa evaluate`` (``lesa.evaluate.test_tables``) for any method's scores.
 
-Papers in this field compare numbers computed by different evaluation code. ``lesa score`` applies
-the protocol of ``lesa evaluate`` (``lesa.evaluate.test_tables``: AP over the annotated images only,
-classes without a positive kept at 0, overall top-K P/R/F1 with the original's tie rule; zero-shot,
-generalised and seen reports) to a matrix of scores that did not come from ``lesa``:
-
-    predictions (.npy, .npz or HDF5): scores (images, labels); optionally img_ids (images,) and
-                label_names (labels,). A file of ``lesa evaluate --save-scores`` holds the model's
-                heads (zs_logits, gzs_logits, logits) with their ids and names: scoring it gives
-                evaluate's reports bit for bit.
-    labels:     a lesa HDF5 split (its label arrays and img_ids) and the task's label lists.
-
-Rows are matched to the split by image id when the predictions have ids (a missing, extra or
-repeated id is an error naming it), otherwise taken in the split's order. Columns are matched by
-label name when the predictions have names, otherwise taken in the task's order: for a zero-shot
-task the unseen labels, or the unseen then the seen labels (as ``gzs_logits``). The output says
-which order was used.
+Predictions (.npy/.npz/HDF5): ``scores`` (images, labels), optionally ``img_ids`` and ``label_names``;
+a ``lesa evaluate --save-scores`` file holds the model's heads and scores bit for bit as evaluate.
+Rows are matched to the split's images by id (else taken in its order), columns by label name (else
+in the task's order: unseen, or unseen then seen as ``gzs_logits``); the output says which.
 """
 from __future__ import annotations
 

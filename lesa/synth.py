@@ -1,39 +1,23 @@
 """Planted synthetic datasets in the real file layouts, and the ``lesa demo`` run.
 
-The planted structure makes zero-shot transfer possible, as in the real data:
-
-- label word vectors (300-d) are random combinations of a few latent "topics" plus noise, so an
-  unseen label's vector lies close to the span of the seen labels' vectors;
-- an image has 1-3 present labels; each present label ``l`` is painted into a random 4x4 patch of
-  the 14x14 region grid as ``relu(A v_l)`` (``A`` a hidden 512x300 map, the same for every label),
-  over non-negative background noise.
-
-A model that learns ``A`` from the seen labels can therefore score unseen labels from their
-vectors alone; one that ignores the labels cannot (its zero-shot mAP stays at chance).
-
-``write_synthetic(out, spec)`` writes a data folder in the layout of ``lesa.layout``, with the
-files of the real datasets, so that the bundled configurations read it as they are
-(``lesa train nus_wide_zero_shot --data-dir OUT``):
-
-    nus_wide:    NUS_WIDE/NUS_WID_Tags/TagList1k.txt, NUS_WIDE/ConceptsList/Concepts81.txt (CRLF),
-                 wiki_contexts/<the NUS-WIDE pickle> = (vecs_tags, vecs_concepts),
-                 features/NUS_WIDE_{Train,Test}.h5 with labels_1k (tags; tags that are also concepts
-                 set to 0) and labels_81 (concepts), in the layout of ``lesa.datasets.h5``
-    openimages:  OpenImages/2018_04/{classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv,
-                 class-descriptions.csv}, wiki_contexts/<the Open Images pickle> = (seen, unseen),
-                 features/OpenImages_{train,validation}.h5 (labels), features/OpenImages_test.h5
-                 (seen_labels, unseen_labels)
-
-Large sizes (``--preset nus-wide``: 161,789 + 107,859 images, 1,000 tags, 81 concepts) are written
-in chunks of ``chunk`` images: memory stays small whatever the size.
+Label vectors mix a few latent topics, so unseen vectors lie near the seen ones' span; each of an
+image's 1-3 labels is painted into a random 4x4 patch of the 14x14 regions as ``relu(A v_l)`` (one
+hidden map ``A``) over background noise. Learning ``A`` from seen labels transfers to unseen ones;
+ignoring the labels leaves zero-shot mAP at chance. ``write_synthetic`` writes a data folder in the
+``lesa.layout`` layout with the real datasets' files (label lists, vector pickle, HDF5 splits), in
+chunks of ``chunk`` images, so the bundled configurations read it as they are.
 """
 from __future__ import annotations
 
 import pickle
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tqdm import tqdm
 
 from lesa import layout
 from lesa.datasets.embeddings import save_vector_pair
@@ -103,13 +87,11 @@ def _write_lines(path: Path, lines, crlf: bool = False) -> None:
     path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode("utf-8") + (b"\r\n" if crlf else b"\n"))
 
 
-def _write_split(out: Path, world: PlantedWorld, rng, n: int, spec: SynthSpec, dataset: str, split: str,
-                 label_names: dict, to_labels, progress: bool, prefix: str) -> Path:
-    from tqdm import tqdm
-
-    path = out / layout.features_file(dataset, split)
+def _write_split(out: Path, world: PlantedWorld, rng, spec: SynthSpec, split: str, n: int, label_names: dict,
+                 to_labels, progress: bool, prefix: str) -> Path:
+    path = out / layout.features_file(spec.kind, split)
     label_dims = {k: len(v) for k, v in label_names.items()}
-    with FeatureWriter(path, dataset, split, label_dims, dtype=spec.dtype, overwrite=True, label_names=label_names,
+    with FeatureWriter(path, spec.kind, split, label_dims, dtype=spec.dtype, overwrite=True, label_names=label_names,
                        attrs={"backbone": "synthetic", "synthetic_seed": spec.seed}) as w:
         bar = tqdm(total=n, desc=f"writing {path.name}", unit="img", disable=not progress, leave=False)
         for a in range(0, n, spec.chunk):
@@ -122,11 +104,9 @@ def _write_split(out: Path, world: PlantedWorld, rng, n: int, spec: SynthSpec, d
     return path
 
 
-def write_synthetic(out_dir, spec: SynthSpec | None = None, progress: bool = True, **overrides) -> dict:
-    """Write a planted dataset (files listed in the module docstring); returns their paths."""
+def write_synthetic(out_dir, spec: SynthSpec | None = None, progress: bool = True) -> dict:
+    """Write a planted dataset; returns ``{key: path}`` of its files (keys as the ``data`` settings)."""
     spec = spec or SynthSpec()
-    for k, v in overrides.items():
-        setattr(spec, k, v)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([spec.seed, 2])
@@ -162,10 +142,8 @@ def _write_nus_wide(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
         return {"labels_1k": l1k, "labels_81": (2 * present[:, concept_ids] - 1).astype(np.int8)}
 
     names = {"labels_1k": tags, "labels_81": concepts}
-    files["train"] = _write_split(out, world, rng, spec.n_train, spec, "nus_wide", "Train", names,
-                                  to_labels, progress, "train/")
-    files["test"] = _write_split(out, world, rng, spec.n_test, spec, "nus_wide", "Test", names,
-                                 to_labels, progress, "test/")
+    files["train"] = _write_split(out, world, rng, spec, "Train", spec.n_train, names, to_labels, progress, "train/")
+    files["test"] = _write_split(out, world, rng, spec, "Test", spec.n_test, names, to_labels, progress, "test/")
     return files
 
 
@@ -199,12 +177,10 @@ def _write_openimages(out: Path, spec: SynthSpec, rng, progress: bool) -> dict:
                 "unseen_labels": (2 * present[:, n_seen:] - 1).astype(np.int8)}
 
     seen, both = {"labels": seen_ids}, {"seen_labels": seen_ids, "unseen_labels": unseen_ids}
-    files["train"] = _write_split(out, world, rng, spec.n_train, spec, "openimages", "train", seen,
-                                  train_labels, progress, "tr")
-    files["validation"] = _write_split(out, world, rng, spec.n_validation, spec, "openimages", "validation",
-                                       seen, train_labels, progress, "va")
-    files["test"] = _write_split(out, world, rng, spec.n_test, spec, "openimages", "test", both,
-                                 test_labels, progress, "te")
+    files["train"] = _write_split(out, world, rng, spec, "train", spec.n_train, seen, train_labels, progress, "tr")
+    files["validation"] = _write_split(out, world, rng, spec, "validation", spec.n_validation, seen, train_labels,
+                                       progress, "va")
+    files["test"] = _write_split(out, world, rng, spec, "test", spec.n_test, both, test_labels, progress, "te")
     return files
 
 
@@ -212,8 +188,8 @@ def config_for(files: dict, task: str, out: str, name: str, **train) -> "object"
     """A ``Config`` for the synthetic files (the experiment's config file values + small overrides)."""
     from lesa.experiment import config_from_dict
 
-    files = {k: str(Path(v).absolute()) for k, v in files.items()}  # (not inside any data folder)
-    data = {k: (v if k not in ("train", "validation", "test") else [v]) for k, v in files.items()}
+    data = {k: [str(Path(v).absolute())] if k in ("train", "validation", "test") else str(Path(v).absolute())
+            for k, v in files.items()}  # (absolute: not inside any data folder)
     values = {"experiment": {"name": name, "task": task, "out": str(out)}, "data": data, "train": train}
     return config_from_dict(values, source=f"synthetic {task}")
 
@@ -233,21 +209,13 @@ def next_command(out_dir, spec: SynthSpec) -> str:
 def run_demo(out_dir, seed: int = 0, n_iters: int = 100, full_model: bool = True, progress: bool = True,
              log=print, sizes: dict | None = None) -> dict:
     """``lesa demo``: write the planted NUS-WIDE-like dataset, train the zero-shot model, evaluate.
-
-    The demo trains with batches of 16 at learning rate 0.03 for 100 iterations (the paper: 32 and
-    0.001 over 200,000 iterations) so that it runs in well under a minute on a laptop CPU; the model
-    and losses are the paper's (``full_model=False`` leaves out the 2x2 conv, twice as fast).
-    """
-    import time
-
+    Batches of 16 at lr 0.03 (the paper: 32 and 0.001) so that it runs in under a minute on a CPU."""
     from lesa.train import train
 
     out = Path(out_dir)
     t0 = time.perf_counter()
     previous = out / "run" / "config.toml"
     if previous.exists() and 'name = "demo"' in previous.read_text():
-        import shutil
-
         shutil.rmtree(out / "run")  # an earlier demo's outputs: the demo always starts afresh
     # float16 files: half the disk (about 380 MB) and the same training (batches become float32)
     spec = SynthSpec(seed=seed, dtype="float16", **{**PRESETS["demo"], **(sizes or {})})

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,7 +37,6 @@ class TaskData:
     val_labels: dict
     test_labels: dict
     has_unseen: bool = True  # False: the model's unseen head is a placeholder (multi-label only)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def n_seen(self) -> int:
@@ -91,25 +90,19 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
         _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
         second = or_zeros(second, len(tag81))
         if task == "nus_wide_multilabel":
-            return TaskData(
-                task=task, seen_names=tag81, unseen_names=["<none>"], seen_vecs=second,
-                unseen_vecs=np.zeros((1, second.shape[1]), np.float32),
-                train_labels={"seen": ("labels_81", None)},
-                val_labels={"seen": ("labels_81", None)},
-                test_labels={"seen": ("labels_81", None)},
-                has_unseen=False,
-            )
+            labels = {"seen": ("labels_81", None)}
+            return TaskData(task=task, seen_names=tag81, unseen_names=["<none>"], seen_vecs=second,
+                            unseen_vecs=np.zeros((1, second.shape[1]), np.float32), train_labels=labels,
+                            val_labels=labels, test_labels=labels, has_unseen=False)
         _check_vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
         first = or_zeros(first, len(tag1k))
         seen_idx, _ = seen_unseen_tag_indices(tag1k, tag81)
         if seen_idx.size == 0:
             raise DataError(f"{d.tag_list}: every tag is also a concept of {d.concepts}; no seen labels")
         seen = {"seen": ("labels_1k", seen_idx), "unseen": ("labels_81", None)}
-        return TaskData(
-            task=task, seen_names=[tag1k[i] for i in seen_idx], unseen_names=tag81,
-            seen_vecs=first[seen_idx], unseen_vecs=second,
-            train_labels={"seen": ("labels_1k", seen_idx)}, val_labels=seen, test_labels=seen,
-        )
+        return TaskData(task=task, seen_names=[tag1k[i] for i in seen_idx], unseen_names=tag81,
+                        seen_vecs=first[seen_idx], unseen_vecs=second,
+                        train_labels={"seen": ("labels_1k", seen_idx)}, val_labels=seen, test_labels=seen)
     if task == "openimages":
         seen_ids = read_label_list(d.seen_label_ids)
         unseen_ids = load_label_ids_pickle(d.unseen_label_ids)
@@ -120,18 +113,13 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
         seen_names = [names.get(i, i) for i in seen_ids]
         unseen_names = [names.get(i, i) for i in unseen_ids]
         cols = None
-        unseen_vecs = second
         if d.top_unseen:
-            cols = read_top_unseen(d.top_unseen)
-            if cols.min() < 0 or cols.max() >= len(unseen_ids):
+            cols = read_top_unseen(d.top_unseen)  # (non-negative: checked as it is read)
+            if cols.max() >= len(unseen_ids):
                 raise DataError(f"{d.top_unseen}: row indices must be in 0..{len(unseen_ids) - 1}")
-            unseen_vecs = second[cols]
-            unseen_names = [unseen_names[i] for i in cols]
-        return TaskData(
-            task=task, seen_names=seen_names, unseen_names=unseen_names,
-            seen_vecs=first, unseen_vecs=unseen_vecs,
-            train_labels={"seen": ("labels", None)},
-            val_labels={"seen": ("labels", None)},
-            test_labels={"seen": ("seen_labels", None), "unseen": ("unseen_labels", cols)},
-        )
+            second, unseen_names = second[cols], [unseen_names[i] for i in cols]
+        labels = {"seen": ("labels", None)}
+        return TaskData(task=task, seen_names=seen_names, unseen_names=unseen_names, seen_vecs=first,
+                        unseen_vecs=second, train_labels=labels, val_labels=labels,
+                        test_labels={"seen": ("seen_labels", None), "unseen": ("unseen_labels", cols)})
     raise DataError(f"unknown task {task!r}")

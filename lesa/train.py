@@ -9,10 +9,9 @@ Schedule (original, e.g. ``zeroshot_experiments/NUS_WIDE_zs_rank_Visual_Word_Att
             if monitor >= best so far: save model_ES.pt
     save model.pt; test reports of model.pt (F1_f_*) and of model_ES.pt (F1_ES_*)
 
-Output folder: ``log.csv`` (the original's columns), ``description.txt``, ``config.toml`` (the
-resolved configuration: ``lesa train RUN_DIR --resume`` reads it back), ``model_ES.pt``, ``model.pt``,
-``last.pt`` (the resume point: at each evaluation, every ``train.checkpoint_every`` iterations, every
-``train.checkpoint_minutes`` and on Ctrl-C), ``F1_*_test.csv``, ``summary_*.json``.
+Output folder: ``log.csv`` (the original's columns), ``description.txt``, ``config.toml`` (read back
+by ``--resume``), ``model_ES.pt``, ``model.pt``, ``last.pt`` (the resume point: at each evaluation, every
+``train.checkpoint_every`` iterations / ``train.checkpoint_minutes``, on Ctrl-C), the test reports.
 """
 from __future__ import annotations
 
@@ -28,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from lesa import distributed, metrics
 from lesa.checkpoint import load_checkpoint, load_model_state, save_checkpoint, set_rng_state
 from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, open_split
 from lesa.device import pick_device, set_tf32
@@ -128,26 +129,21 @@ class Training:
     def is_main(self) -> bool:
         return self.dist is None or self.dist.is_main
 
-    @property
-    def shard(self) -> tuple[int, int]:
-        return (0, 1) if self.dist is None else self.dist.shard
-
     def label_names(self) -> dict:
         return {"seen": self.task.seen_names, "unseen": self.task.unseen_names}
 
     def close(self) -> None:
-        for s in {id(self.train_split): self.train_split, id(self.val_split): self.val_split}.values():
-            s.close()
+        self.train_split.close()
+        if self.val_split is not self.train_split:
+            self.val_split.close()
 
 
 def build_training(cfg: Config, resume: bool = False, progress: bool = True, dist=None) -> Training:
-    """Check the configuration, open the data, build model/optimiser/schedule/step (restored on
-    resume). ``dist``: the ``lesa.distributed.DistContext`` under torchrun."""
+    """Check the configuration, open the data, build model/optimiser/schedule/step (restored on resume)."""
     check_config(cfg)
     t, d = cfg.train, cfg.data
     out_dir = cfg.out_dir
     last = out_dir / "last.pt"
-    shard = (0, 1) if dist is None else dist.shard
     if resume and not last.exists():
         raise ConfigError(f"--resume: {last} not found; nothing to resume in {out_dir} (a run killed "
                           "before its first checkpoint starts again without --resume)")
@@ -189,7 +185,7 @@ def build_training(cfg: Config, resume: bool = False, progress: bool = True, dis
     train_reader = RangeReader(train_split, task.train_labels, *train_range, preload=d.preload, device=device,
                                chunk_mb=d.chunk_mb, workers=d.workers, progress=progress, name="train")
     val_reader = RangeReader(val_split, task.val_labels, *val_range, device=device,
-                             preload=d.preload if shard[0] == 0 else "none",  # only rank 0 validates
+                             preload=d.preload if dist is None or dist.is_main else "none",  # only rank 0 validates
                              chunk_mb=d.chunk_mb, workers=d.workers, progress=progress, name="validation")
     plan = BatchPlan(*train_range, t.batch_size, shuffle=d.shuffle, seed=t.seed,
                      block=max(1, train_reader.chunk_records // 4), buffer=d.shuffle_buffer)
@@ -218,9 +214,7 @@ def make_step(cfg: Config, model: LESA, optimizer: TFRMSprop, reader: RangeReade
         mode = "cuda_graph" if next(model.parameters()).is_cuda and single else "eager"
     if mode == "eager":
         if dist is not None and dist.active:
-            from lesa.distributed import wrap_model
-
-            return TrainStep(model, optimizer, forward=wrap_model(model, dist), world_size=dist.world_size)
+            return TrainStep(model, optimizer, forward=distributed.wrap_model(model, dist), world_size=dist.world_size)
         return TrainStep(model, optimizer)
     if not single:
         raise ConfigError(f"{cfg.source}: train.step = {mode!r} needs one process and data.skip_no_positive "
@@ -284,8 +278,6 @@ def save_resume_point(run: Training, name: str = "last.pt") -> Path:
 def train_step(run: Training, batch) -> dict | None:
     """One optimisation step; returns the loss values (0-dim tensors on the model's device: no
     host sync) or None if the batch was skipped."""
-    from lesa import distributed
-
     features, labels = batch.features, batch.labels["seen"]
     if run.cfg.data.skip_no_positive:
         # original (Open Images): drop images without a positive label; skip an all-empty batch
@@ -341,8 +333,6 @@ def _last_good_state(run: Training) -> str:
 def _zs_quarter_test(run: Training, i: int, log) -> None:
     """original (Open Images): zero-shot/generalised test at each quarter; printed and logged in
     zs_test_log.csv."""
-    from lesa import metrics
-
     ev = run.cfg.evaluate
     split = open_split(run.cfg.data.test, "test")
     try:
@@ -395,8 +385,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, f
 
     ``stop_after``: stop (as if killed, nothing saved) once this many iterations are done — for tests.
     """
-    from lesa import distributed
-
     # under torchrun: join the job; rank r trains on its slice of each global batch
     ctx = distributed.setup(cfg.train.device, cfg.train.batch_size)
     try:
@@ -412,10 +400,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, f
 
 
 def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after: int | None) -> dict:
-    from tqdm import tqdm
-
-    from lesa import distributed
-
     cfg, t, state = run.cfg, run.cfg.train, run.state
     out = run.out_dir
     if run.is_main:  # rank 0 writes every output
@@ -426,7 +410,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
     columns = log_columns(run.task)
     monitor_col = columns.index(t.monitor)
     quarter = t.n_iters // 4
-    stream = TrainStream(run.train_reader, run.plan, position=state.position, shard=run.shard)
+    stream = TrainStream(run.train_reader, run.plan, position=state.position, shard=(0, 1) if run.dist is None else run.dist.shard)
     bar = tqdm(total=t.n_iters, initial=state.iteration, desc=f"train {cfg.experiment.name}", unit="it",
                disable=not progress, dynamic_ncols=True)
     watch = LossWatch()
@@ -457,9 +441,7 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
                     watch.raise_if_bad(run)
                 if quarter_test and run.is_main:
                     _zs_quarter_test(run, i, log)
-                if evaluation and not run.is_main:
-                    distributed.share_learning_rate(run.dist, run.optimizer)  # waits for rank 0's validation
-                elif evaluation:
+                if evaluation and run.is_main:
                     scores, labels = predict(run.model, run.val_reader, cfg.data.eval_batch_size,
                                              batchnorm=t.val_batchnorm)
                     val = validation_metrics(run.task, scores, labels, t.val_k)
@@ -478,10 +460,11 @@ def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after
                     msg = " ".join(f"{c} {v:.4g}" if isinstance(v, float) else f"{c} {v}" for c, v in zip(columns, row))
                     elapsed, tic = time.perf_counter() - tic, time.perf_counter()
                     bar.write(f"{msg} ({elapsed:.1f}s)") if progress else log(msg)
-                    distributed.share_learning_rate(run.dist, run.optimizer)
                 elif checkpoint and run.is_main:
                     save_resume_point(run)
                     last_save = time.perf_counter()
+                if evaluation:  # rank 0's rate to every rank (the others wait here for its validation)
+                    distributed.share_learning_rate(run.dist, run.optimizer)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise

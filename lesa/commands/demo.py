@@ -10,16 +10,11 @@ def run_demo(args) -> int:
 
 
 def run_synth(args) -> int:
-    from lesa.synth import PRESETS, SynthSpec, write_synthetic
+    from lesa.synth import PRESETS, SynthSpec, next_command, write_synthetic
 
-    spec = SynthSpec(**PRESETS[args.preset]) if args.preset else SynthSpec()
-    for key in ("kind", "n_train", "n_validation", "n_test", "n_tags", "n_concepts", "n_shared", "dtype",
-                "seed", "chunk"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(spec, key, value)
-    from lesa.synth import next_command
-
+    keys = ("kind", "n_train", "n_validation", "n_test", "n_tags", "n_concepts", "n_shared", "dtype", "seed", "chunk")
+    given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    spec = SynthSpec(**{**PRESETS.get(args.preset, {}), **given})
     files = write_synthetic(args.out, spec, progress=not args.no_progress)
     for key, path in files.items():
         print(f"{key:20s} {path}")

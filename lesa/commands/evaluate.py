@@ -48,8 +48,7 @@ def run_released(args) -> int:
     return 0
 
 
-TASK_CONFIGS = {"nus_wide_zero_shot": "nus_wide_zero_shot", "nus_wide_multilabel": "nus_wide_multilabel",
-                "openimages": "openimages_evaluate"}
+TASK_CONFIGS = {"openimages": "openimages_evaluate"}  # the bundled configuration of a task (else its name)
 
 
 def run_score(args) -> int:
