@@ -148,8 +148,7 @@ def report_file(out_dir: Path, tag: str, table: ReportTable) -> Path:
 
 
 def write_reports(out_dir, tag: str, tables: list[ReportTable], extra: dict | None = None) -> dict:
-    """Write each table's CSV and ``summary_<tag>.json``; returns the summary dict."""
-    out_dir = Path(out_dir)
+    """Write each table's CSV and ``summary_<tag>.json`` in the folder ``out_dir`` (a Path); returns the summary."""
     summary = {"tag": tag, **(extra or {}), "reports": {}}
     for t in tables:
         path = report_file(out_dir, tag, t)
@@ -206,9 +205,8 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
                                      device=dev).model) for tag, ckpt in checkpoints]
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"evaluating {len(models)} checkpoint(s) on {', '.join(cfg.data.test)}; reports go to {out_dir}")
-    split = open_split(cfg.data.test, "test")
     results = []
-    try:
+    with open_split(cfg.data.test, "test") as split:
         reader = RangeReader(split, task.test_labels, preload=cfg.data.preload, device=dev,
                              chunk_mb=cfg.data.chunk_mb, workers=cfg.data.workers, progress=progress, name="test")
         heads, precision = report_heads(task), cfg.evaluate.precision
@@ -227,6 +225,4 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
             log("wrote " + ", ".join(str(out_dir / r["file"]) for r in summary["reports"].values())
                 + f" and {out_dir / f'summary_{tag}.json'}")
             results.append(summary)
-    finally:
-        split.close()
     return results

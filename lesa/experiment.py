@@ -11,11 +11,12 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 
-from lesa.device import PRECISIONS as EVAL_PRECISIONS
-from lesa.device import TRAIN_PRECISIONS
 from lesa import layout
+from lesa.datasets.h5 import expand_paths
+from lesa.device import PRECISIONS as EVAL_PRECISIONS, TRAIN_PRECISIONS
 from lesa.errors import ConfigError, DataError
 from lesa.model import LESAConfig
 
@@ -221,10 +222,8 @@ def config_from_dict(values: dict, source: str = "<dict>") -> Config:
 def bundled_configs() -> dict[str, object]:
     """``{name: resource}`` of the configurations shipped with lesa: the package ``lesa.configs`` of an
     installed lesa, or ``configs/`` beside the package when it runs from a source checkout."""
-    from importlib.resources import files
-
     try:
-        folder = files("lesa.configs")
+        folder = resources.files("lesa.configs")
     except ModuleNotFoundError:  # lesa imported from a checkout's source tree
         folder = Path(__file__).resolve().parents[1] / "configs"
     return {p.name[:-len(".toml")]: p for p in folder.iterdir() if p.name.endswith(".toml")}
@@ -325,8 +324,6 @@ def _need_file(cfg: Config, key: str, what: str) -> None:
 
 
 def _need_split(cfg: Config, split: str) -> None:
-    from lesa.datasets.h5 import expand_paths
-
     paths = getattr(cfg.data, split)
     dataset = "nus-wide" if cfg.experiment.task.startswith("nus_wide") else "openimages"
     make = (f"`lesa extract {dataset} --split ...` writes feature files (or `lesa convert-tfrecord` from "
@@ -380,17 +377,17 @@ def check_config(cfg: Config, splits=("train", "validation", "test"), vectors: b
         raise ConfigError(f"{src}: train.device = {t.device!r}; use auto, cpu, cuda or cuda:N")
     if e.task.startswith("nus_wide"):
         for key in ("tag_list", "concepts"):
+            name = Path(layout.NUS_WIDE_FILES[key][0]).name
             if not getattr(d, key):
                 try:
                     setattr(d, key, str(layout.nus_wide_file(d.nus_wide, key)))
                 except DataError:
                     places = " or ".join(str(Path(d.nus_wide) / p) for p in layout.NUS_WIDE_FILES[key])
                     raise ConfigError(
-                        f"{src}: data.{key}: NUS-WIDE's {Path(layout.NUS_WIDE_FILES[key][0]).name} not found (looked "
-                        f"for {places}); unzip NUS-WIDE's metadata ({layout.NUS_WIDE_DOWNLOAD}) into {d.nus_wide}, "
-                        f"point --data-dir at the folder holding NUS_WIDE/, or pass --set data.{key}=PATH") from None
-        _need_file(cfg, "tag_list", "NUS-WIDE TagList1k.txt")
-        _need_file(cfg, "concepts", "NUS-WIDE Concepts81.txt")
+                        f"{src}: data.{key}: NUS-WIDE's {name} not found (looked for {places}); unzip NUS-WIDE's "
+                        f"metadata ({layout.NUS_WIDE_DOWNLOAD}) into {d.nus_wide}, point --data-dir at the folder "
+                        f"holding NUS_WIDE/, or pass --set data.{key}=PATH") from None
+            _need_file(cfg, key, f"NUS-WIDE {name}")
     else:
         _need_file(cfg, "seen_label_ids", "Open Images classes-trainable.txt")
         _need_file(cfg, "unseen_label_ids", "Open Images unseen_labels.pkl")

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 
+from lesa.datasets.h5 import open_features
+from lesa.datasets.stream import read_labels
 from lesa.errors import DataError, ShapeError
-from lesa.evaluate import HEADS
+from lesa.evaluate import HEADS, format_summary, refuse_existing_reports, report_heads, test_tables, write_reports
+from lesa.experiment import check_config
+from lesa.tasks import load_task
 
 
 def _strings(values) -> list[str]:
@@ -31,8 +36,6 @@ def read_predictions(path) -> dict:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         elif path.suffix in (".h5", ".hdf5"):
-            import h5py
-
             with h5py.File(path, "r") as f:
                 arrays = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
         else:
@@ -117,12 +120,6 @@ def heads_of(task, scores: np.ndarray, names: list[str] | None, where: str) -> t
 
 def score(cfg, predictions, labels_path, out_dir, tag: str = "f", overwrite: bool = False, log=print) -> dict:
     """Reports of ``predictions`` against the split ``labels_path`` (see the module doc)."""
-    from lesa.datasets.h5 import open_features
-    from lesa.datasets.stream import read_labels
-    from lesa.evaluate import format_summary, refuse_existing_reports, report_heads, test_tables, write_reports
-    from lesa.experiment import check_config
-    from lesa.tasks import load_task
-
     check_config(cfg, splits=(), vectors=False)
     task = load_task(cfg, vectors=False)
     out_dir = Path(out_dir).absolute()

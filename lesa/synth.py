@@ -256,10 +256,7 @@ def untrained_zero_shot_map(cfg, files) -> float:
     task = load_task(cfg)
     torch.manual_seed(cfg.train.seed)
     model = LESA(task.seen_vecs, task.unseen_vecs, cfg.model)
-    split = open_features(files["test"])
-    try:
+    with open_features(files["test"]) as split:
         scores, labels = predict(model, RangeReader(split, task.test_labels, progress=False),
                                  cfg.data.eval_batch_size, heads=("zs_logits",))
-    finally:
-        split.close()
     return metrics.mean_average_precision(scores["zs_logits"], labels["unseen"])

@@ -66,12 +66,14 @@ def read_top_unseen(path) -> np.ndarray:
     return np.array(rows, dtype=np.int64)
 
 
-def _check_vecs(vecs: np.ndarray | None, n: int, path, what: str) -> None:
+def _vecs(vecs: np.ndarray | None, n: int, path, what: str) -> np.ndarray:
+    """``vecs`` checked to have one row per label; without the pickle, placeholders of that length."""
     if vecs is None:
-        return
+        return np.zeros((n, 1), np.float32)
     if vecs.shape[0] != n:
         raise ShapeError(f"{path}: {what} has {vecs.shape[0]} vectors but there are {n} labels; "
                          "the label-vector file does not belong to these label lists")
+    return vecs
 
 
 def load_task(cfg, vectors: bool = True) -> TaskData:
@@ -80,22 +82,16 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
     d = cfg.data
     task = cfg.experiment.task
     first, second = load_vector_pair(d.label_vectors, dim=None) if vectors else (None, None)
-
-    def or_zeros(vecs, n: int) -> np.ndarray:  # (without the pickle: placeholders of the right length)
-        return np.zeros((n, 1), np.float32) if vecs is None else vecs
-
     if task.startswith("nus_wide"):
         tag1k = read_label_list(d.tag_list)
         tag81 = read_label_list(d.concepts)
-        _check_vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
-        second = or_zeros(second, len(tag81))
+        second = _vecs(second, len(tag81), d.label_vectors, "the second array (concept vectors)")
         if task == "nus_wide_multilabel":
             labels = {"seen": ("labels_81", None)}
             return TaskData(task=task, seen_names=tag81, unseen_names=["<none>"], seen_vecs=second,
                             unseen_vecs=np.zeros((1, second.shape[1]), np.float32), train_labels=labels,
                             val_labels=labels, test_labels=labels, has_unseen=False)
-        _check_vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
-        first = or_zeros(first, len(tag1k))
+        first = _vecs(first, len(tag1k), d.label_vectors, "the first array (tag vectors)")
         seen_idx, _ = seen_unseen_tag_indices(tag1k, tag81)
         if seen_idx.size == 0:
             raise DataError(f"{d.tag_list}: every tag is also a concept of {d.concepts}; no seen labels")
@@ -106,9 +102,8 @@ def load_task(cfg, vectors: bool = True) -> TaskData:
     if task == "openimages":
         seen_ids = read_label_list(d.seen_label_ids)
         unseen_ids = load_label_ids_pickle(d.unseen_label_ids)
-        _check_vecs(first, len(seen_ids), d.label_vectors, "the first array (seen vectors)")
-        _check_vecs(second, len(unseen_ids), d.label_vectors, "the second array (unseen vectors)")
-        first, second = or_zeros(first, len(seen_ids)), or_zeros(second, len(unseen_ids))
+        first = _vecs(first, len(seen_ids), d.label_vectors, "the first array (seen vectors)")
+        second = _vecs(second, len(unseen_ids), d.label_vectors, "the second array (unseen vectors)")
         names = read_class_descriptions(d.class_descriptions) if d.class_descriptions else {}
         seen_names = [names.get(i, i) for i in seen_ids]
         unseen_names = [names.get(i, i) for i in unseen_ids]

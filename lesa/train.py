@@ -15,6 +15,7 @@ by ``--resume``), ``model_ES.pt``, ``model.pt``, ``last.pt`` (the resume point: 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -242,12 +243,9 @@ def check_label_widths(split, label_spec: dict, task: TaskData, what: str) -> No
 
 def check_test_split(cfg: Config, task: TaskData) -> None:
     """Open the test split and check its label arrays without reading any features."""
-    split = open_split(cfg.data.test, "test")
-    try:
+    with open_split(cfg.data.test, "test") as split:
         check_label_widths(split, task.test_labels, task, "test")
         RangeReader(split, task.test_labels, preload="none", progress=False, name="test")
-    finally:
-        split.close()
 
 
 def restore_resume_point(run: Training, path: Path) -> None:
@@ -334,13 +332,10 @@ def _zs_quarter_test(run: Training, i: int, log) -> None:
     """original (Open Images): zero-shot/generalised test at each quarter; printed and logged in
     zs_test_log.csv."""
     ev = run.cfg.evaluate
-    split = open_split(run.cfg.data.test, "test")
-    try:
+    with open_split(run.cfg.data.test, "test") as split:
         reader = RangeReader(split, run.task.test_labels, device=run.device, chunk_mb=run.cfg.data.chunk_mb,
                              workers=run.cfg.data.workers, progress=False, name="test")
         scores, labels = predict(run.model, reader, run.cfg.data.eval_batch_size, heads=("zs_logits", "gzs_logits"))
-    finally:
-        split.close()
     zs = metrics.topk_f1_many(scores["zs_logits"], labels["unseen"], ev.k)
     gzs = metrics.topk_f1_many(scores["gzs_logits"], gzs_labels(labels), ev.k_gzs)
     row = [i, metrics.mean_average_precision(scores["zs_logits"], labels["unseen"]),
@@ -360,7 +355,6 @@ class _CtrlC:
     def __init__(self, enabled: bool):
         self.requested = False
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self._previous = None
 
     def __enter__(self):
         if self.enabled:
@@ -386,17 +380,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, log=print, f
     ``stop_after``: stop (as if killed, nothing saved) once this many iterations are done — for tests.
     """
     # under torchrun: join the job; rank r trains on its slice of each global batch
-    ctx = distributed.setup(cfg.train.device, cfg.train.batch_size)
-    try:
+    with contextlib.closing(distributed.setup(cfg.train.device, cfg.train.batch_size)) as ctx:
         if not ctx.is_main:
             progress, log = False, (lambda *_: None)
         run = build_training(cfg, resume=resume, progress=progress, dist=ctx if ctx.active else None)
-        try:
+        with contextlib.closing(run):
             return _train_loop(run, progress, log, final_eval, stop_after)
-        finally:
-            run.close()
-    finally:
-        ctx.close()
 
 
 def _train_loop(run: Training, progress: bool, log, final_eval: bool, stop_after: int | None) -> dict:
