@@ -414,7 +414,7 @@ def resume_differences(saved: Config, wanted: Config) -> list[str]:
 # -- writing a configuration back (config.toml in the output folder) -----------------------------
 def _toml_value(value) -> str:
     # JSON's strings, integers, booleans and arrays are valid TOML; floats by repr (inf, nan)
-    return repr(value) if isinstance(value, float) else json.dumps(value)
+    return repr(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
 
 
 def dumps_config(cfg: Config) -> str:
