@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -194,7 +195,6 @@ class FetchError(Exception):
         self.detail = detail
         self.retryable = retryable
         self.retry_after = retry_after
-        self.attempts = 1
 
 
 def _network_error(err: Exception, reason: str, detail: str, timeout_detail: str) -> FetchError:
@@ -282,23 +282,6 @@ def fetch_verified(record: ImageRecord, *, timeout: float) -> bytes:
     return data
 
 
-def with_retries(attempt: Callable[[], bytes], *, retries: int, backoff: float,
-                 stop: threading.Event) -> tuple[bytes, int]:
-    """Call ``attempt`` until it succeeds, fails for good or ``retries`` extra tries are spent
-    -> (result, tries). Waits ``backoff * 2**k`` s (x0.5-1.5 jitter, at least a server's
-    Retry-After, at most ``MAX_BACKOFF_S``) before try k+2; gives up when ``stop`` is set."""
-    for tries in itertools.count(1):
-        try:
-            return attempt(), tries
-        except FetchError as err:
-            err.attempts = tries
-            if not err.retryable or tries > retries:
-                raise
-            delay = backoff * (2 ** (tries - 1)) * (0.5 + random.random())
-            if stop.wait(min(max(delay, err.retry_after or 0.0), MAX_BACKOFF_S)):
-                raise
-
-
 # --------------------------------------------------------------------------------------------
 # Image processing
 
@@ -371,24 +354,19 @@ def resize_short_side(image: np.ndarray, short_side: int = SHORT_SIDE) -> np.nda
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
 
 
-def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """``image (H, W, 3|1)`` uint8 -> baseline JPEG bytes (4:2:0 colour, like PIL's default)."""
-    import simplejpeg
-
-    gray = image.shape[2] == 1
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality,
-                                  colorspace="GRAY" if gray else "RGB",
-                                  colorsubsampling="Gray" if gray else "420")
-
-
 def make_thumbnail(data: bytes, *, short_side: int = SHORT_SIDE, quality: int = JPEG_QUALITY,
                    rotation: int = 0, strict: bool = True) -> bytes:
     """Downloaded bytes -> the JPEG written to disk (short side ``short_side``)."""
+    import simplejpeg
+
     # Decode at >= 2x the target and finish with an anti-aliased resize (PIL's reducing_gap=2).
     image = decode_image(data, min_short_side=2 * short_side, strict=strict)
     if rotation:
         image = np.rot90(image, k=rotation // 90)  # counter-clockwise, as Open Images defines it
-    return encode_jpeg(resize_short_side(image, short_side), quality)
+    image = np.ascontiguousarray(resize_short_side(image, short_side))
+    gray = image.shape[2] == 1  # baseline JPEG, 4:2:0 colour like PIL's default
+    return simplejpeg.encode_jpeg(image, quality=quality, colorspace="GRAY" if gray else "RGB",
+                                  colorsubsampling="Gray" if gray else "420")
 
 
 def is_complete_jpeg(path: Path) -> bool:
@@ -456,9 +434,6 @@ class DownloadSummary:
     def failed_total(self) -> int:
         return sum(self.failed.values())
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "failed_total": self.failed_total}
-
     def format(self) -> str:
         lines = [
             f"{self.total} images listed: {self.written} written, {self.skipped_existing} "
@@ -481,13 +456,19 @@ def download_one(record: ImageRecord, out_dir: Path, options: DownloadOptions,
         if is_complete_jpeg(target):
             return ImageResult(record.image_id, record.url, "skipped", "exists")
         target.unlink()
-    try:
-        data, attempts = with_retries(lambda: fetch_verified(record, timeout=options.timeout),
-                                      retries=options.retries, backoff=options.backoff,
-                                      stop=stop or threading.Event())
-    except FetchError as err:
-        return ImageResult(record.image_id, record.url, "failed", err.reason, err.detail,
-                           err.attempts)
+    stop = stop or threading.Event()
+    for attempts in itertools.count(1):
+        try:
+            data = fetch_verified(record, timeout=options.timeout)
+            break
+        except FetchError as err:
+            # Before try k+2: backoff * 2**k s (x0.5-1.5 jitter, at least a server's Retry-After,
+            # at most MAX_BACKOFF_S); a set `stop` ends the wait and the tries.
+            delay = options.backoff * 2 ** (attempts - 1) * (0.5 + random.random())
+            if not err.retryable or attempts > options.retries \
+                    or stop.wait(min(max(delay, err.retry_after or 0.0), MAX_BACKOFF_S)):
+                return ImageResult(record.image_id, record.url, "failed", err.reason,
+                                   err.detail, attempts)
     try:
         # Bytes whose MD5 matched are the original file: accept libjpeg's recoverable warnings
         # there (TF did); without an MD5, strict decoding is what catches a truncated file.
@@ -618,14 +599,9 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
                 # Ctrl-C or a run-level error: start nothing new, let the requests in flight end
                 # (bounded by timeout and retries, which stop waiting once `stop` is set).
                 stop.set()
-                for future in pending:
-                    future.cancel()
-                for future in pending:
-                    if not future.cancelled():
-                        try:
-                            record_result(future.result())
-                        except Exception:  # already stopping; the first error is re-raised
-                            pass
+                for future in [f for f in pending if not f.cancel()]:  # cancel all, then wait
+                    with contextlib.suppress(Exception):  # the first error is re-raised
+                        record_result(future.result())
                 raise
     finally:
         bar.close()
@@ -641,7 +617,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
             csv.writer(text).writerows([FAILURE_COLUMNS, *([row.get(c, "") for c in
                                                             FAILURE_COLUMNS] for row in rows)])
             atomic_write_text(report, text.getvalue())
-        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / SUMMARY_NAME, json.dumps({**asdict(summary), "failed_total": summary.failed_total}, indent=2) + "\n")
     return summary
 
 
