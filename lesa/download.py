@@ -1,23 +1,18 @@
-"""Open Images downloader: parallel, MD5-verified, resized, resumable.
+"""Open Images downloader: parallel, MD5-verified, resized to a short side of 256, resumable.
 
-Reads an Open Images image list (2017_11 ``<split>/images.csv`` or 2018_04
-``<split>-images-with-rotation.csv``: ``ImageID``, ``OriginalURL``, ``OriginalMD5``, optional
-``Subset`` and ``Rotation``), fetches every image with a thread pool, checks it against
-``OriginalMD5`` (base64 of the digest), resizes it to a short side of 256 and writes
-``OUT/<ImageID>.jpg``, the layout the feature extractor reads.
+Reads an Open Images image list (2017_11 ``<split>/images.csv``, 2018_04
+``<split>-images-with-rotation.csv``), checks each image against ``OriginalMD5`` and writes
+``OUT/<ImageID>.jpg``, which the feature extractor reads. Per-image failures go to
+``OUT/download_failures.csv`` (image_id, url, reason, detail, attempts). Reasons: ``http_<code>``,
+``timeout``, ``truncated``, ``connection_error`` (retried, here with backoff and by a later run);
+``md5_mismatch``, ``unavailable`` (Flickr's placeholder), ``decode_error``, ``too_large``,
+``bad_url``, ``bad_md5`` and 4xx but 408/429 (not requested again unless ``retry_failed``).
 
-Per-image failures never stop the run; they go to ``OUT/download_failures.csv`` (image_id, url,
-reason, detail, attempts). Reasons: ``http_<code>``, ``timeout``, ``truncated``,
-``connection_error`` (retried with backoff within a run, and by a later run), ``md5_mismatch``,
-``unavailable`` (Flickr's placeholder), ``decode_error``, ``too_large`` (> ``MAX_IMAGE_BYTES``),
-``bad_url``, ``bad_md5`` (skipped by a later run unless ``retry_failed``, as are 4xx other than
-408/429). A file appears under its final name only once complete (``lesa.files.atomic_write``).
-
-Differences from the original ``download_imgs/asyn_image_downloader.py`` (processes + requests +
-PIL): threads, HTTPS certificates verified (the original disabled that), redirects followed (the
-original refused them, so every moved photo failed its MD5 five times), failures reported instead
-of printed, JPEG quality 90 (original: PIL's default 75). Resizing keeps the original's rule: the
-short side becomes 256, smaller images are never enlarged (original: ``PIL.Image.thumbnail``).
+Differences from the original ``download_imgs/asyn_image_downloader.py``: threads, HTTPS
+certificates verified (the original disabled that), redirects followed (the original refused
+them, so every moved photo failed its MD5 five times), failures reported instead of printed,
+JPEG quality 90 (original: PIL's 75). Kept: the short side becomes 256, smaller images are never
+enlarged (original: ``PIL.Image.thumbnail``).
 """
 from __future__ import annotations
 
@@ -35,11 +30,11 @@ import math
 import os
 import random
 import re
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +44,7 @@ import numpy as np
 
 from lesa.datasets.nus_wide import FLICKR_PLACEHOLDER_SHA256
 from lesa.errors import ConfigError, DataError, ImageError, LesaError
-from lesa.files import TMP_MARK, atomic_write_bytes, atomic_write_text, remove_temporaries
+from lesa.files import atomic_write_bytes, atomic_write_text, remove_temporaries
 
 SPLITS = ("train", "validation", "test")
 SHORT_SIDE = 256
@@ -67,10 +62,6 @@ _IMAGE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 class DownloadError(LesaError):
     """The download run cannot continue (output folder not writable, disk full)."""
-
-
-# --------------------------------------------------------------------------------------------
-# The image list
 
 
 @dataclass(frozen=True)
@@ -181,10 +172,6 @@ def _parse_rotation(text: str, where: str) -> int:
     return int(degrees) % 360
 
 
-# --------------------------------------------------------------------------------------------
-# Fetching one image
-
-
 class FetchError(Exception):
     """One image could not be obtained; ``reason`` is a short code for the failures report."""
 
@@ -282,10 +269,6 @@ def fetch_verified(record: ImageRecord, *, timeout: float) -> bytes:
     return data
 
 
-# --------------------------------------------------------------------------------------------
-# Image processing
-
-
 def _is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
@@ -369,19 +352,6 @@ def make_thumbnail(data: bytes, *, short_side: int = SHORT_SIDE, quality: int = 
                                   colorsubsampling="Gray" if gray else "420")
 
 
-def is_complete_jpeg(path: Path) -> bool:
-    """True when ``path`` decodes as a whole JPEG (strict: no truncation)."""
-    try:
-        data = path.read_bytes()
-        return _is_jpeg(data) and decode_image(data, min_short_side=1, strict=True) is not None
-    except (OSError, ImageError):
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# The run
-
-
 @dataclass
 class DownloadOptions:
     workers: int = 16
@@ -424,7 +394,7 @@ class DownloadSummary:
     written: int = 0
     skipped_existing: int = 0
     skipped_failed_before: int = 0
-    failed: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)  # reason -> count
     bytes_downloaded: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -439,7 +409,8 @@ class DownloadSummary:
             f"{self.total} images listed: {self.written} written, {self.skipped_existing} "
             f"already there, {self.skipped_failed_before} skipped (failed for good before), "
             f"{self.failed_total} failed" + (" (interrupted)" if self.interrupted else ""),
-            *(f"  {reason}: {count}" for reason, count in Counter(self.failed).most_common()),
+            *(f"  {reason}: {count}" for reason, count in
+              sorted(self.failed.items(), key=lambda kv: (-kv[1], kv[0]))),
             f"{self.bytes_downloaded / 1e6:.1f} MB downloaded in {self.seconds:.1f} s "
             f"({self.written / self.seconds if self.seconds > 0 else 0.0:.1f} images/s)"]
         if self.failed_total or self.skipped_failed_before:
@@ -453,8 +424,10 @@ def download_one(record: ImageRecord, out_dir: Path, options: DownloadOptions,
     errors writing to ``out_dir`` propagate (they concern the whole run)."""
     target = out_dir / f"{record.image_id}.jpg"
     if options.verify_existing and target.exists():
-        if is_complete_jpeg(target):
-            return ImageResult(record.image_id, record.url, "skipped", "exists")
+        with contextlib.suppress(OSError, ImageError):  # strict: a truncated file is re-fetched
+            existing = target.read_bytes()
+            if _is_jpeg(existing) and decode_image(existing, min_short_side=1) is not None:
+                return ImageResult(record.image_id, record.url, "skipped", "exists")
         target.unlink()
     stop = stop or threading.Event()
     for attempts in itertools.count(1):
@@ -505,13 +478,12 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
                     failures_path: str | os.PathLike | None = None, progress: bool = True,
                     stop: threading.Event | None = None,
                     on_result: Callable[[ImageResult], None] | None = None) -> DownloadSummary:
-    """Download ``records`` into ``out_dir/<ImageID>.jpg``; skip those already there.
+    """Download ``records`` into ``out_dir/<ImageID>.jpg`` (at most ``2 * workers`` in flight),
+    skipping those already there and those that failed for good before.
 
-    ``options.workers`` threads, at most ``2 * workers`` images in flight. Ctrl-C (or setting
-    ``stop``) lets the requests in flight finish (bounded by the timeout), writes the reports and
-    re-raises; the next run resumes. Failures are appended to the failures report as they happen
-    (a kill -9 keeps them), which is rewritten at the end with the latest outcome per image still
-    missing. Also writes ``out_dir/download_summary.json``.
+    Ctrl-C (or ``stop``) lets the requests in flight finish, writes the reports and re-raises.
+    Failures are appended to the report as they happen (kill -9 keeps them); at the end it is
+    rewritten with one row per image still missing. Also writes ``download_summary.json``.
     """
     from tqdm import tqdm
 
@@ -522,9 +494,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lesa-write-test{TMP_MARK}{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as err:
         raise DownloadError(f"cannot write into output folder {out}: {err}; choose another "
                             "--out") from err
@@ -534,7 +504,6 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
     log = None  # the report, opened for appending at the first failure
     summary = DownloadSummary(out_dir=str(out), failures_report=str(report))
     stop = stop or threading.Event()
-    counts: Counter[str] = Counter()
     started = time.monotonic()
     bar = tqdm(total=total, unit="img", desc="download", disable=not progress, smoothing=0.05)
 
@@ -548,7 +517,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
         elif result.status == "skipped":
             summary.skipped_failed_before += 1
         else:
-            counts[result.reason] += 1
+            summary.failed[result.reason] = summary.failed.get(result.reason, 0) + 1
             row = [result.image_id, result.url, result.reason, result.detail, result.attempts]
             if log is None:
                 new = not report.exists() or report.stat().st_size == 0
@@ -559,7 +528,7 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
             log.flush()
             failures[result.image_id] = dict(zip(FAILURE_COLUMNS, map(str, row)))
         bar.update(1)
-        bar.set_postfix(ok=summary.written, failed=sum(counts.values()), refresh=False)
+        bar.set_postfix(ok=summary.written, failed=summary.failed_total, refresh=False)
         if on_result is not None:
             on_result(result)
 
@@ -574,40 +543,37 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
 
     pending: set = set()
     records_iter = iter(records)
+    pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="lesa-download")
     try:
-        with ThreadPoolExecutor(max_workers=options.workers,
-                                thread_name_prefix="lesa-download") as pool:
-            try:
-                while True:
-                    while len(pending) < 2 * options.workers and not stop.is_set() \
-                            and (record := next(records_iter, None)) is not None:
-                        summary.total += 1
-                        if reason := skip_reason(record):
-                            record_result(ImageResult(record.image_id, record.url, "skipped",
-                                                      reason))
-                        else:
-                            pending.add(pool.submit(download_one, record, out, options, stop))
-                    if not pending:
-                        break
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        # Discard first: if recording raises, the rest stay in `pending` and
-                        # the drain below still records them.
-                        pending.discard(future)
-                        record_result(future.result())
-            except BaseException:
-                # Ctrl-C or a run-level error: start nothing new, let the requests in flight end
-                # (bounded by timeout and retries, which stop waiting once `stop` is set).
-                stop.set()
-                for future in [f for f in pending if not f.cancel()]:  # cancel all, then wait
-                    with contextlib.suppress(Exception):  # the first error is re-raised
-                        record_result(future.result())
-                raise
+        while True:
+            while len(pending) < 2 * options.workers and not stop.is_set() \
+                    and (record := next(records_iter, None)) is not None:
+                summary.total += 1
+                if reason := skip_reason(record):
+                    record_result(ImageResult(record.image_id, record.url, "skipped", reason))
+                else:
+                    pending.add(pool.submit(download_one, record, out, options, stop))
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                # Discard first: if recording raises, the rest stay in `pending` and the drain
+                # below still records them.
+                pending.discard(future)
+                record_result(future.result())
+    except BaseException:
+        # Ctrl-C or a run-level error: start nothing new, let the requests in flight end
+        # (bounded by timeout and retries, which stop waiting once `stop` is set).
+        stop.set()
+        for future in [f for f in pending if not f.cancel()]:  # cancel all, then wait
+            with contextlib.suppress(Exception):  # the first error is re-raised
+                record_result(future.result())
+        raise
     finally:
+        pool.shutdown()
         bar.close()
         if log is not None:
             log.close()
-        summary.failed = dict(counts)
         summary.seconds = time.monotonic() - started
         summary.interrupted = stop.is_set()
         rows = [row for image_id, row in failures.items()
@@ -617,7 +583,8 @@ def download_images(records: Iterable[ImageRecord], out_dir: str | os.PathLike,
             csv.writer(text).writerows([FAILURE_COLUMNS, *([row.get(c, "") for c in
                                                             FAILURE_COLUMNS] for row in rows)])
             atomic_write_text(report, text.getvalue())
-        atomic_write_text(out / SUMMARY_NAME, json.dumps({**asdict(summary), "failed_total": summary.failed_total}, indent=2) + "\n")
+        summary_dict = {**asdict(summary), "failed_total": summary.failed_total}
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(summary_dict, indent=2) + "\n")
     return summary
 
 
