@@ -138,8 +138,8 @@ class ImageList:
             for row in reader:  # short rows: the missing fields are None
                 where = f"{self.path}, row {reader.line_num}"
                 if row[self.url_column] is None:
-                    raise DataError(f"{where}: {len(row) - 1} fields or fewer, header has "
-                                    f"{len(header)}; the CSV is truncated or malformed")
+                    raise DataError(f"{where}: fewer fields than the {len(header)} of the "
+                                    "header; the CSV is truncated or malformed")
                 subset = row.get("Subset")
                 if self.split is not None and subset is not None and subset != self.split:
                     continue
@@ -198,8 +198,8 @@ def fetch_bytes(url: str, *, timeout: float, max_bytes: int = MAX_IMAGE_BYTES) -
     """
     if not url.lower().startswith(("http://", "https://")):
         raise FetchError("bad_url", f"not an http(s) URL: {url!r}")
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         err.close()
