@@ -428,7 +428,7 @@ def download_one(record: ImageRecord, out_dir: Path, options: DownloadOptions,
             existing = target.read_bytes()
             if _is_jpeg(existing) and decode_image(existing, min_short_side=1) is not None:
                 return ImageResult(record.image_id, record.url, "skipped", "exists")
-        target.unlink()
+        target.unlink(missing_ok=True)
     stop = stop or threading.Event()
     for attempts in itertools.count(1):
         try:
