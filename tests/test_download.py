@@ -491,10 +491,14 @@ def test_md5_field_formats():
 
 def test_decode_non_jpeg_and_errors(tmp_path):
     import skimage.io
+    from PIL import Image
 
     skimage.io.imsave(tmp_path / "cat.png", skdata.chelsea())
     image = decode_image((tmp_path / "cat.png").read_bytes())
     assert image.shape == (300, 451, 3) and np.array_equal(image, skdata.chelsea())
+    Image.fromarray(skdata.chelsea()).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    cmyk = decode_image((tmp_path / "cmyk.jpg").read_bytes())  # RGB, not the C, M, Y planes
+    assert np.abs(cmyk.astype(int) - skdata.chelsea()).mean() < 3
     with pytest.raises(LesaError):
         decode_image(b"\xff\xd8\xff" + b"\x00" * 100)
     with pytest.raises(LesaError):

@@ -1,9 +1,5 @@
-"""``lesa download openimages``: fetch an Open Images split as 256-pixel JPEGs.
-
-By default the image list is looked up under DATA/OpenImages and the images go to
-DATA/OpenImages/image_data/<split>, where ``lesa extract openimages`` reads them (DATA: ``--data-dir``,
-default ./data).
-"""
+"""``lesa download openimages``: fetch an Open Images split as 256-pixel JPEGs into
+DATA/OpenImages/image_data/<split>, where ``lesa extract openimages`` reads them."""
 from __future__ import annotations
 
 import argparse
