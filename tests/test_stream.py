@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lesa.datasets.embeddings import save_vector_pair
-from lesa.datasets.h5 import FeatureWriter, open_features
-from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, contiguous_runs
+from lesa.datasets.h5 import FeatureWriter, contiguous_runs, open_features
+from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
 from lesa.errors import ConfigError, DataError
 
 

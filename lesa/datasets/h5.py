@@ -56,6 +56,12 @@ LAYOUT_HELP = ("a lesa feature file holds /features (N,196,512) float32 or float
 DAMAGED = "the file is damaged: re-create it with `lesa extract` (or `lesa convert-tfrecord`)"
 
 
+def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop), ...] of the maximal runs of consecutive integers in a sorted array."""
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(sorted_rows, breaks) if run.size]
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The name a file has while it is being written: ``<path>.partial``."""
     path = Path(path)
@@ -403,53 +409,51 @@ class FeatureSplit:
     def feature_dtype(self) -> np.dtype:
         return self.files[0].features.dtype
 
-    def _gather(self, rows, array, width: tuple, dtype) -> np.ndarray:
-        """``array(file)[rows]`` for rows in any order (repeats allowed) across the files."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"feature rows out of range for {len(self)} rows")
-        out = np.empty((rows.size, *width), dtype=dtype)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(which):
-            sel = np.flatnonzero(which == k)
-            local, inverse = np.unique(rows[sel] - self.offsets[k], return_inverse=True)  # h5py: increasing
-            ds = array(self.files[k])
-            try:
-                block = ds[int(local[0]):int(local[-1]) + 1] if local[-1] - local[0] + 1 == local.size \
-                    else ds[local]
-            except H5_ERRORS as exc:
-                raise DataError(f"{self.files[k].path}: cannot read rows {local[:3].tolist()}... "
-                                f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
-            out[sel] = block[inverse]
-        return out
-
-    def read_features(self, rows, dtype=np.float32) -> np.ndarray:
-        """Features (B, 196, 512) of ``rows`` as ``dtype`` (None: as stored)."""
-        return self._gather(rows, lambda f: f.features, FEATURE_SHAPE, self.feature_dtype if dtype is None else dtype)
-
-    def read_features_into(self, start: int, out: np.ndarray) -> None:
-        """Features of rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous, the
-        stored dtype), without a temporary copy."""
+    def _read_into(self, name: str | None, start: int, out: np.ndarray) -> None:
+        """Rows ``start .. start + len(out) - 1`` of the features (``name`` None) or of label array
+        ``name``, across the files, straight into ``out`` (C-contiguous, the stored dtype)."""
         stop = start + len(out)
-        if start < 0 or stop > len(self):
-            raise IndexError(f"rows {start}..{stop - 1} out of range for {len(self)} rows")
-        if out.dtype != self.feature_dtype or not out.flags.c_contiguous:
-            raise ValueError(f"read_features_into needs a C-contiguous {self.feature_dtype} array")
         for k, f in enumerate(self.files):
             a, b = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
             if a < b:
                 local = int(a - self.offsets[k])
+                ds = f.features if name is None else f.labels[name]
                 try:
-                    f.features.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
+                    ds.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
                 except H5_ERRORS as exc:
                     raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
                                     f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
+
+    def read_features_into(self, start: int, out: np.ndarray) -> None:
+        """Features of rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous, the
+        stored dtype), without a temporary copy."""
+        self._read_into(None, start, out)
+
+    def _gather(self, rows, name: str | None, width: tuple, dtype) -> np.ndarray:
+        """Rows in any order (repeats allowed), each contiguous run read straight into place."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"feature rows out of range for {len(self)} rows")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        out, pos = np.empty((uniq.size, *width), dtype=dtype), 0
+        for a, b in contiguous_runs(uniq):
+            if name is None:
+                self.read_features_into(a, out[pos:pos + b - a])
+            else:
+                self._read_into(name, a, out[pos:pos + b - a])
+            pos += b - a
+        return out if uniq.size == rows.size and np.array_equal(uniq, rows) else out[inverse]
+
+    def read_features(self, rows, dtype=np.float32) -> np.ndarray:
+        """Features (B, 196, 512) of ``rows`` as ``dtype`` (None: as stored)."""
+        feats = self._gather(rows, None, FEATURE_SHAPE, self.feature_dtype)
+        return feats if dtype is None else feats.astype(dtype, copy=False)
 
     def read_labels(self, name: str, rows) -> np.ndarray:
         """Labels (B, D) int8 of array ``name`` for ``rows``."""
         if name not in self.label_dims:
             raise DataError(f"{self.files[0].path}: no label array {name!r}; the file has {sorted(self.label_dims)}")
-        return self._gather(rows, lambda f: f.labels[name], (self.label_dims[name],), np.int8)
+        return self._gather(rows, name, (self.label_dims[name],), np.int8)
 
     def read(self, rows, dtype=np.float32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(features (B, 196, 512), {label name: (B, D) int8})`` of ``rows``."""

@@ -1,30 +1,20 @@
-"""Training and evaluation batches from HDF5 feature files (layout: ``lesa.datasets.h5``), read
-through ``torch.utils.data``.
+"""Training and evaluation batches from HDF5 feature files (``lesa.datasets.h5``), read through
+``torch.utils.data``.
 
-Reading behaviour
------------------
-- Order: the original's by default, sequential and repeating. The training range is cut into
-  batches in file order; the last batch of an epoch holds the remainder (TF1: ``dataset.batch(32)
-  .repeat()`` batches each pass separately), then the next epoch starts again at the first record.
-  ``shuffle=True``: each epoch the range is cut into blocks of contiguous records, the blocks are
-  permuted and records are mixed within windows of ``shuffle_buffer`` records; the order is a pure
-  function of (seed, epoch), so a resumed run replays it exactly (``BatchPlan``).
-- Streaming (``preload="none"``): consecutive batches are read together, as one *window* of about
-  ``chunk_mb`` MB in contiguous runs of records (``WindowReads``, a map-style ``Dataset`` whose
-  items are windows). A ``DataLoader`` with ``workers`` worker processes (0: in the training
-  process) reads windows ahead of the loop, two per worker, page-locked for a GPU, and returns
-  them in order: the batches are the same whatever the number of workers, and memory stays bounded
-  by a few windows whatever the file size. float16 files are read as float16; training batches are
-  converted to float32, evaluation batches reach the model as stored (it casts them itself).
-- ``preload="ram"`` reads the range once into memory (through the same loader, with a progress
-  bar); ``"gpu"`` puts it in GPU memory; ``"auto"`` picks the GPU, then RAM, when the data fits
-  (GPU: 80 % of free memory; RAM: 50 % of available memory), else streams. An explicit preload that
-  cannot fit is a ``ConfigError`` before any work.
-- ``shard=(rank, world_size)`` gives each process its slice of every global batch (DDP).
+- Order: the original's by default, sequential and repeating: the last batch of an epoch holds the
+  remainder (TF1: ``dataset.batch(32).repeat()`` batches each pass separately), then the next epoch
+  starts again at the first record. ``shuffle=True``: a permutation of blocks of records, mixed
+  within windows of ``shuffle_buffer`` records, a pure function of (seed, epoch) (``BatchPlan``).
+- Streaming (``preload="none"``): consecutive batches are read together as one *window* of about
+  ``chunk_mb`` MB by a ``DataLoader`` with ``workers`` processes, two windows ahead per worker and
+  returned in order: the same batches whatever the number of workers, memory bounded by a few
+  windows. float16 files stay float16 until training batches are converted to float32;
+  evaluation batches reach the model as stored (it casts them itself).
+- ``preload="ram"``/``"gpu"`` read the range into memory once; ``"auto"`` picks the GPU, then RAM,
+  when the data fits, else streams. A preload that cannot fit is a ``ConfigError`` before any work.
+- ``shard=(rank, world_size)``: each process's slice of every global batch (DDP).
 - A damaged record is a ``DataError`` naming the file and the records, also when a worker read it.
-
-The position of the next batch, ``(epoch, batch)``, is saved in checkpoints so that training
-resumes on exactly the batch it would have read next.
+The position of the next batch, ``(epoch, batch)``, is saved in checkpoints for an exact resume.
 """
 from __future__ import annotations
 
@@ -51,15 +41,9 @@ def available_ram_bytes() -> int:
     """MemAvailable from /proc/meminfo (Linux), else total physical memory."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 33
 
 
 def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str) -> str:
@@ -88,35 +72,12 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
     return preload
 
 
-def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, stop), ...] of the maximal runs of consecutive integers in a sorted array."""
-    if sorted_rows.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [sorted_rows.size]])
-    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
-
-
 def read_rows(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec
               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Records ``rows`` (absolute, any order) -> ``(features (n,196,512) as stored, {key: (n, D)
-    int8})``. Each contiguous run of records is read straight into place (no temporary copy)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    feats = np.empty((uniq.size, *FEATURE_SHAPE), dtype=split.feature_dtype)
-    arrays = {array for array, _ in label_spec.values()}
-    raw = {a: np.empty((uniq.size, split.label_dims[a]), np.int8) for a in arrays}
-    pos = 0
-    for a, b in contiguous_runs(uniq):  # (a damaged record is a DataError naming file and rows)
-        split.read_features_into(a, feats[pos:pos + b - a])
-        for array in raw:
-            raw[array][pos:pos + b - a] = split.read_labels(array, np.arange(a, b))
-        pos += b - a
-    labels = {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
-    if uniq.size != rows.size or np.any(uniq != rows):
-        feats, labels = feats[inverse], {k: v[inverse] for k, v in labels.items()}
-    return feats, labels
+    """Records ``rows`` (absolute, any order) -> ``(features (n,196,512) as stored, {key: (n, D) int8})``."""
+    feats = split.read_features(rows, dtype=None)  # (a damaged record: a DataError naming file and rows)
+    raw = {array: split.read_labels(array, rows) for array, _ in label_spec.values()}
+    return feats, {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
 
 
 def read_labels(split: FeatureSplit, label_spec: LabelSpec, block: int = 65536) -> dict[str, np.ndarray]:
@@ -251,7 +212,7 @@ class RangeReader:
 
     def _from_memory(self, rows: np.ndarray):
         local = np.asarray(rows, dtype=np.int64) - self.start
-        if local.size and local[-1] - local[0] + 1 == local.size and np.all(np.diff(local) == 1):
+        if local.size and np.all(np.diff(local) == 1):
             index = slice(int(local[0]), int(local[-1]) + 1)  # a view, no copy
         elif self.preload == "gpu":
             # pinned + non_blocking: a copy from pageable memory would wait for the queued GPU work
@@ -359,12 +320,8 @@ class TrainStream:
     def position(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}
 
-    @property
-    def batches_per_window(self) -> int:
-        return max(1, self.reader.chunk_records // self.plan.batch_size)
-
     def _windows(self, epoch: int, batch: int) -> Iterator[Window]:
-        per_window = self.batches_per_window
+        per_window = max(1, self.reader.chunk_records // self.plan.batch_size)
         while True:
             while batch < self.plan.batches_per_epoch:
                 stop = min(self.plan.batches_per_epoch, batch + per_window)
