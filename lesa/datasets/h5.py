@@ -14,21 +14,15 @@ Layout (row ``i`` of every array describes the same image)::
                 writer was given (backbone, weights_sha256, decoder, precision, ...) and for shards
                 shard_rank / shard_world_size / shard_start / shard_stop.
 
-Every array carries HDF5's Fletcher-32 checksum per chunk: a damaged byte is an error, not a
-silently different number.
+Every array carries a Fletcher-32 checksum per chunk: a damaged byte is an error, not a number.
 
-Writing: ``FeatureWriter`` fills ``<path>.partial``. Each ``append`` is flushed before the
-``n_written`` attribute counts it, so a run killed at any moment continues with ``resume=True``
-from the last whole batch; ``finish()`` sets ``complete`` and renames the file to ``<path>``: a
-file under the final name is always whole. While partial, the ids are also kept as UTF-8 bytes
-plus end offsets (``/_img_id_bytes``, ``/_img_id_ends``, removed by ``finish()``): a kill can
-damage the global heap of variable-length strings ("bad heap index" on the next write), so a
-resumed writer rebuilds ``/img_ids`` from those plain arrays without reading it.
-
-Reading: ``open_features(path | list | glob)`` -> ``FeatureSplit`` (shards in rank order, read as
-one split): ``len(split)``, ``split.img_ids``, ``split.read(rows)`` -> (features (B, 196, 512),
-{label name: (B, D) int8}). ``FeatureFile`` is one file; both pickle by path, so a copy sent to a
-DataLoader worker opens its own handles.
+``FeatureWriter`` fills ``<path>.partial``, flushing each batch before ``n_written`` counts it (a
+killed run continues with ``resume=True``), and ``finish()`` renames it to ``<path>``: a file under
+the final name is whole. While partial, the ids are also kept as UTF-8 bytes plus end offsets
+(``/_img_id_bytes``, ``/_img_id_ends``): a kill can damage the heap of variable-length strings,
+so a resumed writer rebuilds ``/img_ids`` from them without reading it.
+``open_features(path | list | glob)`` -> ``FeatureSplit`` (shards in rank order, read as one);
+it and ``FeatureFile`` pickle by path, so a DataLoader worker opens its own handles.
 """
 from __future__ import annotations
 
@@ -87,13 +81,21 @@ def _ids_from_bytes(f, start: int, stop: int) -> list[str]:
     return [raw[a - first:b - first].decode("utf-8") for a, b in zip([first, *ends[:-1]], ends)]
 
 
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _grow(ds, n: int, rows) -> None:
     """Write ``rows`` at row ``n`` of the resizable dataset ``ds``."""
     ds.resize(n + len(rows), axis=0)
     ds[n:n + len(rows)] = rows
 
 
-class FeatureWriter:
+class FeatureWriter(_Closing):
     """Appends images' features, ids and labels to one split file (see the module docstring).
 
     ``label_dims``: {label name: columns}, e.g. {"labels_1k": 1000, "labels_81": 81}; ``dtype``:
@@ -259,14 +261,8 @@ class FeatureWriter:
         if not self._finished and self._file.id.valid:
             self._file.close()
 
-    def __enter__(self) -> "FeatureWriter":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class FeatureFile:
+class FeatureFile(_Closing):
     """One feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
     (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a
     dict. ``allow_incomplete`` also opens a ``*.partial`` (its first ``n_written`` rows)."""
@@ -322,9 +318,8 @@ class FeatureFile:
                 raise ShapeError(f"{self.path}: label array {name!r} has shape {obj.shape}; expected ({n}, D)")
             self.labels[name] = obj
         names = f.get("label_names")
-        self.label_names = {k: [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in obj[()]]
-                            for k, obj in names.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 1} \
-            if isinstance(names, h5py.Group) else {}
+        self.label_names = {k: obj.asstr()[()].tolist() for k, obj in names.items()
+                            if isinstance(obj, h5py.Dataset) and obj.ndim == 1} if isinstance(names, h5py.Group) else {}
         self._img_ids = None
 
     def __len__(self) -> int:
@@ -334,8 +329,7 @@ class FeatureFile:
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
             try:
-                self._img_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                                 for v in self._file["img_ids"][: self._n]] if self.complete \
+                self._img_ids = self._file["img_ids"].asstr()[: self._n].tolist() if self.complete \
                     else _ids_from_bytes(self._file, 0, self._n)
             except H5_ERRORS as exc:
                 raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
@@ -356,14 +350,8 @@ class FeatureFile:
         if self._file.id.valid:
             self._file.close()
 
-    def __enter__(self) -> "FeatureFile":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class FeatureSplit:
+class FeatureSplit(_Closing):
     """Feature files (the shards of one split, in order) read as one: rows 0..N-1 across them."""
 
     def __init__(self, files: Sequence[FeatureFile]):
@@ -462,12 +450,6 @@ class FeatureSplit:
     def close(self) -> None:
         for f in self.files:
             f.close()
-
-    def __enter__(self) -> "FeatureSplit":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:

@@ -98,18 +98,12 @@ def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
     return FeatureRecord(img_id, feature, labels)
 
 
-def iter_feature_records(paths, dataset: str | None = None, compression: str | None = None,
-                         label_dims: dict | None = None) -> Iterator[FeatureRecord]:
-    """Stream FeatureRecords from one or more TFRecord files (in the given order).
-
-    dataset: "nus-wide" or "openimages" to insist on that dataset (default: any known schema).
-    label_dims: if given, filled with {label name: D} from the first record, and every later
-    record must have the same widths.
-    """
+def iter_feature_records(paths, dataset: str | None = None, compression: str | None = None
+                         ) -> Iterator[FeatureRecord]:
+    """Stream FeatureRecords from one or more TFRecord files (in the given order), all of the first
+    record's schema and label widths; ``dataset`` ("nus-wide" or "openimages") insists on one."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    wanted = _dataset_name(dataset)
-    schema = None
-    dims = {} if label_dims is None else label_dims
+    wanted, schema, dims = _dataset_name(dataset), None, {}
     for path in paths:
         for index, record in enumerate(iter_tfrecords(path, compression=compression)):
             where = f"{path}: record {index}"
@@ -163,9 +157,7 @@ IMG_ID_STYLES = ("original", "relative")
 def relative_img_id(img_id: str) -> str:
     """original: NUS-WIDE ids were stored as ``./data/NUS_WIDE/Flickr/<concept>/<file>.jpg``; the
     relative form (``<concept>/<file>.jpg``) is what ``lesa extract`` stores. Other ids unchanged."""
-    img_id = img_id.replace("\\", "/")
-    marker = "Flickr/"
-    return img_id.rsplit(marker, 1)[1] if marker in img_id else img_id
+    return img_id.replace("\\", "/").rsplit("Flickr/", 1)[-1]
 
 
 def split_from_filename(path) -> str | None:
@@ -173,19 +165,6 @@ def split_from_filename(path) -> str | None:
     name = Path(path).name
     match = re.match(r"NUS_WIDE_([A-Za-z]+)_", name) or re.match(r"(?:OI_seen_unseen_)?(train|validation|test)_feature", name)
     return match.group(1) if match else None
-
-
-UNKNOWN_SPLIT = "unknown"
-
-
-def split_of(inputs: Sequence, schema: Schema, split: str | None = None) -> str:
-    """The split a conversion stores: ``split`` if given, else what the records tell (Open Images test
-    records carry seen and unseen labels), else the first input's file name, else ``"unknown"``."""
-    if split:
-        return split
-    if schema.name == "openimages_test":
-        return "test"
-    return split_from_filename(inputs[0]) or UNKNOWN_SPLIT
 
 
 @dataclass
@@ -203,17 +182,11 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
                       dtype: str = "float32", compression: str | None = None, batch_size: int = 256,
                       resume: bool = False, overwrite: bool = False, progress: bool = True,
                       img_ids: str = "original", data_dir=None) -> ConvertSummary:
-    """Stream the original's TFRecord feature files into one HDF5 split file (``lesa.datasets.h5``).
-
-    out: the HDF5 file; default ``features/<dataset>_<split>.h5`` in the data folder ``data_dir``
-    (where the configurations look). split: see ``split_of``; the input file names are stored in
-    the attribute ``source_files``.
-    A corrupted or truncated input stops the conversion with ``TFRecordError`` after every record
-    before the bad one was written to ``OUT.partial``; the file is not marked complete and not
-    renamed (``resume=True`` continues it once the input is fixed).
-    img_ids: "original" keeps each record's id byte for byte; "relative" stores NUS-WIDE ids as
-    ``<concept>/<file>.jpg`` like ``lesa extract`` does (Open Images ids are unchanged either way).
-    """
+    """Stream the original's TFRecord feature files into one HDF5 split file ``out`` (default
+    ``features/<dataset>_<split>.h5`` in ``data_dir``). ``split``: if not given, test for Open Images
+    test records, else from the first input's name. A bad input record stops with ``TFRecordError``
+    after every record before it was written to ``OUT.partial`` (``resume=True`` continues it).
+    ``img_ids``: "original" (byte for byte) or "relative" (NUS-WIDE ids as ``lesa extract`` stores them)."""
     from tqdm import tqdm
 
     inputs = [Path(p) for p in inputs]
@@ -227,26 +200,28 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
         raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
     rename = relative_img_id if img_ids == "relative" else (lambda i: i)
 
-    label_dims: dict = {}
-    records = iter_feature_records(inputs, dataset, compression, label_dims)
+    records = iter_feature_records(inputs, dataset, compression)
     first = next(records, None)
     if first is None:
         raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
+    label_dims = {name: values.size for name, values in first.labels.items()}
     schema = next(s for s in SCHEMAS if {name for _, name, _ in s.labels} == set(first.labels))
-    split = split_of(inputs, schema, split)
+    # Open Images test records carry seen and unseen labels
+    split = split or ("test" if schema.name == "openimages_test" else split_from_filename(inputs[0]))
     if out is None:
-        if split == UNKNOWN_SPLIT:
+        if not split:
             raise ConfigError(f"cannot tell which split {inputs[0].name} holds (its records and its name do "
                               "not say); pass --split NAME (e.g. Train, Test, train, validation, test) to "
                               "write it to the data folder's features/, or give the output file OUT.h5 "
                               "after the inputs")
         out = layout.resolve(layout.features_file(schema.dataset, split), data_dir)
+    split = split or "unknown"
     attrs = {"source": "tfrecord", "source_files": "\n".join(p.name for p in inputs),
              "backbone": "vgg19_conv54", "img_id_style": img_ids}
     writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype, attrs=attrs,
                            resume=resume, overwrite=overwrite)
     done = writer.done_ids if resume else []
-    n_seen = n_new = 0
+    n_seen = 0
     batch: list[FeatureRecord] = []
 
     def flush():
@@ -264,7 +239,6 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
                                         f"the input but {done[n_seen]!r} in the file; convert without --resume")
             else:
                 batch.append(record)
-                n_new += 1
             n_seen += 1
             bar.update()
             if len(batch) >= batch_size:
@@ -280,4 +254,4 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
     finally:
         bar.close()
         writer.close()
-    return ConvertSummary(Path(out), n_new, len(done), schema.name, schema.dataset, split, dict(label_dims))
+    return ConvertSummary(Path(out), n_seen - len(done), len(done), schema.name, schema.dataset, split, label_dims)
