@@ -1,15 +1,9 @@
 """Label word vectors: the original's pickles (read safely) and vectors built from a GloVe text file.
 
-The original stored its label vectors as pickles of numpy arrays:
-``NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300`` = ``(vecs_1k (1000,300), vecs_81 (81,300))`` and the
-Open Images one = ``(seen (7186,300), unseen (2594,300))``; ``unseen_labels.pkl`` is a numpy object
-array of label ids. ``load_pickle`` reads such files with a restricted unpickler that only rebuilds
-numpy arrays, dtypes and plain Python containers: a pickle that would import anything else (and so
-could run arbitrary code) is refused with ``DataError``.
-
-Users without the pickles build vectors for any label list from a GloVe-format text file
-(``word v1 v2 ... v300`` per line) with ``vectors_from_glove``: multi-word labels are averaged over
-their words and missing words are reported.
+The original's pickles: NUS-WIDE ``(vecs_1k (1000,300), vecs_81 (81,300))``, Open Images ``(seen
+(7186,300), unseen (2594,300))`` and ``unseen_labels.pkl`` (an object array of label ids). They are
+read by a restricted unpickler that only rebuilds numpy arrays and plain containers: a pickle that
+would import anything else (and so could run code) is refused with ``DataError``.
 """
 from __future__ import annotations
 
@@ -58,10 +52,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_pickle(path: str | os.PathLike):
-    """Unpickle a file that may only contain numpy arrays/dtypes and plain containers.
-
-    Raises ``DataError`` (naming the file) for anything else, a truncated or corrupted file.
-    """
+    """Unpickle a file of numpy arrays/dtypes and plain containers; anything else, or a damaged
+    file, is a ``DataError`` naming the file."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"label-vector file {path} not found")
@@ -73,9 +65,7 @@ def load_pickle(path: str | os.PathLike):
             return _RestrictedUnpickler(f, path).load()
     except DataError:
         raise
-    except MemoryError as exc:
-        raise DataError(f"{path}: the pickle declares an impossible size; the file is corrupted") from exc
-    except Exception as exc:  # truncation, bad opcodes, numpy refusing an inconsistent array
+    except Exception as exc:  # truncation, bad opcodes, an impossible size, an inconsistent array
         raise DataError(
             f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
             "the file is truncated or corrupted — download it again"
@@ -94,22 +84,8 @@ def _as_matrix(value, path, what: str, dim: int | None) -> np.ndarray:
 
 
 def load_vector_pair(path: str | os.PathLike, dim: int | None = 300) -> tuple[np.ndarray, np.ndarray]:
-    """The original's label-vector pickle: a pair ``(first (A, dim), second (B, dim))`` float32.
-
-    NUS-WIDE: ``(vecs_1k (1000,300), vecs_81 (81,300))``; Open Images: ``(seen (7186,300),
-    unseen (2594,300))``. A ``.npz`` with arrays ``seen``/``unseen`` (or ``arr_0``/``arr_1``) is also
-    accepted.
-    """
-    path = Path(path)
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = ("seen", "unseen") if "seen" in z else ("arr_0", "arr_1")
-                pair = (z[keys[0]], z[keys[1]])
-        except (KeyError, ValueError, OSError) as exc:
-            raise DataError(f"{path}: expected arrays 'seen' and 'unseen' in the .npz ({exc})") from exc
-    else:
-        pair = load_pickle(path)
+    """The original's label-vector pickle: a pair ``(first (A, dim), second (B, dim))`` float32."""
+    pair = load_pickle(path)
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise DataError(f"{path}: expected a pair of arrays (seen, unseen); got {type(pair).__name__}"
                         f"{' of length ' + str(len(pair)) if isinstance(pair, (tuple, list)) else ''}")
@@ -183,13 +159,9 @@ def _preview(names: Sequence[str], n: int = 20) -> str:
 
 def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim: int | None = None,
                        allow_missing_labels: bool = False) -> GloveVectors:
-    """Label vectors ``(L, dim)`` from a GloVe text file; multi-word labels are the mean of their words.
-
-    The file is streamed once (only the needed words are kept). Words not in the file are reported
-    in ``missing_words``. Labels none of whose words is found (``unknown_labels``) raise
-    ``DataError`` naming them, or with ``allow_missing_labels`` get zero vectors (the model cannot
-    use such a label: ``lesa tag`` drops them). ``DataError`` also when no label word is found.
-    """
+    """Label vectors ``(L, dim)`` from a GloVe text file (streamed once), multi-word labels the mean
+    of their words. Labels none of whose words is found are a ``DataError`` naming them, or with
+    ``allow_missing_labels`` zero vectors (``lesa tag`` drops them)."""
     glove_path = Path(glove_path)
     if not glove_path.exists():
         raise DataError(f"GloVe file {glove_path} not found")

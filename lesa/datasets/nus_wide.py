@@ -11,12 +11,10 @@ with ``Concepts81.txt`` and ``AllLabels/`` at the root, works too (``lesa.layout
     Groundtruth/AllLabels/Labels_<concept>.txt   (269648,) 0/1 per concept
     Flickr/<concept>/<file>.jpg          the images (``images_dir`` overrides)
 
-Labels (pure functions, ``nus_wide_labels``): ``labels_81 = 2*y - 1``; ``labels_1k = 2*y - 1`` with the
-75 tags that are also among the 81 concepts set to 0 (the unseen labels are not trained on).
-Images skipped before extraction, as the original did: missing files, files byte-equal to Flickr's
-"photo unavailable" placeholder (recognised by SHA-256), files of at most 4000 bytes.
-Image ids stored are the split-list entries with ``/`` (``actor/0001_2124494179.jpg``); the original
-stored ``./data/NUS_WIDE/Flickr/`` + that path.
+Labels ``2*y - 1``, with the 75 of the 1000 tags that are among the 81 concepts set to 0 in
+``labels_1k`` (unseen labels are not trained on). Skipped, as the original did: missing files,
+Flickr's "photo unavailable" placeholder (by SHA-256) and files of at most 4000 bytes. Ids are the
+split-list entries with ``/`` (the original stored ``./data/NUS_WIDE/Flickr/`` + that path).
 """
 from __future__ import annotations
 
@@ -59,9 +57,8 @@ def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_i
 
 
 def read_01_matrix(path: Path, n_cols: int, block_lines: int = 8192) -> np.ndarray:
-    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols).
-
-    Parsed in blocks of lines (AllTags1k.txt is ~540 MB: no whole-file temporaries)."""
+    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols),
+    parsed in blocks of lines (AllTags1k.txt is ~540 MB: no whole-file temporaries)."""
     if not path.exists():
         raise DataError(f"NUS-WIDE label file {path} not found; check --root")
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
@@ -73,8 +70,7 @@ def read_01_matrix(path: Path, n_cols: int, block_lines: int = 8192) -> np.ndarr
         stop = int(line_ends[min(first + block_lines, line_ends.size) - 1]) + 1
         rows.append(_parse_01_block(raw[start:stop], n_cols, path, first))
         start = stop
-    matrix = np.concatenate(rows) if rows else np.zeros((0, n_cols), dtype=np.uint8)
-    return matrix
+    return np.concatenate(rows) if rows else np.zeros((0, n_cols), dtype=np.uint8)
 
 
 def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -> np.ndarray:
@@ -112,12 +108,9 @@ def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:
         size = path.stat().st_size
     except OSError:
         return "missing"
-    if size == FLICKR_PLACEHOLDER_SIZE:
-        if hashlib.sha256(path.read_bytes()).hexdigest() == FLICKR_PLACEHOLDER_SHA256:
-            return "placeholder"
-    if size <= min_bytes:
-        return "small"
-    return None
+    if size == FLICKR_PLACEHOLDER_SIZE and hashlib.sha256(path.read_bytes()).hexdigest() == FLICKR_PLACEHOLDER_SHA256:
+        return "placeholder"
+    return "small" if size <= min_bytes else None
 
 
 @dataclass
