@@ -72,23 +72,16 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
     return preload
 
 
-def read_rows(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Records ``rows`` (absolute, any order) -> ``(features (n,196,512) as stored, {key: (n, D) int8})``."""
-    feats = split.read_features(rows, dtype=None)  # (a damaged record: a DataError naming file and rows)
+def _labels(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec) -> dict[str, np.ndarray]:
+    """``{key: (n, D) int8}`` of records ``rows`` (absolute, any order)."""
     raw = {array: split.read_labels(array, rows) for array, _ in label_spec.values()}
-    return feats, {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
+    return {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
 
 
 def read_labels(split: FeatureSplit, label_spec: LabelSpec, block: int = 65536) -> dict[str, np.ndarray]:
     """The labels of every record, ``{key: (N, D) int8}`` (no features read)."""
-    out = {key: [] for key in label_spec}
-    for a in range(0, len(split), block):
-        rows = np.arange(a, min(len(split), a + block))
-        for key, (array, cols) in label_spec.items():
-            values = split.read_labels(array, rows)
-            out[key].append(values if cols is None else values[:, cols])
-    return {key: np.concatenate(v) if v else np.zeros((0, 0), np.int8) for key, v in out.items()}
+    parts = [_labels(split, np.arange(a, min(len(split), a + block)), label_spec) for a in range(0, len(split), block)]
+    return {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros((0, 0), np.int8) for key in label_spec}
 
 
 class WindowReads(Dataset):
@@ -108,9 +101,10 @@ class WindowReads(Dataset):
         return self._split
 
     def __getitem__(self, window: Window):
-        rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
-        try:
-            feats, labels = read_rows(self._opened(), rows, self.label_spec)
+        rows = np.concatenate(list(window))
+        try:  # (a damaged record: a DataError naming file and rows)
+            split = self._opened()
+            feats, labels = split.read_features(rows, dtype=None), _labels(split, rows, self.label_spec)
         except DataError as exc:
             if torch.utils.data.get_worker_info() is None:
                 raise
@@ -145,7 +139,7 @@ class RangeReader:
         self.device = torch.device(device)
         self.name = name
         self.workers = int(workers)
-        where = f"{split.paths[0]}"
+        where = split.paths[0]
         if not 0 <= self.start <= self.stop <= len(split):
             raise DataError(f"{where}: records [{self.start}, {self.stop}) are outside the file's "
                             f"{len(split)} records")
@@ -194,21 +188,18 @@ class RangeReader:
         feats = np.empty((n, *FEATURE_SHAPE), dtype=self.split.feature_dtype)
         labels = {key: np.empty((n, len(cols) if cols is not None else self.split.label_dims[array]), np.int8)
                   for key, (array, cols) in self.label_spec.items()}
-        windows = [[np.arange(self.start + a, self.start + min(n, a + self.chunk_records))]
-                   for a in range(0, n, self.chunk_records)]
+        windows = [[np.arange(a, min(self.stop, a + self.chunk_records))]
+                   for a in range(self.start, self.stop, self.chunk_records)]
         with tqdm(total=n, desc=f"loading {self.name} into {self.preload.upper()}", unit="img",
                   disable=not progress, leave=False) as bar:
             for window, f, lab in self.read_windows(windows):
                 a = int(window[0][0]) - self.start
-                feats[a:a + len(f)] = f.numpy()
-                for k, v in lab.items():
-                    labels[k][a:a + len(v)] = v.numpy()
+                for dest, src in ((feats, f), *((labels[k], v) for k, v in lab.items())):
+                    dest[a:a + len(src)] = src.numpy()
                 bar.update(len(f))
-        if self.preload == "gpu":
-            self._features = torch.from_numpy(feats).to(self.device)
-            self._labels = {k: torch.from_numpy(v).to(self.device) for k, v in labels.items()}
-        else:
-            self._features, self._labels = torch.from_numpy(feats), {k: torch.from_numpy(v) for k, v in labels.items()}
+        device = self.device if self.preload == "gpu" else "cpu"
+        self._features = torch.from_numpy(feats).to(device)
+        self._labels = {k: torch.from_numpy(v).to(device) for k, v in labels.items()}
 
     def _from_memory(self, rows: np.ndarray):
         local = np.asarray(rows, dtype=np.int64) - self.start
@@ -249,11 +240,9 @@ class RangeReader:
         itself, slice by slice on the CPU, so no float32 copy of the whole batch is made)."""
         from tqdm import tqdm
 
-        per_window = max(batch_size, (self.chunk_records // batch_size) * batch_size)
-        windows = []
-        for a in range(self.start, self.stop, per_window):
-            rows = np.arange(a, min(self.stop, a + per_window))
-            windows.append([rows[i:i + batch_size] for i in range(0, rows.size, batch_size)])
+        rows, per_window = np.arange(self.start, self.stop), max(1, self.chunk_records // batch_size)
+        batches = [rows[i:i + batch_size] for i in range(0, rows.size, batch_size)]
+        windows = [batches[i:i + per_window] for i in range(0, len(batches), per_window)]
         with tqdm(total=len(self), desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
                   leave=False) as bar:
             for batch in self.batches(windows, as_stored=True):
@@ -262,12 +251,9 @@ class RangeReader:
 
 
 class BatchPlan:
-    """Which records form training batch ``b`` of epoch ``e`` (deterministic; no I/O).
-
-    Sequential (original): records ``start..stop-1`` in order, cut into batches, last one partial.
-    Shuffled: blocks of ``block`` contiguous records in a permuted order, records mixed within
-    windows of ``buffer`` records; seeded by (seed, epoch).
-    """
+    """Which records form training batch ``b`` of epoch ``e`` (deterministic; no I/O): sequential
+    (original) ``start..stop-1`` in batches, the last one partial; shuffled: blocks of ``block``
+    records in a permuted order, mixed within windows of ``buffer`` records, seeded by (seed, epoch)."""
 
     def __init__(self, start: int, stop: int, batch_size: int, shuffle: bool = False, seed: int = 0,
                  block: int = 64, buffer: int = 4096):
@@ -287,8 +273,7 @@ class BatchPlan:
         order = np.arange(self.start, self.stop, dtype=np.int64)
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            n_blocks = -(-order.size // self.block)
-            perm = rng.permutation(n_blocks)
+            perm = rng.permutation(-(-order.size // self.block))
             order = np.concatenate([order[i * self.block:(i + 1) * self.block] for i in perm])
             for a in range(0, order.size, self.buffer):
                 order[a:a + self.buffer] = rng.permutation(order[a:a + self.buffer])
@@ -301,10 +286,8 @@ class BatchPlan:
 
 
 class TrainStream:
-    """Endless training batches (sequential repeating by default) with a resumable position.
-
-    ``position`` = ``{"epoch": e, "batch": b}`` of the next batch ``next()`` returns.
-    """
+    """Endless training batches with a resumable ``position``, ``{"epoch": e, "batch": b}`` of the
+    next batch ``next()`` returns."""
 
     def __init__(self, reader: RangeReader, plan: BatchPlan, position: Mapping | None = None,
                  shard: tuple[int, int] = (0, 1)):
