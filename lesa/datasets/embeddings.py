@@ -120,9 +120,7 @@ def read_label_list(path: str | os.PathLike) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text label list ({exc})") from exc
-    labels = [line.strip() for line in text.splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
+    labels = [line.strip() for line in text.rstrip().splitlines()]
     if not labels:
         raise DataError(f"{path}: the label list is empty")
     if any(not label for label in labels):

@@ -58,27 +58,20 @@ def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
 
 def partial_path(path: str | os.PathLike) -> Path:
     """The name a file has while it is being written: ``<path>.partial``."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
+    return Path(f"{Path(path)}.partial")
 
 
 def _attrs(h5attrs) -> dict:
     """HDF5 attributes as Python values (str, int, float, bool)."""
-    out = {}
-    for key, value in h5attrs.items():
-        out[key] = value.decode("utf-8") if isinstance(value, bytes) else \
-            value.item() if isinstance(value, np.generic) else value
-    return out
+    return {key: value.decode("utf-8") if isinstance(value, bytes) else
+            value.item() if isinstance(value, np.generic) else value for key, value in h5attrs.items()}
 
 
-def _ids_from_bytes(f, start: int, stop: int) -> list[str]:
-    """Ids ``start .. stop - 1`` of a partial file."""
-    if stop <= start:
-        return []
-    ends = f[ID_ENDS][start:stop].tolist()
-    first = int(f[ID_ENDS][start - 1]) if start else 0
-    raw = f[ID_BYTES][first:ends[-1]].tobytes()
-    return [raw[a - first:b - first].decode("utf-8") for a, b in zip([first, *ends[:-1]], ends)]
+def _partial_ids(f, n: int) -> list[str]:
+    """The first ``n`` ids of a partial file."""
+    ends = f[ID_ENDS][:n].tolist()
+    raw = f[ID_BYTES][:ends[-1] if n else 0].tobytes()
+    return [raw[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1]], ends)]
 
 
 class _Closing:
@@ -96,14 +89,9 @@ def _grow(ds, n: int, rows) -> None:
 
 
 class FeatureWriter(_Closing):
-    """Appends images' features, ids and labels to one split file (see the module docstring).
-
-    ``label_dims``: {label name: columns}, e.g. {"labels_1k": 1000, "labels_81": 81}; ``dtype``:
-    float32 or float16 features; ``attrs``: extra file attributes, which a resumed run must repeat
-    (another backbone would mix features); ``label_names``: {label name: D column names};
-    ``resume``: continue ``<path>.partial`` if there is one (otherwise it is started afresh);
-    ``overwrite``: replace a complete ``<path>``.
-    """
+    """Appends images' features, ids and labels ``{label name: (B, label_dims[name])}`` to one split
+    file. ``attrs`` (extra file attributes) must be repeated by a resumed run (another backbone would
+    mix features); ``resume`` continues ``<path>.partial`` if there is one."""
 
     def __init__(self, path: str | os.PathLike, dataset: str, split: str, label_dims: Mapping[str, int],
                  dtype: str = "float32", attrs: Mapping | None = None,
@@ -185,7 +173,7 @@ class FeatureWriter(_Closing):
             f[ID_BYTES].resize(n_bytes, axis=0)
             if "img_ids" in f:  # unread: the kill may have damaged its heap
                 del f["img_ids"]
-            f.create_dataset("img_ids", data=np.array(_ids_from_bytes(f, 0, n), dtype=object), maxshape=(None,),
+            f.create_dataset("img_ids", data=np.array(_partial_ids(f, n), dtype=object), maxshape=(None,),
                              dtype=STRINGS, chunks=(4096,))
             f.attrs["complete"] = False
             f.flush()
@@ -202,7 +190,7 @@ class FeatureWriter(_Closing):
     @property
     def done_ids(self) -> list[str]:
         """The ids already in the file, in order (what a resumed run skips)."""
-        return _ids_from_bytes(self._file, 0, self.n_written)
+        return _partial_ids(self._file, self.n_written)
 
     def set_attrs(self, **attrs) -> None:
         """Add or change file attributes (e.g. counts of skipped images)."""
@@ -263,13 +251,11 @@ class FeatureWriter(_Closing):
 
 
 class FeatureFile(_Closing):
-    """One feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
-    (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a
-    dict. ``allow_incomplete`` also opens a ``*.partial`` (its first ``n_written`` rows)."""
+    """One complete feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
+    (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a dict."""
 
-    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.allow_incomplete = allow_incomplete
         if not self.path.exists():
             hint = ""
             if partial_path(self.path).exists():
@@ -293,20 +279,18 @@ class FeatureFile(_Closing):
         f = self._file
         self.attrs = _attrs(f.attrs)
         self.complete = self.attrs.get("complete") is True
-        written = self.attrs.get("n_written")
         if "complete" not in self.attrs:
             raise DataError(f"{self.path}: not a lesa feature file (no 'complete' attribute); {LAYOUT_HELP}")
-        if not self.complete and not self.allow_incomplete:
+        if not self.complete:
             raise DataError(f"{self.path}: the file is incomplete: the run writing it was interrupted after "
-                            f"{written} images; rerun the same command with --resume to finish it")
+                            f"{self.attrs.get('n_written')} images; rerun the same command with --resume to finish it")
         feats = f.get("features")
         if not isinstance(feats, h5py.Dataset) or feats.ndim != 3 or feats.shape[1:] != FEATURE_SHAPE:
             raise ShapeError(f"{self.path}: 'features' is {getattr(feats, 'shape', 'missing')}; expected "
                              "(N, 196, 512) (VGG-19 conv5_4 regions of a 224x224 crop); re-extract the features")
         if feats.dtype not in (np.float32, np.float16):
             raise DataError(f"{self.path}: 'features' dtype {feats.dtype}; expected float32 or float16")
-        n = feats.shape[0] if self.complete else max(0, min(feats.shape[0], int(written or 0)))
-        ids = f.get("img_ids") if self.complete else f.get(ID_ENDS)
+        n, ids = feats.shape[0], f.get("img_ids")
         if not isinstance(ids, h5py.Dataset) or ids.ndim != 1 or ids.shape[0] < n:
             raise DataError(f"{self.path}: 'img_ids' is missing, not 1-d or shorter than the {n} feature "
                             f"rows; {LAYOUT_HELP}")
@@ -329,8 +313,7 @@ class FeatureFile(_Closing):
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
             try:
-                self._img_ids = self._file["img_ids"].asstr()[: self._n].tolist() if self.complete \
-                    else _ids_from_bytes(self._file, 0, self._n)
+                self._img_ids = self._file["img_ids"].asstr()[: self._n].tolist()
             except H5_ERRORS as exc:
                 raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
                                 f"{DAMAGED}") from exc
@@ -341,10 +324,10 @@ class FeatureFile(_Closing):
         return {name: int(ds.shape[1]) for name, ds in self.labels.items()}
 
     def __getstate__(self) -> dict:  # h5py handles do not survive pickling: the copy reopens the file
-        return {"path": self.path, "allow_incomplete": self.allow_incomplete}
+        return {"path": self.path}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["allow_incomplete"])
+        self.__init__(state["path"])
 
     def close(self) -> None:
         if self._file.id.valid:
@@ -467,13 +450,13 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return out
 
 
-def open_features(paths, allow_incomplete: bool = False) -> FeatureSplit:
+def open_features(paths) -> FeatureSplit:
     """One or several feature files (a path, a glob, or a list) as one ``FeatureSplit``. Shards
     (attribute ``shard_rank``) come in rank order, the image list's; a missing rank is an error."""
     files = []
     try:
         for p in expand_paths(paths):
-            files.append(FeatureFile(p, allow_incomplete=allow_incomplete))
+            files.append(FeatureFile(p))
         if files and all("shard_rank" in f.attrs for f in files):
             files.sort(key=lambda f: int(f.attrs["shard_rank"]))
             world = int(files[0].attrs.get("shard_world_size", len(files)))

@@ -96,10 +96,7 @@ def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -
 
 def _read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line.strip().replace("\\", "/") for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
+    return [line.strip().replace("\\", "/") for line in text.rstrip().splitlines()]
 
 
 def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:

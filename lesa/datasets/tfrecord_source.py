@@ -195,13 +195,12 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
     for path in inputs:
         if not path.is_file():
             raise TFRecordError(f"TFRecord file not found: {path}")
-    _dataset_name(dataset)  # validate before any work
     if img_ids not in IMG_ID_STYLES:
         raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
     rename = relative_img_id if img_ids == "relative" else (lambda i: i)
 
     records = iter_feature_records(inputs, dataset, compression)
-    first = next(records, None)
+    first = next(records, None)  # (checks the dataset name before any file is read)
     if first is None:
         raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
     label_dims = {name: values.size for name, values in first.labels.items()}
