@@ -111,20 +111,21 @@ def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:
 
 
 @dataclass
-class NusWideSplit:
-    """The images of one split that are extracted, their labels, and what was skipped."""
+class ImageSplit:
+    """The images of one split that are extracted (NUS-WIDE or Open Images), their labels, and what
+    was skipped."""
 
     split: str
-    img_ids: list[str]              # split-list entries with '/'
+    img_ids: list[str]
     paths: list[Path]
-    labels: dict[str, np.ndarray]   # labels_1k (N,1000), labels_81 (N,81) int8
+    labels: object  # NUS-WIDE {labels_1k: (N, 1000), labels_81: (N, 81)} int8; Open Images OpenImagesLabels
     label_names: dict[str, list[str]]
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> img ids
     images_dir: Path | None = None
 
 
 def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
-                        min_bytes: int = MIN_IMAGE_BYTES) -> NusWideSplit:
+                        min_bytes: int = MIN_IMAGE_BYTES) -> ImageSplit:
     """Read the metadata under ``root`` and list the ``split`` ('Train'|'Test') images to extract."""
     root = Path(root)
     if split not in SPLITS:
@@ -169,5 +170,5 @@ def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | o
                             f"{len(all_images)} images; the metadata files do not belong together")
     rows_arr = np.array(rows, dtype=np.int64)
     labels_1k, labels_81 = nus_wide_labels(tags01[rows_arr], labels01_81[rows_arr], unseen_idx)
-    return NusWideSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
+    return ImageSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
                         {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)

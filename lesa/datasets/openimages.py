@@ -21,13 +21,14 @@ from __future__ import annotations
 import csv
 import os
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from lesa.datasets.embeddings import load_label_ids_pickle, read_label_list
+from lesa.datasets.nus_wide import ImageSplit
 from lesa.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -142,21 +143,8 @@ def read_class_descriptions(path: Path) -> dict[str, str]:
                         "class-descriptions.csv (label id, name)") from exc
 
 
-@dataclass
-class OpenImagesSplit:
-    """The images of one split that are extracted, their (sparse) labels, and what was skipped."""
-
-    split: str
-    img_ids: list[str]
-    paths: list[Path]
-    labels: OpenImagesLabels
-    label_names: dict[str, list[str]]
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-    images_dir: Path | None = None
-
-
 def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
-                          partition_rows: int | None = None) -> OpenImagesSplit:
+                          partition_rows: int | None = None) -> ImageSplit:
     """Read the 2018_04 metadata under ``root`` and list the ``split`` images found in ``images_dir``
     (default ``<root>/../image_data/<split>``)."""
     root = Path(root)
@@ -182,4 +170,4 @@ def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str |
                         f"writes them to OpenImages/image_data/{split} in the data folder)")
     labels = labels.select(keep)
     label_names = {"labels": seen} if unseen is None else {"seen_labels": seen, "unseen_labels": unseen}
-    return OpenImagesSplit(split, labels.image_ids, paths, labels, label_names, skipped, images_dir)
+    return ImageSplit(split, labels.image_ids, paths, labels, label_names, skipped, images_dir)

@@ -85,11 +85,9 @@ def read_labels(split: FeatureSplit, label_spec: LabelSpec, block: int = 65536) 
 
 
 class WindowReads(Dataset):
-    """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of the rows of a
-    window (its batches, one after the other). Each process opens the files itself (h5py handles do
-    not survive a fork). In a worker, a ``DataError`` is returned as the item instead of raised, so
-    that the training process raises it as it is (a DataLoader would wrap it in the worker's
-    traceback)."""
+    """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of a window's rows,
+    each process with its own file handles. A worker returns a ``DataError`` instead of raising it,
+    so that the training process raises it as it is (not wrapped in the worker's traceback)."""
 
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec):
         self.paths, self.label_spec = list(split.paths), dict(label_spec)
@@ -109,7 +107,7 @@ class WindowReads(Dataset):
             if torch.utils.data.get_worker_info() is None:
                 raise
             return exc
-        return torch.from_numpy(feats), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in labels.items()}
+        return torch.from_numpy(feats), {k: torch.from_numpy(v) for k, v in labels.items()}
 
 
 def _worker_ignores_ctrl_c(_worker_id: int) -> None:

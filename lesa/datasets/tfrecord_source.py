@@ -8,8 +8,7 @@ one-element bytes list:
     Open Images test             img_id, feature, seen_label (7186 int32), unseen_label (2594 int32)
 
 Records come out as ``FeatureRecord(img_id, feature (196, 512) float32, {label name: (D,) int8})``
-with the label names of the HDF5 layout (``lesa.datasets.h5``): labels_1k, labels_81, labels,
-seen_labels, unseen_labels. The schema is recognised from the keys of the first record.
+with the HDF5 layout's label names; the schema is recognised from the keys of the first record.
 """
 from __future__ import annotations
 
@@ -58,9 +57,8 @@ class FeatureRecord(NamedTuple):
 
 def detect_schema(keys, where: str = "record") -> Schema:
     keys = set(keys)
-    for schema in SCHEMAS:
-        if keys == schema.keys:
-            return schema
+    if schema := next((s for s in SCHEMAS if s.keys == keys), None):
+        return schema
     known = "; ".join(f"{s.name}: {', '.join(sorted(s.keys))}" for s in SCHEMAS)
     raise TFRecordError(f"{where}: keys {sorted(keys)} match none of the original's feature schemas ({known}); "
                         "this is not a feature file written by the original's extraction scripts")
@@ -92,7 +90,7 @@ def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
         if len(raw) % 4:
             raise TFRecordError(f"{where} ({img_id}): {key} has {len(raw)} bytes, not whole {dtype[1:]} values")
         values = np.frombuffer(raw, dtype=dtype)
-        if values.size and not np.all((values == -1) | (values == 0) | (values == 1)):
+        if not np.isin(values, (-1, 0, 1)).all():
             raise TFRecordError(f"{where} ({img_id}): {key} holds values other than -1, 0, 1")
         labels[h5_name] = values.astype(np.int8)
     return FeatureRecord(img_id, feature, labels)
@@ -127,13 +125,8 @@ def iter_feature_records(paths, dataset: str | None = None, compression: str | N
 def iter_feature_batches(paths, batch_size: int, dataset: str | None = None, compression: str | None = None
                          ) -> Iterator[tuple[list, np.ndarray, dict]]:
     """Batches of ``(img_ids, features (B, 196, 512) float32, {label name: (B, D) int8})``, streaming."""
-    batch: list[FeatureRecord] = []
-    for record in iter_feature_records(paths, dataset, compression):
-        batch.append(record)
-        if len(batch) == batch_size:
-            yield _stack(batch)
-            batch = []
-    if batch:
+    records = iter_feature_records(paths, dataset, compression)
+    while batch := list(itertools.islice(records, batch_size)):
         yield _stack(batch)
 
 
