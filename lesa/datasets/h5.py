@@ -395,11 +395,6 @@ class FeatureSplit(_Closing):
                     raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
                                     f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
-    def read_features_into(self, start: int, out: np.ndarray) -> None:
-        """Features of rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous, the
-        stored dtype), without a temporary copy."""
-        self._read_into(None, start, out)
-
     def _gather(self, rows, name: str | None, width: tuple, dtype) -> np.ndarray:
         """Rows in any order (repeats allowed), each contiguous run read straight into place."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -408,10 +403,7 @@ class FeatureSplit(_Closing):
         uniq, inverse = np.unique(rows, return_inverse=True)
         out, pos = np.empty((uniq.size, *width), dtype=dtype), 0
         for a, b in contiguous_runs(uniq):
-            if name is None:
-                self.read_features_into(a, out[pos:pos + b - a])
-            else:
-                self._read_into(name, a, out[pos:pos + b - a])
+            self._read_into(name, a, out[pos:pos + b - a])
             pos += b - a
         return out if uniq.size == rows.size and np.array_equal(uniq, rows) else out[inverse]
 
@@ -438,15 +430,11 @@ class FeatureSplit(_Closing):
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """A path, a glob pattern, or a list of them -> the files, in order (each glob sorted by name)."""
     out: list[Path] = []
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        s = str(p)
-        if any(ch in s for ch in "*?[") and not Path(s).exists():
-            matches = sorted(glob.glob(s))
-            if not matches:
-                raise DataError(f"no feature files match {s!r}; check the path or pattern")
-            out.extend(Path(m) for m in matches)
-        else:
-            out.append(Path(s))
+    for p in map(str, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        matches = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") and not Path(p).exists() else [p]
+        if not matches:
+            raise DataError(f"no feature files match {p!r}; check the path or pattern")
+        out.extend(map(Path, matches))
     return out
 
 
