@@ -257,10 +257,8 @@ class FeatureFile(_Closing):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.exists():
-            hint = ""
-            if partial_path(self.path).exists():
-                hint = (f"; {partial_path(self.path)} exists: its extraction was interrupted, rerun the same "
-                        "command with --resume to finish it")
+            hint = (f"; {partial_path(self.path)} exists: its extraction was interrupted, rerun the same "
+                    "command with --resume to finish it") if partial_path(self.path).exists() else ""
             raise DataError(f"feature file {self.path} not found{hint}")
         try:
             self._file = h5py.File(self.path, "r")

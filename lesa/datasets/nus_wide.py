@@ -41,10 +41,8 @@ MIN_IMAGE_BYTES = 4000
 
 def seen_unseen_tag_indices(tags_1k: Sequence[str], concepts_81: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the 1000 tags of the seen tags (not concepts) and of those that are concepts."""
-    concepts = set(concepts_81)
-    seen = np.array([i for i, t in enumerate(tags_1k) if t not in concepts], dtype=np.int64)
-    unseen = np.array([i for i, t in enumerate(tags_1k) if t in concepts], dtype=np.int64)
-    return seen, unseen
+    is_concept = np.isin(np.asarray(tags_1k, dtype=object), list(concepts_81))
+    return np.flatnonzero(~is_concept).astype(np.int64), np.flatnonzero(is_concept).astype(np.int64)
 
 
 def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_idx: np.ndarray
@@ -171,4 +169,4 @@ def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | o
     rows_arr = np.array(rows, dtype=np.int64)
     labels_1k, labels_81 = nus_wide_labels(tags01[rows_arr], labels01_81[rows_arr], unseen_idx)
     return ImageSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
-                        {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)
+                      {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)
