@@ -246,7 +246,7 @@ class FeatureWriter(_Closing):
 
     def close(self) -> None:
         """Close without finishing: ``*.partial`` stays for ``resume=True``."""
-        if not self._finished and self._file.id.valid:
+        if not self._finished:
             self._file.close()
 
 
@@ -328,8 +328,7 @@ class FeatureFile(_Closing):
         self.__init__(state["path"])
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
+        self._file.close()
 
 
 class FeatureSplit(_Closing):

@@ -169,10 +169,7 @@ class RangeReader:
                             worker_init_fn=_worker_ignores_ctrl_c if self.workers else None)
         items = iter(loader)
         try:
-            for window in mine:
-                item = next(items, None)
-                if item is None:
-                    return
+            for window, item in zip(mine, items):
                 if isinstance(item, DataError):
                     raise item
                 yield (window, *item)

@@ -185,9 +185,6 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ConfigError("no TFRecord input files given")
-    for path in inputs:
-        if not path.is_file():
-            raise TFRecordError(f"TFRecord file not found: {path}")
     if img_ids not in IMG_ID_STYLES:
         raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
     rename = relative_img_id if img_ids == "relative" else (lambda i: i)
