@@ -47,9 +47,8 @@ def available_ram_bytes() -> int:
 
 
 def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str) -> str:
-    """Turn ``auto`` into gpu/ram/none, and refuse a preload that cannot fit (fail fast)."""
-    if preload not in ("none", "ram", "gpu", "auto"):
-        raise ConfigError(f"{where}: preload must be none, ram, gpu or auto; got {preload!r}")
+    """Turn ``auto`` into gpu/ram/none, and refuse a preload that cannot fit (fail fast); the value
+    itself is checked with the configuration (``lesa.experiment.CHOICES``)."""
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
     # under torchrun every process of a node loads its own copy into the node's RAM
     ram = available_ram_bytes() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
@@ -246,9 +245,8 @@ class RangeReader:
 
 
 class BatchPlan:
-    """Which records form training batch ``b`` of epoch ``e`` (deterministic; no I/O): sequential
-    (original) ``start..stop-1`` in batches, the last one partial; shuffled: blocks of ``block``
-    records in a permuted order, mixed within windows of ``buffer`` records, seeded by (seed, epoch)."""
+    """Which records form training batch ``b`` of epoch ``e`` (no I/O): ``start..stop-1`` in order, or
+    blocks of ``block`` records permuted and mixed within windows of ``buffer`` records (``shuffle``)."""
 
     def __init__(self, start: int, stop: int, batch_size: int, shuffle: bool = False, seed: int = 0,
                  block: int = 64, buffer: int = 4096):

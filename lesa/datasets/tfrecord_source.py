@@ -136,12 +136,9 @@ def _stack(batch: list[FeatureRecord]) -> tuple[list, np.ndarray, dict]:
 
 
 def _dataset_name(dataset: str | None) -> str | None:
-    if dataset is None:
-        return None
-    try:
-        return DATASET_NAMES[dataset.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages") from None
+    if dataset is not None and dataset.lower() not in DATASET_NAMES:
+        raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages")
+    return None if dataset is None else DATASET_NAMES[dataset.lower()]
 
 
 IMG_ID_STYLES = ("original", "relative")
