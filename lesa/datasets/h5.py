@@ -5,9 +5,8 @@ Layout (row ``i`` of every array describes the same image)::
     /features        (N, 196, 512) float32 or float16, one image per chunk: VGG-19 conv5_4 (+ReLU)
                      regions, row-major over the 14x14 grid
     /img_ids         (N,) UTF-8 strings (NUS-WIDE: the ImageList path; Open Images: the ImageID)
-    /<label name>    (N, D) int8: -1 absent, 0 unknown (not annotated), 1 present.
-                     NUS-WIDE labels_1k (N, 1000) and labels_81 (N, 81); Open Images train and
-                     validation labels (N, 7186), test seen_labels (N, 7186) and unseen_labels (N, 2594)
+    /<label name>    (N, D) int8: -1 absent, 0 unknown (not annotated), 1 present: NUS-WIDE labels_1k,
+                     labels_81; Open Images labels (test: seen_labels, unseen_labels)
     /label_names/<label name>   optional (D,) UTF-8 names of the label columns
 
     attributes: dataset, split, feature_dtype, lesa_version, n_written, complete (True), those the
@@ -299,6 +298,7 @@ class FeatureFile(_Closing):
             if obj.ndim != 2 or obj.shape[0] < n:
                 raise ShapeError(f"{self.path}: label array {name!r} has shape {obj.shape}; expected ({n}, D)")
             self.labels[name] = obj
+        self.label_dims = {name: int(ds.shape[1]) for name, ds in self.labels.items()}
         names = f.get("label_names")
         self.label_names = {k: obj.asstr()[()].tolist() for k, obj in names.items()
                             if isinstance(obj, h5py.Dataset) and obj.ndim == 1} if isinstance(names, h5py.Group) else {}
@@ -316,10 +316,6 @@ class FeatureFile(_Closing):
                 raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
                                 f"{DAMAGED}") from exc
         return self._img_ids
-
-    @property
-    def label_dims(self) -> dict[str, int]:
-        return {name: int(ds.shape[1]) for name, ds in self.labels.items()}
 
     def __getstate__(self) -> dict:  # h5py handles do not survive pickling: the copy reopens the file
         return {"path": self.path}
@@ -352,6 +348,8 @@ class FeatureSplit(_Closing):
         self.attrs = {k: v for k, v in first.attrs.items()
                       if k not in ("shard_rank", "shard_start", "shard_stop", "n_written")}
         self.label_dims, self.label_names = first.label_dims, first.label_names
+        self.paths: list[Path] = [f.path for f in self.files]
+        self.feature_dtype: np.dtype = first.features.dtype
         self._img_ids = None
 
     def __len__(self) -> int:
@@ -364,18 +362,10 @@ class FeatureSplit(_Closing):
         self.__init__(state["files"])
 
     @property
-    def paths(self) -> list[Path]:
-        return [f.path for f in self.files]
-
-    @property
     def img_ids(self) -> list[str]:
         if self._img_ids is None:
             self._img_ids = [i for f in self.files for i in f.img_ids]
         return self._img_ids
-
-    @property
-    def feature_dtype(self) -> np.dtype:
-        return self.files[0].features.dtype
 
     def _read_into(self, name: str | None, start: int, out: np.ndarray) -> None:
         """Rows ``start .. start + len(out) - 1`` of the features (``name`` None) or of label array
