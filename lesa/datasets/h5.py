@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -302,20 +303,16 @@ class FeatureFile(_Closing):
         names = f.get("label_names")
         self.label_names = {k: obj.asstr()[()].tolist() for k, obj in names.items()
                             if isinstance(obj, h5py.Dataset) and obj.ndim == 1} if isinstance(names, h5py.Group) else {}
-        self._img_ids = None
 
     def __len__(self) -> int:
         return self._n
 
-    @property
+    @cached_property
     def img_ids(self) -> list[str]:
-        if self._img_ids is None:
-            try:
-                self._img_ids = self._file["img_ids"].asstr()[: self._n].tolist()
-            except H5_ERRORS as exc:
-                raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
-                                f"{DAMAGED}") from exc
-        return self._img_ids
+        try:
+            return self._file["img_ids"].asstr()[: self._n].tolist()
+        except H5_ERRORS as exc:
+            raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
     def __getstate__(self) -> dict:  # h5py handles do not survive pickling: the copy reopens the file
         return {"path": self.path}
@@ -350,7 +347,6 @@ class FeatureSplit(_Closing):
         self.label_dims, self.label_names = first.label_dims, first.label_names
         self.paths: list[Path] = [f.path for f in self.files]
         self.feature_dtype: np.dtype = first.features.dtype
-        self._img_ids = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -361,11 +357,9 @@ class FeatureSplit(_Closing):
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["files"])
 
-    @property
+    @cached_property
     def img_ids(self) -> list[str]:
-        if self._img_ids is None:
-            self._img_ids = [i for f in self.files for i in f.img_ids]
-        return self._img_ids
+        return [i for f in self.files for i in f.img_ids]
 
     def _read_into(self, name: str | None, start: int, out: np.ndarray) -> None:
         """Rows ``start .. start + len(out) - 1`` of the features (``name`` None) or of label array
