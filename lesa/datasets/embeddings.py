@@ -18,18 +18,12 @@ import numpy as np
 
 from lesa.errors import DataError, ShapeError
 
-# (module, name) pairs a label-vector pickle may reference; nothing else can be imported.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    # protocol-2 pickles written by Python 3 encode raw bytes as latin-1 text through this
-    ("_codecs", "encode"),
-}
-_DTYPE_CLASS = re.compile(r"^dtypes?\.\w+DType$")  # numpy>=1.25 pickles dtypes by their class
+# (module, name) pairs a label-vector pickle may reference; nothing else can be imported
+# (_codecs.encode: protocol-2 pickles written by Python 3 encode raw bytes as latin-1 text through it)
+_ALLOWED_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                      for name in ("_reconstruct", "scalar"))}
+_DTYPE_CLASS = re.compile(r"\w+DType")  # numpy>=1.25 pickles dtypes by their class
 
 MAX_PICKLE_BYTES = 1 << 31  # 2 GiB: far above any label-vector file; refuses absurd inputs
 
@@ -40,15 +34,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS or (
-            module in ("numpy", "numpy.dtypes") and _DTYPE_CLASS.match(f"dtypes.{name}")
-        ):
+        if (module, name) in _ALLOWED_GLOBALS or (module in ("numpy", "numpy.dtypes") and _DTYPE_CLASS.fullmatch(name)):
             return super().find_class(module, name)
-        raise DataError(
-            f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
-            "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
-            "numpy arrays, or build them from GloVe with `lesa build-vectors`"
-        )
+        raise DataError(f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
+                        "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
+                        "numpy arrays, or build them from GloVe with `lesa build-vectors`")
 
 
 def load_pickle(path: str | os.PathLike):
@@ -66,10 +56,8 @@ def load_pickle(path: str | os.PathLike):
     except DataError:
         raise
     except Exception as exc:  # truncation, bad opcodes, an impossible size, an inconsistent array
-        raise DataError(
-            f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupted — download it again"
-        ) from exc
+        raise DataError(f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
+                        "the file is truncated or corrupted — download it again") from exc
 
 
 def _as_matrix(value, path, what: str, dim: int | None) -> np.ndarray:
@@ -199,10 +187,9 @@ def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim
             vectors[i] = np.mean(got, axis=0)
     unknown = [label for label in labels if len(missing[label]) == len(words_of[label])]
     if unknown and not allow_missing_labels:
-        raise DataError(
-            f"{glove_path}: no word of {len(unknown)} label(s) is in the file: {_preview(unknown)}; rename "
-            "these labels in words the file has, or give them zero vectors (`lesa build-vectors "
-            "--allow-missing`; allow_missing_labels=True in Python)")
+        raise DataError(f"{glove_path}: no word of {len(unknown)} label(s) is in the file: {_preview(unknown)}; "
+                        "rename these labels in words the file has, or give them zero vectors (`lesa build-vectors "
+                        "--allow-missing`; allow_missing_labels=True in Python)")
     return GloveVectors(vectors=vectors, labels=list(labels),
                         missing_words={label: lost for label, lost in missing.items() if lost or label in unknown},
                         unknown_labels=unknown)
