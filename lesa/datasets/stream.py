@@ -129,13 +129,9 @@ class RangeReader:
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec, start: int = 0, stop: int | None = None,
                  preload: str = "none", device: str | torch.device = "cpu", chunk_mb: int = 64,
                  progress: bool = True, name: str = "data", workers: int = 0):
-        self.split = split
-        self.label_spec = dict(label_spec)
-        self.start = int(start)
-        self.stop = len(split) if stop is None else int(stop)
-        self.device = torch.device(device)
-        self.name = name
-        self.workers = int(workers)
+        self.split, self.label_spec = split, dict(label_spec)
+        self.start, self.stop = int(start), len(split) if stop is None else int(stop)
+        self.device, self.name, self.workers = torch.device(device), name, int(workers)
         where = split.paths[0]
         if not 0 <= self.start <= self.stop <= len(split):
             raise DataError(f"{where}: records [{self.start}, {self.stop}) are outside the file's "

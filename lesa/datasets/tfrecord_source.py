@@ -74,9 +74,8 @@ def _single_bytes(example: dict, key: str, where: str) -> bytes:
 
 def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
     """One parsed Example of ``schema`` -> FeatureRecord (sizes and label values checked)."""
-    raw_id = _single_bytes(example, "img_id", where)
     try:
-        img_id = raw_id.decode("utf-8")
+        img_id = _single_bytes(example, "img_id", where).decode("utf-8")
     except UnicodeDecodeError:
         raise TFRecordError(f"{where}: img_id is not UTF-8 text; the file is corrupted") from None
     raw = _single_bytes(example, "feature", where)
