@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lesa.datasets.embeddings import save_vector_pair
-from lesa.datasets.h5 import FeatureWriter, open_features
-from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream, contiguous_runs
+from lesa.datasets.h5 import FeatureWriter, contiguous_runs, open_features
+from lesa.datasets.stream import BatchPlan, RangeReader, TrainStream
 from lesa.errors import ConfigError, DataError
 
 
@@ -160,14 +160,14 @@ def test_a_damaged_record_read_by_a_worker_is_the_same_data_error(tmp_path, monk
     from lesa.datasets import h5
 
     path = write_file(tmp_path / "bad.h5", 120)
-    real = h5.FeatureSplit.read_features_into
+    real = h5.FeatureSplit._read_into
 
-    def damaged(self, start, out):  # record 70 fails its checksum
-        if start <= 70 < start + len(out):
+    def damaged(self, name, start, out):  # the features of record 70 fail their checksum
+        if name is None and start <= 70 < start + len(out):
             raise DataError(f"{self.paths[0]}: cannot read rows 70..70 (checksum); the file is damaged")
-        return real(self, start, out)
+        return real(self, name, start, out)
 
-    monkeypatch.setattr(h5.FeatureSplit, "read_features_into", damaged)  # (inherited by forked workers)
+    monkeypatch.setattr(h5.FeatureSplit, "_read_into", damaged)  # (inherited by forked workers)
     split = open_features(path)
     for workers in (0, 2):
         seen = []

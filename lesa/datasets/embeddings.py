@@ -1,15 +1,9 @@
 """Label word vectors: the original's pickles (read safely) and vectors built from a GloVe text file.
 
-The original stored its label vectors as pickles of numpy arrays:
-``NUS_WIDE_pretrained_w2v_glove-wiki-gigaword-300`` = ``(vecs_1k (1000,300), vecs_81 (81,300))`` and the
-Open Images one = ``(seen (7186,300), unseen (2594,300))``; ``unseen_labels.pkl`` is a numpy object
-array of label ids. ``load_pickle`` reads such files with a restricted unpickler that only rebuilds
-numpy arrays, dtypes and plain Python containers: a pickle that would import anything else (and so
-could run arbitrary code) is refused with ``DataError``.
-
-Users without the pickles build vectors for any label list from a GloVe-format text file
-(``word v1 v2 ... v300`` per line) with ``vectors_from_glove``: multi-word labels are averaged over
-their words and missing words are reported.
+The original's pickles: NUS-WIDE ``(vecs_1k (1000,300), vecs_81 (81,300))``, Open Images ``(seen
+(7186,300), unseen (2594,300))`` and ``unseen_labels.pkl`` (an object array of label ids). They are
+read by a restricted unpickler that only rebuilds numpy arrays and plain containers: a pickle that
+would import anything else (and so could run code) is refused with ``DataError``.
 """
 from __future__ import annotations
 
@@ -24,18 +18,12 @@ import numpy as np
 
 from lesa.errors import DataError, ShapeError
 
-# (module, name) pairs a label-vector pickle may reference; nothing else can be imported.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    # protocol-2 pickles written by Python 3 encode raw bytes as latin-1 text through this
-    ("_codecs", "encode"),
-}
-_DTYPE_CLASS = re.compile(r"^dtypes?\.\w+DType$")  # numpy>=1.25 pickles dtypes by their class
+# (module, name) pairs a label-vector pickle may reference; nothing else can be imported
+# (_codecs.encode: protocol-2 pickles written by Python 3 encode raw bytes as latin-1 text through it)
+_ALLOWED_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                      for name in ("_reconstruct", "scalar"))}
+_DTYPE_CLASS = re.compile(r"\w+DType")  # numpy>=1.25 pickles dtypes by their class
 
 MAX_PICKLE_BYTES = 1 << 31  # 2 GiB: far above any label-vector file; refuses absurd inputs
 
@@ -46,22 +34,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS or (
-            module in ("numpy", "numpy.dtypes") and _DTYPE_CLASS.match(f"dtypes.{name}")
-        ):
+        if (module, name) in _ALLOWED_GLOBALS or (module in ("numpy", "numpy.dtypes") and _DTYPE_CLASS.fullmatch(name)):
             return super().find_class(module, name)
-        raise DataError(
-            f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
-            "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
-            "numpy arrays, or build them from GloVe with `lesa build-vectors`"
-        )
+        raise DataError(f"{self._path}: the pickle references {module}.{name}; only numpy arrays are allowed in "
+                        "label-vector pickles (refused without running it). Re-save the vectors as a pickle of "
+                        "numpy arrays, or build them from GloVe with `lesa build-vectors`")
 
 
 def load_pickle(path: str | os.PathLike):
-    """Unpickle a file that may only contain numpy arrays/dtypes and plain containers.
-
-    Raises ``DataError`` (naming the file) for anything else, a truncated or corrupted file.
-    """
+    """Unpickle a file of numpy arrays/dtypes and plain containers; anything else, or a damaged
+    file, is a ``DataError`` naming the file."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"label-vector file {path} not found")
@@ -73,13 +55,9 @@ def load_pickle(path: str | os.PathLike):
             return _RestrictedUnpickler(f, path).load()
     except DataError:
         raise
-    except MemoryError as exc:
-        raise DataError(f"{path}: the pickle declares an impossible size; the file is corrupted") from exc
-    except Exception as exc:  # truncation, bad opcodes, numpy refusing an inconsistent array
-        raise DataError(
-            f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupted — download it again"
-        ) from exc
+    except Exception as exc:  # truncation, bad opcodes, an impossible size, an inconsistent array
+        raise DataError(f"{path}: not a valid label-vector pickle ({type(exc).__name__}: {exc}); "
+                        "the file is truncated or corrupted — download it again") from exc
 
 
 def _as_matrix(value, path, what: str, dim: int | None) -> np.ndarray:
@@ -94,22 +72,8 @@ def _as_matrix(value, path, what: str, dim: int | None) -> np.ndarray:
 
 
 def load_vector_pair(path: str | os.PathLike, dim: int | None = 300) -> tuple[np.ndarray, np.ndarray]:
-    """The original's label-vector pickle: a pair ``(first (A, dim), second (B, dim))`` float32.
-
-    NUS-WIDE: ``(vecs_1k (1000,300), vecs_81 (81,300))``; Open Images: ``(seen (7186,300),
-    unseen (2594,300))``. A ``.npz`` with arrays ``seen``/``unseen`` (or ``arr_0``/``arr_1``) is also
-    accepted.
-    """
-    path = Path(path)
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                keys = ("seen", "unseen") if "seen" in z else ("arr_0", "arr_1")
-                pair = (z[keys[0]], z[keys[1]])
-        except (KeyError, ValueError, OSError) as exc:
-            raise DataError(f"{path}: expected arrays 'seen' and 'unseen' in the .npz ({exc})") from exc
-    else:
-        pair = load_pickle(path)
+    """The original's label-vector pickle: a pair ``(first (A, dim), second (B, dim))`` float32."""
+    pair = load_pickle(path)
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise DataError(f"{path}: expected a pair of arrays (seen, unseen); got {type(pair).__name__}"
                         f"{' of length ' + str(len(pair)) if isinstance(pair, (tuple, list)) else ''}")
@@ -144,9 +108,7 @@ def read_label_list(path: str | os.PathLike) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text label list ({exc})") from exc
-    labels = [line.strip() for line in text.splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
+    labels = [line.strip() for line in text.rstrip().splitlines()]
     if not labels:
         raise DataError(f"{path}: the label list is empty")
     if any(not label for label in labels):
@@ -183,13 +145,9 @@ def _preview(names: Sequence[str], n: int = 20) -> str:
 
 def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim: int | None = None,
                        allow_missing_labels: bool = False) -> GloveVectors:
-    """Label vectors ``(L, dim)`` from a GloVe text file; multi-word labels are the mean of their words.
-
-    The file is streamed once (only the needed words are kept). Words not in the file are reported
-    in ``missing_words``. Labels none of whose words is found (``unknown_labels``) raise
-    ``DataError`` naming them, or with ``allow_missing_labels`` get zero vectors (the model cannot
-    use such a label: ``lesa tag`` drops them). ``DataError`` also when no label word is found.
-    """
+    """Label vectors ``(L, dim)`` from a GloVe text file (streamed once), multi-word labels the mean
+    of their words. Labels none of whose words is found are a ``DataError`` naming them, or with
+    ``allow_missing_labels`` zero vectors (``lesa tag`` drops them)."""
     glove_path = Path(glove_path)
     if not glove_path.exists():
         raise DataError(f"GloVe file {glove_path} not found")
@@ -229,10 +187,9 @@ def vectors_from_glove(glove_path: str | os.PathLike, labels: Sequence[str], dim
             vectors[i] = np.mean(got, axis=0)
     unknown = [label for label in labels if len(missing[label]) == len(words_of[label])]
     if unknown and not allow_missing_labels:
-        raise DataError(
-            f"{glove_path}: no word of {len(unknown)} label(s) is in the file: {_preview(unknown)}; rename "
-            "these labels in words the file has, or give them zero vectors (`lesa build-vectors "
-            "--allow-missing`; allow_missing_labels=True in Python)")
+        raise DataError(f"{glove_path}: no word of {len(unknown)} label(s) is in the file: {_preview(unknown)}; "
+                        "rename these labels in words the file has, or give them zero vectors (`lesa build-vectors "
+                        "--allow-missing`; allow_missing_labels=True in Python)")
     return GloveVectors(vectors=vectors, labels=list(labels),
                         missing_words={label: lost for label, lost in missing.items() if lost or label in unknown},
                         unknown_labels=unknown)

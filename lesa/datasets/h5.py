@@ -5,35 +5,29 @@ Layout (row ``i`` of every array describes the same image)::
     /features        (N, 196, 512) float32 or float16, one image per chunk: VGG-19 conv5_4 (+ReLU)
                      regions, row-major over the 14x14 grid
     /img_ids         (N,) UTF-8 strings (NUS-WIDE: the ImageList path; Open Images: the ImageID)
-    /<label name>    (N, D) int8: -1 absent, 0 unknown (not annotated), 1 present.
-                     NUS-WIDE labels_1k (N, 1000) and labels_81 (N, 81); Open Images train and
-                     validation labels (N, 7186), test seen_labels (N, 7186) and unseen_labels (N, 2594)
+    /<label name>    (N, D) int8: -1 absent, 0 unknown (not annotated), 1 present: NUS-WIDE labels_1k,
+                     labels_81; Open Images labels (test: seen_labels, unseen_labels)
     /label_names/<label name>   optional (D,) UTF-8 names of the label columns
 
     attributes: dataset, split, feature_dtype, lesa_version, n_written, complete (True), those the
                 writer was given (backbone, weights_sha256, decoder, precision, ...) and for shards
                 shard_rank / shard_world_size / shard_start / shard_stop.
 
-Every array carries HDF5's Fletcher-32 checksum per chunk: a damaged byte is an error, not a
-silently different number.
+Every array carries a Fletcher-32 checksum per chunk: a damaged byte is an error, not a number.
 
-Writing: ``FeatureWriter`` fills ``<path>.partial``. Each ``append`` is flushed before the
-``n_written`` attribute counts it, so a run killed at any moment continues with ``resume=True``
-from the last whole batch; ``finish()`` sets ``complete`` and renames the file to ``<path>``: a
-file under the final name is always whole. While partial, the ids are also kept as UTF-8 bytes
-plus end offsets (``/_img_id_bytes``, ``/_img_id_ends``, removed by ``finish()``): a kill can
-damage the global heap of variable-length strings ("bad heap index" on the next write), so a
-resumed writer rebuilds ``/img_ids`` from those plain arrays without reading it.
-
-Reading: ``open_features(path | list | glob)`` -> ``FeatureSplit`` (shards in rank order, read as
-one split): ``len(split)``, ``split.img_ids``, ``split.read(rows)`` -> (features (B, 196, 512),
-{label name: (B, D) int8}). ``FeatureFile`` is one file; both pickle by path, so a copy sent to a
-DataLoader worker opens its own handles.
+``FeatureWriter`` fills ``<path>.partial``, flushing each batch before ``n_written`` counts it (a
+killed run continues with ``resume=True``), and ``finish()`` renames it to ``<path>``: a file under
+the final name is whole. While partial, the ids are also kept as UTF-8 bytes plus end offsets
+(``/_img_id_bytes``, ``/_img_id_ends``): a kill can damage the heap of variable-length strings,
+so a resumed writer rebuilds ``/img_ids`` from them without reading it.
+``open_features(path | list | glob)`` -> ``FeatureSplit`` (shards in rank order, read as one);
+it and ``FeatureFile`` pickle by path, so a DataLoader worker opens its own handles.
 """
 from __future__ import annotations
 
 import glob
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -56,29 +50,36 @@ LAYOUT_HELP = ("a lesa feature file holds /features (N,196,512) float32 or float
 DAMAGED = "the file is damaged: re-create it with `lesa extract` (or `lesa convert-tfrecord`)"
 
 
+def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, stop), ...] of the maximal runs of consecutive integers in a sorted array."""
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    return [(int(run[0]), int(run[-1]) + 1) for run in np.split(sorted_rows, breaks) if run.size]
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The name a file has while it is being written: ``<path>.partial``."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
+    return Path(f"{Path(path)}.partial")
 
 
 def _attrs(h5attrs) -> dict:
     """HDF5 attributes as Python values (str, int, float, bool)."""
-    out = {}
-    for key, value in h5attrs.items():
-        out[key] = value.decode("utf-8") if isinstance(value, bytes) else \
-            value.item() if isinstance(value, np.generic) else value
-    return out
+    return {key: value.decode("utf-8") if isinstance(value, bytes) else
+            value.item() if isinstance(value, np.generic) else value for key, value in h5attrs.items()}
 
 
-def _ids_from_bytes(f, start: int, stop: int) -> list[str]:
-    """Ids ``start .. stop - 1`` of a partial file."""
-    if stop <= start:
-        return []
-    ends = f[ID_ENDS][start:stop].tolist()
-    first = int(f[ID_ENDS][start - 1]) if start else 0
-    raw = f[ID_BYTES][first:ends[-1]].tobytes()
-    return [raw[a - first:b - first].decode("utf-8") for a, b in zip([first, *ends[:-1]], ends)]
+def _partial_ids(f, n: int) -> list[str]:
+    """The first ``n`` ids of a partial file."""
+    ends = f[ID_ENDS][:n].tolist()
+    raw = f[ID_BYTES][:ends[-1] if n else 0].tobytes()
+    return [raw[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1]], ends)]
+
+
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _grow(ds, n: int, rows) -> None:
@@ -87,15 +88,10 @@ def _grow(ds, n: int, rows) -> None:
     ds[n:n + len(rows)] = rows
 
 
-class FeatureWriter:
-    """Appends images' features, ids and labels to one split file (see the module docstring).
-
-    ``label_dims``: {label name: columns}, e.g. {"labels_1k": 1000, "labels_81": 81}; ``dtype``:
-    float32 or float16 features; ``attrs``: extra file attributes, which a resumed run must repeat
-    (another backbone would mix features); ``label_names``: {label name: D column names};
-    ``resume``: continue ``<path>.partial`` if there is one (otherwise it is started afresh);
-    ``overwrite``: replace a complete ``<path>``.
-    """
+class FeatureWriter(_Closing):
+    """Appends images' features, ids and labels ``{label name: (B, label_dims[name])}`` to one split
+    file. ``attrs`` (extra file attributes) must be repeated by a resumed run (another backbone would
+    mix features); ``resume`` continues ``<path>.partial`` if there is one."""
 
     def __init__(self, path: str | os.PathLike, dataset: str, split: str, label_dims: Mapping[str, int],
                  dtype: str = "float32", attrs: Mapping | None = None,
@@ -177,7 +173,7 @@ class FeatureWriter:
             f[ID_BYTES].resize(n_bytes, axis=0)
             if "img_ids" in f:  # unread: the kill may have damaged its heap
                 del f["img_ids"]
-            f.create_dataset("img_ids", data=np.array(_ids_from_bytes(f, 0, n), dtype=object), maxshape=(None,),
+            f.create_dataset("img_ids", data=np.array(_partial_ids(f, n), dtype=object), maxshape=(None,),
                              dtype=STRINGS, chunks=(4096,))
             f.attrs["complete"] = False
             f.flush()
@@ -194,7 +190,7 @@ class FeatureWriter:
     @property
     def done_ids(self) -> list[str]:
         """The ids already in the file, in order (what a resumed run skips)."""
-        return _ids_from_bytes(self._file, 0, self.n_written)
+        return _partial_ids(self._file, self.n_written)
 
     def set_attrs(self, **attrs) -> None:
         """Add or change file attributes (e.g. counts of skipped images)."""
@@ -250,29 +246,19 @@ class FeatureWriter:
 
     def close(self) -> None:
         """Close without finishing: ``*.partial`` stays for ``resume=True``."""
-        if not self._finished and self._file.id.valid:
+        if not self._finished:
             self._file.close()
 
-    def __enter__(self) -> "FeatureWriter":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+class FeatureFile(_Closing):
+    """One complete feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
+    (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a dict."""
 
-
-class FeatureFile:
-    """One feature file opened for reading: ``.features`` (N, 196, 512) and ``.labels[name]``
-    (N, D) are h5py datasets (nothing is loaded up front), ``.img_ids`` a list of str, ``.attrs`` a
-    dict. ``allow_incomplete`` also opens a ``*.partial`` (its first ``n_written`` rows)."""
-
-    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.allow_incomplete = allow_incomplete
         if not self.path.exists():
-            hint = ""
-            if partial_path(self.path).exists():
-                hint = (f"; {partial_path(self.path)} exists: its extraction was interrupted, rerun the same "
-                        "command with --resume to finish it")
+            hint = (f"; {partial_path(self.path)} exists: its extraction was interrupted, rerun the same "
+                    "command with --resume to finish it") if partial_path(self.path).exists() else ""
             raise DataError(f"feature file {self.path} not found{hint}")
         try:
             self._file = h5py.File(self.path, "r")
@@ -291,20 +277,18 @@ class FeatureFile:
         f = self._file
         self.attrs = _attrs(f.attrs)
         self.complete = self.attrs.get("complete") is True
-        written = self.attrs.get("n_written")
         if "complete" not in self.attrs:
             raise DataError(f"{self.path}: not a lesa feature file (no 'complete' attribute); {LAYOUT_HELP}")
-        if not self.complete and not self.allow_incomplete:
+        if not self.complete:
             raise DataError(f"{self.path}: the file is incomplete: the run writing it was interrupted after "
-                            f"{written} images; rerun the same command with --resume to finish it")
+                            f"{self.attrs.get('n_written')} images; rerun the same command with --resume to finish it")
         feats = f.get("features")
         if not isinstance(feats, h5py.Dataset) or feats.ndim != 3 or feats.shape[1:] != FEATURE_SHAPE:
             raise ShapeError(f"{self.path}: 'features' is {getattr(feats, 'shape', 'missing')}; expected "
                              "(N, 196, 512) (VGG-19 conv5_4 regions of a 224x224 crop); re-extract the features")
         if feats.dtype not in (np.float32, np.float16):
             raise DataError(f"{self.path}: 'features' dtype {feats.dtype}; expected float32 or float16")
-        n = feats.shape[0] if self.complete else max(0, min(feats.shape[0], int(written or 0)))
-        ids = f.get("img_ids") if self.complete else f.get(ID_ENDS)
+        n, ids = feats.shape[0], f.get("img_ids")
         if not isinstance(ids, h5py.Dataset) or ids.ndim != 1 or ids.shape[0] < n:
             raise DataError(f"{self.path}: 'img_ids' is missing, not 1-d or shorter than the {n} feature "
                             f"rows; {LAYOUT_HELP}")
@@ -315,49 +299,32 @@ class FeatureFile:
             if obj.ndim != 2 or obj.shape[0] < n:
                 raise ShapeError(f"{self.path}: label array {name!r} has shape {obj.shape}; expected ({n}, D)")
             self.labels[name] = obj
+        self.label_dims = {name: int(ds.shape[1]) for name, ds in self.labels.items()}
         names = f.get("label_names")
-        self.label_names = {k: [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in obj[()]]
-                            for k, obj in names.items() if isinstance(obj, h5py.Dataset) and obj.ndim == 1} \
-            if isinstance(names, h5py.Group) else {}
-        self._img_ids = None
+        self.label_names = {k: obj.asstr()[()].tolist() for k, obj in names.items()
+                            if isinstance(obj, h5py.Dataset) and obj.ndim == 1} if isinstance(names, h5py.Group) else {}
 
     def __len__(self) -> int:
         return self._n
 
-    @property
+    @cached_property
     def img_ids(self) -> list[str]:
-        if self._img_ids is None:
-            try:
-                self._img_ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v)
-                                 for v in self._file["img_ids"][: self._n]] if self.complete \
-                    else _ids_from_bytes(self._file, 0, self._n)
-            except H5_ERRORS as exc:
-                raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); "
-                                f"{DAMAGED}") from exc
-        return self._img_ids
-
-    @property
-    def label_dims(self) -> dict[str, int]:
-        return {name: int(ds.shape[1]) for name, ds in self.labels.items()}
+        try:
+            return self._file["img_ids"].asstr()[: self._n].tolist()
+        except H5_ERRORS as exc:
+            raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
     def __getstate__(self) -> dict:  # h5py handles do not survive pickling: the copy reopens the file
-        return {"path": self.path, "allow_incomplete": self.allow_incomplete}
+        return {"path": self.path}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["allow_incomplete"])
+        self.__init__(state["path"])
 
     def close(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
-
-    def __enter__(self) -> "FeatureFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        self._file.close()
 
 
-class FeatureSplit:
+class FeatureSplit(_Closing):
     """Feature files (the shards of one split, in order) read as one: rows 0..N-1 across them."""
 
     def __init__(self, files: Sequence[FeatureFile]):
@@ -378,7 +345,8 @@ class FeatureSplit:
         self.attrs = {k: v for k, v in first.attrs.items()
                       if k not in ("shard_rank", "shard_start", "shard_stop", "n_written")}
         self.label_dims, self.label_names = first.label_dims, first.label_names
-        self._img_ids = None
+        self.paths: list[Path] = [f.path for f in self.files]
+        self.feature_dtype: np.dtype = first.features.dtype
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -389,67 +357,47 @@ class FeatureSplit:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["files"])
 
-    @property
-    def paths(self) -> list[Path]:
-        return [f.path for f in self.files]
-
-    @property
+    @cached_property
     def img_ids(self) -> list[str]:
-        if self._img_ids is None:
-            self._img_ids = [i for f in self.files for i in f.img_ids]
-        return self._img_ids
+        return [i for f in self.files for i in f.img_ids]
 
-    @property
-    def feature_dtype(self) -> np.dtype:
-        return self.files[0].features.dtype
-
-    def _gather(self, rows, array, width: tuple, dtype) -> np.ndarray:
-        """``array(file)[rows]`` for rows in any order (repeats allowed) across the files."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"feature rows out of range for {len(self)} rows")
-        out = np.empty((rows.size, *width), dtype=dtype)
-        which = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k in np.unique(which):
-            sel = np.flatnonzero(which == k)
-            local, inverse = np.unique(rows[sel] - self.offsets[k], return_inverse=True)  # h5py: increasing
-            ds = array(self.files[k])
-            try:
-                block = ds[int(local[0]):int(local[-1]) + 1] if local[-1] - local[0] + 1 == local.size \
-                    else ds[local]
-            except H5_ERRORS as exc:
-                raise DataError(f"{self.files[k].path}: cannot read rows {local[:3].tolist()}... "
-                                f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
-            out[sel] = block[inverse]
-        return out
-
-    def read_features(self, rows, dtype=np.float32) -> np.ndarray:
-        """Features (B, 196, 512) of ``rows`` as ``dtype`` (None: as stored)."""
-        return self._gather(rows, lambda f: f.features, FEATURE_SHAPE, self.feature_dtype if dtype is None else dtype)
-
-    def read_features_into(self, start: int, out: np.ndarray) -> None:
-        """Features of rows ``start .. start + len(out) - 1`` straight into ``out`` (C-contiguous, the
-        stored dtype), without a temporary copy."""
+    def _read_into(self, name: str | None, start: int, out: np.ndarray) -> None:
+        """Rows ``start .. start + len(out) - 1`` of the features (``name`` None) or of label array
+        ``name``, across the files, straight into ``out`` (C-contiguous, the stored dtype)."""
         stop = start + len(out)
-        if start < 0 or stop > len(self):
-            raise IndexError(f"rows {start}..{stop - 1} out of range for {len(self)} rows")
-        if out.dtype != self.feature_dtype or not out.flags.c_contiguous:
-            raise ValueError(f"read_features_into needs a C-contiguous {self.feature_dtype} array")
         for k, f in enumerate(self.files):
             a, b = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
             if a < b:
                 local = int(a - self.offsets[k])
+                ds = f.features if name is None else f.labels[name]
                 try:
-                    f.features.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
+                    ds.read_direct(out, np.s_[local:local + int(b - a)], np.s_[int(a - start):int(b - start)])
                 except H5_ERRORS as exc:
                     raise DataError(f"{f.path}: cannot read rows {local}..{local + int(b - a) - 1} "
                                     f"({type(exc).__name__}: {exc}); {DAMAGED}") from exc
+
+    def _gather(self, rows, name: str | None, width: tuple, dtype) -> np.ndarray:
+        """Rows in any order (repeats allowed), each contiguous run read straight into place."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"feature rows out of range for {len(self)} rows")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        out, pos = np.empty((uniq.size, *width), dtype=dtype), 0
+        for a, b in contiguous_runs(uniq):
+            self._read_into(name, a, out[pos:pos + b - a])
+            pos += b - a
+        return out if uniq.size == rows.size and np.array_equal(uniq, rows) else out[inverse]
+
+    def read_features(self, rows, dtype=np.float32) -> np.ndarray:
+        """Features (B, 196, 512) of ``rows`` as ``dtype`` (None: as stored)."""
+        feats = self._gather(rows, None, FEATURE_SHAPE, self.feature_dtype)
+        return feats if dtype is None else feats.astype(dtype, copy=False)
 
     def read_labels(self, name: str, rows) -> np.ndarray:
         """Labels (B, D) int8 of array ``name`` for ``rows``."""
         if name not in self.label_dims:
             raise DataError(f"{self.files[0].path}: no label array {name!r}; the file has {sorted(self.label_dims)}")
-        return self._gather(rows, lambda f: f.labels[name], (self.label_dims[name],), np.int8)
+        return self._gather(rows, name, (self.label_dims[name],), np.int8)
 
     def read(self, rows, dtype=np.float32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(features (B, 196, 512), {label name: (B, D) int8})`` of ``rows``."""
@@ -459,35 +407,25 @@ class FeatureSplit:
         for f in self.files:
             f.close()
 
-    def __enter__(self) -> "FeatureSplit":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """A path, a glob pattern, or a list of them -> the files, in order (each glob sorted by name)."""
     out: list[Path] = []
-    for p in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
-        s = str(p)
-        if any(ch in s for ch in "*?[") and not Path(s).exists():
-            matches = sorted(glob.glob(s))
-            if not matches:
-                raise DataError(f"no feature files match {s!r}; check the path or pattern")
-            out.extend(Path(m) for m in matches)
-        else:
-            out.append(Path(s))
+    for p in map(str, [paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        matches = sorted(glob.glob(p)) if any(ch in p for ch in "*?[") and not Path(p).exists() else [p]
+        if not matches:
+            raise DataError(f"no feature files match {p!r}; check the path or pattern")
+        out.extend(map(Path, matches))
     return out
 
 
-def open_features(paths, allow_incomplete: bool = False) -> FeatureSplit:
+def open_features(paths) -> FeatureSplit:
     """One or several feature files (a path, a glob, or a list) as one ``FeatureSplit``. Shards
     (attribute ``shard_rank``) come in rank order, the image list's; a missing rank is an error."""
     files = []
     try:
         for p in expand_paths(paths):
-            files.append(FeatureFile(p, allow_incomplete=allow_incomplete))
+            files.append(FeatureFile(p))
         if files and all("shard_rank" in f.attrs for f in files):
             files.sort(key=lambda f: int(f.attrs["shard_rank"]))
             world = int(files[0].attrs.get("shard_world_size", len(files)))

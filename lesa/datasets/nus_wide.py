@@ -11,12 +11,10 @@ with ``Concepts81.txt`` and ``AllLabels/`` at the root, works too (``lesa.layout
     Groundtruth/AllLabels/Labels_<concept>.txt   (269648,) 0/1 per concept
     Flickr/<concept>/<file>.jpg          the images (``images_dir`` overrides)
 
-Labels (pure functions, ``nus_wide_labels``): ``labels_81 = 2*y - 1``; ``labels_1k = 2*y - 1`` with the
-75 tags that are also among the 81 concepts set to 0 (the unseen labels are not trained on).
-Images skipped before extraction, as the original did: missing files, files byte-equal to Flickr's
-"photo unavailable" placeholder (recognised by SHA-256), files of at most 4000 bytes.
-Image ids stored are the split-list entries with ``/`` (``actor/0001_2124494179.jpg``); the original
-stored ``./data/NUS_WIDE/Flickr/`` + that path.
+Labels ``2*y - 1``, with the 75 of the 1000 tags that are among the 81 concepts set to 0 in
+``labels_1k`` (unseen labels are not trained on). Skipped, as the original did: missing files,
+Flickr's "photo unavailable" placeholder (by SHA-256) and files of at most 4000 bytes. Ids are the
+split-list entries with ``/`` (the original stored ``./data/NUS_WIDE/Flickr/`` + that path).
 """
 from __future__ import annotations
 
@@ -43,10 +41,8 @@ MIN_IMAGE_BYTES = 4000
 
 def seen_unseen_tag_indices(tags_1k: Sequence[str], concepts_81: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the 1000 tags of the seen tags (not concepts) and of those that are concepts."""
-    concepts = set(concepts_81)
-    seen = np.array([i for i, t in enumerate(tags_1k) if t not in concepts], dtype=np.int64)
-    unseen = np.array([i for i, t in enumerate(tags_1k) if t in concepts], dtype=np.int64)
-    return seen, unseen
+    is_concept = np.isin(np.asarray(tags_1k, dtype=object), list(concepts_81))
+    return np.flatnonzero(~is_concept).astype(np.int64), np.flatnonzero(is_concept).astype(np.int64)
 
 
 def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_idx: np.ndarray
@@ -59,9 +55,8 @@ def nus_wide_labels(tags01_1k: np.ndarray, labels01_81: np.ndarray, unseen_tag_i
 
 
 def read_01_matrix(path: Path, n_cols: int, block_lines: int = 8192) -> np.ndarray:
-    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols).
-
-    Parsed in blocks of lines (AllTags1k.txt is ~540 MB: no whole-file temporaries)."""
+    """A text matrix of single 0/1 digits separated by whitespace, one row per line -> uint8 (N, n_cols),
+    parsed in blocks of lines (AllTags1k.txt is ~540 MB: no whole-file temporaries)."""
     if not path.exists():
         raise DataError(f"NUS-WIDE label file {path} not found; check --root")
     raw = np.frombuffer(path.read_bytes(), dtype=np.uint8)
@@ -73,8 +68,7 @@ def read_01_matrix(path: Path, n_cols: int, block_lines: int = 8192) -> np.ndarr
         stop = int(line_ends[min(first + block_lines, line_ends.size) - 1]) + 1
         rows.append(_parse_01_block(raw[start:stop], n_cols, path, first))
         start = stop
-    matrix = np.concatenate(rows) if rows else np.zeros((0, n_cols), dtype=np.uint8)
-    return matrix
+    return np.concatenate(rows) if rows else np.zeros((0, n_cols), dtype=np.uint8)
 
 
 def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -> np.ndarray:
@@ -100,10 +94,7 @@ def _parse_01_block(raw: np.ndarray, n_cols: int, path: Path, first_line: int) -
 
 def _read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [line.strip().replace("\\", "/") for line in text.splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
+    return [line.strip().replace("\\", "/") for line in text.rstrip().splitlines()]
 
 
 def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:
@@ -112,29 +103,27 @@ def skip_reason(path: Path, min_bytes: int = MIN_IMAGE_BYTES) -> str | None:
         size = path.stat().st_size
     except OSError:
         return "missing"
-    if size == FLICKR_PLACEHOLDER_SIZE:
-        if hashlib.sha256(path.read_bytes()).hexdigest() == FLICKR_PLACEHOLDER_SHA256:
-            return "placeholder"
-    if size <= min_bytes:
-        return "small"
-    return None
+    if size == FLICKR_PLACEHOLDER_SIZE and hashlib.sha256(path.read_bytes()).hexdigest() == FLICKR_PLACEHOLDER_SHA256:
+        return "placeholder"
+    return "small" if size <= min_bytes else None
 
 
 @dataclass
-class NusWideSplit:
-    """The images of one split that are extracted, their labels, and what was skipped."""
+class ImageSplit:
+    """The images of one split that are extracted (NUS-WIDE or Open Images), their labels, and what
+    was skipped."""
 
     split: str
-    img_ids: list[str]              # split-list entries with '/'
+    img_ids: list[str]
     paths: list[Path]
-    labels: dict[str, np.ndarray]   # labels_1k (N,1000), labels_81 (N,81) int8
+    labels: object  # NUS-WIDE {labels_1k: (N, 1000), labels_81: (N, 81)} int8; Open Images OpenImagesLabels
     label_names: dict[str, list[str]]
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> img ids
     images_dir: Path | None = None
 
 
 def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
-                        min_bytes: int = MIN_IMAGE_BYTES) -> NusWideSplit:
+                        min_bytes: int = MIN_IMAGE_BYTES) -> ImageSplit:
     """Read the metadata under ``root`` and list the ``split`` ('Train'|'Test') images to extract."""
     root = Path(root)
     if split not in SPLITS:
@@ -179,5 +168,5 @@ def load_nus_wide_split(root: str | os.PathLike, split: str, images_dir: str | o
                             f"{len(all_images)} images; the metadata files do not belong together")
     rows_arr = np.array(rows, dtype=np.int64)
     labels_1k, labels_81 = nus_wide_labels(tags01[rows_arr], labels01_81[rows_arr], unseen_idx)
-    return NusWideSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
-                        {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)
+    return ImageSplit(split, kept_ids, kept_paths, {"labels_1k": labels_1k, "labels_81": labels_81},
+                      {"labels_1k": tags_1k, "labels_81": concepts_81}, skipped, images_dir)

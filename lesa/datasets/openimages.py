@@ -6,32 +6,29 @@ Files under ``root`` (``data/OpenImages/2018_04``; the original's ``data/2018_04
     classes-trainable.txt                        the 7186 seen label ids
     unseen_labels.pkl                            numpy array of the 2594 unseen label ids (test)
 
-Images: ``<images_dir>/<ImageID>.jpg`` (default ``image_data/<split>`` next to ``root``, i.e.
-``data/OpenImages/image_data/<split>``, where ``lesa download openimages`` writes them) for the
-ImageIDs of the CSV in order of first appearance; missing files are skipped (as the original).
-Labels ``2*Confidence - 1`` for annotated labels, 0 for the others: train/validation store
-``labels (N, 7186)``, test ``seen_labels (N, 7186)`` and ``unseen_labels (N, 2594)``.
+Images: ``<images_dir>/<ImageID>.jpg`` (default ``<root>/../image_data/<split>``, where ``lesa
+download openimages`` writes them) in the CSV's order of first appearance; missing files are
+skipped (as the original). Labels ``2*Confidence - 1``, 0 where not annotated: ``labels (N, 7186)``,
+test ``seen_labels (N, 7186)`` and ``unseen_labels (N, 2594)``, kept sparse (train: 5.5 M images).
 
 original: the CSV was cut into blocks of 40,000 rows and each image's labels were looked up in its
 block only, so an image whose rows straddle two blocks appeared twice, each time with part of its
-labels. The default here keeps each image once with all its labels; ``partition_rows=40000``
-(``--original-partition-quirk``) reproduces the original.
-
-Labels are kept sparse (Open Images train has 5.5 M images: a dense (N, 7186) matrix would be 40 GB);
-``OpenImagesLabels.dense(name, positions)`` builds the rows of a batch.
+labels. By default each image is kept once; ``partition_rows=40000`` (``--original-partition-quirk``)
+reproduces the original.
 """
 from __future__ import annotations
 
 import csv
 import os
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from lesa.datasets.embeddings import load_label_ids_pickle, read_label_list
+from lesa.datasets.nus_wide import ImageSplit
 from lesa.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -71,19 +68,11 @@ class OpenImagesLabels:
                                 {k: v[entry_idx] for k, v in self.columns.items()}, self.values[entry_idx])
 
 
-def label_names_for_split(split: str) -> tuple[str, ...]:
-    """The label arrays a split stores: ('labels',) or ('seen_labels', 'unseen_labels') for test."""
-    return ("seen_labels", "unseen_labels") if split == "test" else ("labels",)
-
-
 def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence[str],
                             unseen: Sequence[str] | None = None, partition_rows: int | None = None,
                             source: str = "<rows>") -> OpenImagesLabels:
-    """``(ImageID, LabelName, Confidence)`` rows -> sparse labels over the seen (and unseen) maps.
-
-    With ``unseen`` the arrays are ``seen_labels``/``unseen_labels`` (test), else ``labels``.
-    ``partition_rows`` reproduces the original's per-block lookup (see the module docstring).
-    """
+    """``(ImageID, LabelName, Confidence)`` rows -> sparse labels: ``labels``, or with ``unseen``
+    ``seen_labels``/``unseen_labels``; ``partition_rows``: the original's per-block lookup."""
     seen_col = {label: i for i, label in enumerate(seen)}
     unseen_col = {label: i for i, label in enumerate(unseen or ())}
     image_index: dict[tuple[int, str], int] = {}
@@ -98,9 +87,8 @@ def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence
         if value not in (-1, 1):
             raise DataError(f"{source}: row {n + 2}: Confidence {confidence!r}; expected 0 or 1")
         key = (n // partition_rows if partition_rows else 0, image_id)
-        idx = image_index.get(key)
-        if idx is None:
-            idx = image_index[key] = len(image_ids)
+        idx = image_index.setdefault(key, len(image_ids))
+        if idx == len(image_ids):
             image_ids.append(image_id)
         s, u = seen_col.get(label, -1), unseen_col.get(label, -1)
         if s < 0 and u < 0:
@@ -109,10 +97,9 @@ def build_openimages_labels(rows: Iterable[tuple[str, str, str]], seen: Sequence
         entry_seen.append(s)
         entry_unseen.append(u)
         entry_value.append(value)
-    image_arr = np.frombuffer(entry_image, dtype=np.int64) if entry_image else np.zeros(0, np.int64)
+    image_arr = np.frombuffer(entry_image, dtype=np.int64)
     order = np.argsort(image_arr, kind="stable")
-    counts = np.bincount(image_arr, minlength=len(image_ids)) if image_ids else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(image_arr, minlength=len(image_ids)))]).astype(np.int64)
     seen_arr = np.array(entry_seen, dtype=np.int32)[order]
     unseen_arr = np.array(entry_unseen, dtype=np.int32)[order]
     values = np.array(entry_value, dtype=np.int8)[order]
@@ -156,21 +143,8 @@ def read_class_descriptions(path: Path) -> dict[str, str]:
                         "class-descriptions.csv (label id, name)") from exc
 
 
-@dataclass
-class OpenImagesSplit:
-    """The images of one split that are extracted, their (sparse) labels, and what was skipped."""
-
-    split: str
-    img_ids: list[str]
-    paths: list[Path]
-    labels: OpenImagesLabels
-    label_names: dict[str, list[str]]
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-    images_dir: Path | None = None
-
-
 def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str | os.PathLike | None = None,
-                          partition_rows: int | None = None) -> OpenImagesSplit:
+                          partition_rows: int | None = None) -> ImageSplit:
     """Read the 2018_04 metadata under ``root`` and list the ``split`` images found in ``images_dir``
     (default ``<root>/../image_data/<split>``)."""
     root = Path(root)
@@ -196,4 +170,4 @@ def load_openimages_split(root: str | os.PathLike, split: str, images_dir: str |
                         f"writes them to OpenImages/image_data/{split} in the data folder)")
     labels = labels.select(keep)
     label_names = {"labels": seen} if unseen is None else {"seen_labels": seen, "unseen_labels": unseen}
-    return OpenImagesSplit(split, labels.image_ids, paths, labels, label_names, skipped, images_dir)
+    return ImageSplit(split, labels.image_ids, paths, labels, label_names, skipped, images_dir)

@@ -1,30 +1,20 @@
-"""Training and evaluation batches from HDF5 feature files (layout: ``lesa.datasets.h5``), read
-through ``torch.utils.data``.
+"""Training and evaluation batches from HDF5 feature files (``lesa.datasets.h5``), read through
+``torch.utils.data``.
 
-Reading behaviour
------------------
-- Order: the original's by default, sequential and repeating. The training range is cut into
-  batches in file order; the last batch of an epoch holds the remainder (TF1: ``dataset.batch(32)
-  .repeat()`` batches each pass separately), then the next epoch starts again at the first record.
-  ``shuffle=True``: each epoch the range is cut into blocks of contiguous records, the blocks are
-  permuted and records are mixed within windows of ``shuffle_buffer`` records; the order is a pure
-  function of (seed, epoch), so a resumed run replays it exactly (``BatchPlan``).
-- Streaming (``preload="none"``): consecutive batches are read together, as one *window* of about
-  ``chunk_mb`` MB in contiguous runs of records (``WindowReads``, a map-style ``Dataset`` whose
-  items are windows). A ``DataLoader`` with ``workers`` worker processes (0: in the training
-  process) reads windows ahead of the loop, two per worker, page-locked for a GPU, and returns
-  them in order: the batches are the same whatever the number of workers, and memory stays bounded
-  by a few windows whatever the file size. float16 files are read as float16; training batches are
-  converted to float32, evaluation batches reach the model as stored (it casts them itself).
-- ``preload="ram"`` reads the range once into memory (through the same loader, with a progress
-  bar); ``"gpu"`` puts it in GPU memory; ``"auto"`` picks the GPU, then RAM, when the data fits
-  (GPU: 80 % of free memory; RAM: 50 % of available memory), else streams. An explicit preload that
-  cannot fit is a ``ConfigError`` before any work.
-- ``shard=(rank, world_size)`` gives each process its slice of every global batch (DDP).
+- Order: the original's by default, sequential and repeating: the last batch of an epoch holds the
+  remainder (TF1: ``dataset.batch(32).repeat()`` batches each pass separately), then the next epoch
+  starts again at the first record. ``shuffle=True``: a permutation of blocks of records, mixed
+  within windows of ``shuffle_buffer`` records, a pure function of (seed, epoch) (``BatchPlan``).
+- Streaming (``preload="none"``): consecutive batches are read together as one *window* of about
+  ``chunk_mb`` MB by a ``DataLoader`` with ``workers`` processes, two windows ahead per worker and
+  returned in order: the same batches whatever the number of workers, memory bounded by a few
+  windows. float16 files stay float16 until training batches are converted to float32;
+  evaluation batches reach the model as stored (it casts them itself).
+- ``preload="ram"``/``"gpu"`` read the range into memory once; ``"auto"`` picks the GPU, then RAM,
+  when the data fits, else streams. A preload that cannot fit is a ``ConfigError`` before any work.
+- ``shard=(rank, world_size)``: each process's slice of every global batch (DDP).
 - A damaged record is a ``DataError`` naming the file and the records, also when a worker read it.
-
-The position of the next batch, ``(epoch, batch)``, is saved in checkpoints so that training
-resumes on exactly the batch it would have read next.
+The position of the next batch, ``(epoch, batch)``, is saved in checkpoints for an exact resume.
 """
 from __future__ import annotations
 
@@ -51,21 +41,14 @@ def available_ram_bytes() -> int:
     """MemAvailable from /proc/meminfo (Linux), else total physical memory."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 33
 
 
 def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str) -> str:
-    """Turn ``auto`` into gpu/ram/none, and refuse a preload that cannot fit (fail fast)."""
-    if preload not in ("none", "ram", "gpu", "auto"):
-        raise ConfigError(f"{where}: preload must be none, ram, gpu or auto; got {preload!r}")
+    """Turn ``auto`` into gpu/ram/none, and refuse a preload that cannot fit (fail fast); the value
+    itself is checked with the configuration (``lesa.experiment.CHOICES``)."""
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
     # under torchrun every process of a node loads its own copy into the node's RAM
     ram = available_ram_bytes() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
@@ -88,54 +71,22 @@ def resolve_preload(preload: str, n_bytes: int, device: torch.device, where: str
     return preload
 
 
-def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
-    """[(start, stop), ...] of the maximal runs of consecutive integers in a sorted array."""
-    if sorted_rows.size == 0:
-        return []
-    breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
-    starts = np.concatenate([[0], breaks])
-    stops = np.concatenate([breaks, [sorted_rows.size]])
-    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
-
-
-def read_rows(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec
-              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Records ``rows`` (absolute, any order) -> ``(features (n,196,512) as stored, {key: (n, D)
-    int8})``. Each contiguous run of records is read straight into place (no temporary copy)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    feats = np.empty((uniq.size, *FEATURE_SHAPE), dtype=split.feature_dtype)
-    arrays = {array for array, _ in label_spec.values()}
-    raw = {a: np.empty((uniq.size, split.label_dims[a]), np.int8) for a in arrays}
-    pos = 0
-    for a, b in contiguous_runs(uniq):  # (a damaged record is a DataError naming file and rows)
-        split.read_features_into(a, feats[pos:pos + b - a])
-        for array in raw:
-            raw[array][pos:pos + b - a] = split.read_labels(array, np.arange(a, b))
-        pos += b - a
-    labels = {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
-    if uniq.size != rows.size or np.any(uniq != rows):
-        feats, labels = feats[inverse], {k: v[inverse] for k, v in labels.items()}
-    return feats, labels
+def _labels(split: FeatureSplit, rows: np.ndarray, label_spec: LabelSpec) -> dict[str, np.ndarray]:
+    """``{key: (n, D) int8}`` of records ``rows`` (absolute, any order)."""
+    raw = {array: split.read_labels(array, rows) for array, _ in label_spec.values()}
+    return {key: raw[array] if cols is None else raw[array][:, cols] for key, (array, cols) in label_spec.items()}
 
 
 def read_labels(split: FeatureSplit, label_spec: LabelSpec, block: int = 65536) -> dict[str, np.ndarray]:
     """The labels of every record, ``{key: (N, D) int8}`` (no features read)."""
-    out = {key: [] for key in label_spec}
-    for a in range(0, len(split), block):
-        rows = np.arange(a, min(len(split), a + block))
-        for key, (array, cols) in label_spec.items():
-            values = split.read_labels(array, rows)
-            out[key].append(values if cols is None else values[:, cols])
-    return {key: np.concatenate(v) if v else np.zeros((0, 0), np.int8) for key, v in out.items()}
+    parts = [_labels(split, np.arange(a, min(len(split), a + block)), label_spec) for a in range(0, len(split), block)]
+    return {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros((0, 0), np.int8) for key in label_spec}
 
 
 class WindowReads(Dataset):
-    """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of the rows of a
-    window (its batches, one after the other). Each process opens the files itself (h5py handles do
-    not survive a fork). In a worker, a ``DataError`` is returned as the item instead of raised, so
-    that the training process raises it as it is (a DataLoader would wrap it in the worker's
-    traceback)."""
+    """``dataset[window]`` -> ``(features as stored, {key: labels int8})`` tensors of a window's rows,
+    each process with its own file handles. A worker returns a ``DataError`` instead of raising it,
+    so that the training process raises it as it is (not wrapped in the worker's traceback)."""
 
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec):
         self.paths, self.label_spec = list(split.paths), dict(label_spec)
@@ -147,14 +98,15 @@ class WindowReads(Dataset):
         return self._split
 
     def __getitem__(self, window: Window):
-        rows = np.concatenate(list(window)) if len(window) else np.empty(0, np.int64)
-        try:
-            feats, labels = read_rows(self._opened(), rows, self.label_spec)
+        rows = np.concatenate(list(window))
+        try:  # (a damaged record: a DataError naming file and rows)
+            split = self._opened()
+            feats, labels = split.read_features(rows, dtype=None), _labels(split, rows, self.label_spec)
         except DataError as exc:
             if torch.utils.data.get_worker_info() is None:
                 raise
             return exc
-        return torch.from_numpy(feats), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in labels.items()}
+        return torch.from_numpy(feats), {k: torch.from_numpy(v) for k, v in labels.items()}
 
 
 def _worker_ignores_ctrl_c(_worker_id: int) -> None:
@@ -177,14 +129,10 @@ class RangeReader:
     def __init__(self, split: FeatureSplit, label_spec: LabelSpec, start: int = 0, stop: int | None = None,
                  preload: str = "none", device: str | torch.device = "cpu", chunk_mb: int = 64,
                  progress: bool = True, name: str = "data", workers: int = 0):
-        self.split = split
-        self.label_spec = dict(label_spec)
-        self.start = int(start)
-        self.stop = len(split) if stop is None else int(stop)
-        self.device = torch.device(device)
-        self.name = name
-        self.workers = int(workers)
-        where = f"{split.paths[0]}"
+        self.split, self.label_spec = split, dict(label_spec)
+        self.start, self.stop = int(start), len(split) if stop is None else int(stop)
+        self.device, self.name, self.workers = torch.device(device), name, int(workers)
+        where = split.paths[0]
         if not 0 <= self.start <= self.stop <= len(split):
             raise DataError(f"{where}: records [{self.start}, {self.stop}) are outside the file's "
                             f"{len(split)} records")
@@ -216,10 +164,7 @@ class RangeReader:
                             worker_init_fn=_worker_ignores_ctrl_c if self.workers else None)
         items = iter(loader)
         try:
-            for window in mine:
-                item = next(items, None)
-                if item is None:
-                    return
+            for window, item in zip(mine, items):
                 if isinstance(item, DataError):
                     raise item
                 yield (window, *item)
@@ -233,25 +178,22 @@ class RangeReader:
         feats = np.empty((n, *FEATURE_SHAPE), dtype=self.split.feature_dtype)
         labels = {key: np.empty((n, len(cols) if cols is not None else self.split.label_dims[array]), np.int8)
                   for key, (array, cols) in self.label_spec.items()}
-        windows = [[np.arange(self.start + a, self.start + min(n, a + self.chunk_records))]
-                   for a in range(0, n, self.chunk_records)]
+        windows = [[np.arange(a, min(self.stop, a + self.chunk_records))]
+                   for a in range(self.start, self.stop, self.chunk_records)]
         with tqdm(total=n, desc=f"loading {self.name} into {self.preload.upper()}", unit="img",
                   disable=not progress, leave=False) as bar:
             for window, f, lab in self.read_windows(windows):
                 a = int(window[0][0]) - self.start
-                feats[a:a + len(f)] = f.numpy()
-                for k, v in lab.items():
-                    labels[k][a:a + len(v)] = v.numpy()
+                for dest, src in ((feats, f), *((labels[k], v) for k, v in lab.items())):
+                    dest[a:a + len(src)] = src.numpy()
                 bar.update(len(f))
-        if self.preload == "gpu":
-            self._features = torch.from_numpy(feats).to(self.device)
-            self._labels = {k: torch.from_numpy(v).to(self.device) for k, v in labels.items()}
-        else:
-            self._features, self._labels = torch.from_numpy(feats), {k: torch.from_numpy(v) for k, v in labels.items()}
+        device = self.device if self.preload == "gpu" else "cpu"
+        self._features = torch.from_numpy(feats).to(device)
+        self._labels = {k: torch.from_numpy(v).to(device) for k, v in labels.items()}
 
     def _from_memory(self, rows: np.ndarray):
         local = np.asarray(rows, dtype=np.int64) - self.start
-        if local.size and local[-1] - local[0] + 1 == local.size and np.all(np.diff(local) == 1):
+        if local.size and np.all(np.diff(local) == 1):
             index = slice(int(local[0]), int(local[-1]) + 1)  # a view, no copy
         elif self.preload == "gpu":
             # pinned + non_blocking: a copy from pageable memory would wait for the queued GPU work
@@ -288,11 +230,9 @@ class RangeReader:
         itself, slice by slice on the CPU, so no float32 copy of the whole batch is made)."""
         from tqdm import tqdm
 
-        per_window = max(batch_size, (self.chunk_records // batch_size) * batch_size)
-        windows = []
-        for a in range(self.start, self.stop, per_window):
-            rows = np.arange(a, min(self.stop, a + per_window))
-            windows.append([rows[i:i + batch_size] for i in range(0, rows.size, batch_size)])
+        rows, per_window = np.arange(self.start, self.stop), max(1, self.chunk_records // batch_size)
+        batches = [rows[i:i + batch_size] for i in range(0, rows.size, batch_size)]
+        windows = [batches[i:i + per_window] for i in range(0, len(batches), per_window)]
         with tqdm(total=len(self), desc=desc or f"evaluating {self.name}", unit="img", disable=not progress,
                   leave=False) as bar:
             for batch in self.batches(windows, as_stored=True):
@@ -301,12 +241,8 @@ class RangeReader:
 
 
 class BatchPlan:
-    """Which records form training batch ``b`` of epoch ``e`` (deterministic; no I/O).
-
-    Sequential (original): records ``start..stop-1`` in order, cut into batches, last one partial.
-    Shuffled: blocks of ``block`` contiguous records in a permuted order, records mixed within
-    windows of ``buffer`` records; seeded by (seed, epoch).
-    """
+    """Which records form training batch ``b`` of epoch ``e`` (no I/O): ``start..stop-1`` in order, or
+    blocks of ``block`` records permuted and mixed within windows of ``buffer`` records (``shuffle``)."""
 
     def __init__(self, start: int, stop: int, batch_size: int, shuffle: bool = False, seed: int = 0,
                  block: int = 64, buffer: int = 4096):
@@ -326,8 +262,7 @@ class BatchPlan:
         order = np.arange(self.start, self.stop, dtype=np.int64)
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            n_blocks = -(-order.size // self.block)
-            perm = rng.permutation(n_blocks)
+            perm = rng.permutation(-(-order.size // self.block))
             order = np.concatenate([order[i * self.block:(i + 1) * self.block] for i in perm])
             for a in range(0, order.size, self.buffer):
                 order[a:a + self.buffer] = rng.permutation(order[a:a + self.buffer])
@@ -340,10 +275,8 @@ class BatchPlan:
 
 
 class TrainStream:
-    """Endless training batches (sequential repeating by default) with a resumable position.
-
-    ``position`` = ``{"epoch": e, "batch": b}`` of the next batch ``next()`` returns.
-    """
+    """Endless training batches with a resumable ``position``, ``{"epoch": e, "batch": b}`` of the
+    next batch ``next()`` returns."""
 
     def __init__(self, reader: RangeReader, plan: BatchPlan, position: Mapping | None = None,
                  shard: tuple[int, int] = (0, 1)):
@@ -359,12 +292,8 @@ class TrainStream:
     def position(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}
 
-    @property
-    def batches_per_window(self) -> int:
-        return max(1, self.reader.chunk_records // self.plan.batch_size)
-
     def _windows(self, epoch: int, batch: int) -> Iterator[Window]:
-        per_window = self.batches_per_window
+        per_window = max(1, self.reader.chunk_records // self.plan.batch_size)
         while True:
             while batch < self.plan.batches_per_epoch:
                 stop = min(self.plan.batches_per_epoch, batch + per_window)

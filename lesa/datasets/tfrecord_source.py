@@ -8,8 +8,7 @@ one-element bytes list:
     Open Images test             img_id, feature, seen_label (7186 int32), unseen_label (2594 int32)
 
 Records come out as ``FeatureRecord(img_id, feature (196, 512) float32, {label name: (D,) int8})``
-with the label names of the HDF5 layout (``lesa.datasets.h5``): labels_1k, labels_81, labels,
-seen_labels, unseen_labels. The schema is recognised from the keys of the first record.
+with the HDF5 layout's label names; the schema is recognised from the keys of the first record.
 """
 from __future__ import annotations
 
@@ -58,9 +57,8 @@ class FeatureRecord(NamedTuple):
 
 def detect_schema(keys, where: str = "record") -> Schema:
     keys = set(keys)
-    for schema in SCHEMAS:
-        if keys == schema.keys:
-            return schema
+    if schema := next((s for s in SCHEMAS if s.keys == keys), None):
+        return schema
     known = "; ".join(f"{s.name}: {', '.join(sorted(s.keys))}" for s in SCHEMAS)
     raise TFRecordError(f"{where}: keys {sorted(keys)} match none of the original's feature schemas ({known}); "
                         "this is not a feature file written by the original's extraction scripts")
@@ -76,9 +74,8 @@ def _single_bytes(example: dict, key: str, where: str) -> bytes:
 
 def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
     """One parsed Example of ``schema`` -> FeatureRecord (sizes and label values checked)."""
-    raw_id = _single_bytes(example, "img_id", where)
     try:
-        img_id = raw_id.decode("utf-8")
+        img_id = _single_bytes(example, "img_id", where).decode("utf-8")
     except UnicodeDecodeError:
         raise TFRecordError(f"{where}: img_id is not UTF-8 text; the file is corrupted") from None
     raw = _single_bytes(example, "feature", where)
@@ -92,24 +89,18 @@ def decode_record(example: dict, schema: Schema, where: str) -> FeatureRecord:
         if len(raw) % 4:
             raise TFRecordError(f"{where} ({img_id}): {key} has {len(raw)} bytes, not whole {dtype[1:]} values")
         values = np.frombuffer(raw, dtype=dtype)
-        if values.size and not np.all((values == -1) | (values == 0) | (values == 1)):
+        if not np.isin(values, (-1, 0, 1)).all():
             raise TFRecordError(f"{where} ({img_id}): {key} holds values other than -1, 0, 1")
         labels[h5_name] = values.astype(np.int8)
     return FeatureRecord(img_id, feature, labels)
 
 
-def iter_feature_records(paths, dataset: str | None = None, compression: str | None = None,
-                         label_dims: dict | None = None) -> Iterator[FeatureRecord]:
-    """Stream FeatureRecords from one or more TFRecord files (in the given order).
-
-    dataset: "nus-wide" or "openimages" to insist on that dataset (default: any known schema).
-    label_dims: if given, filled with {label name: D} from the first record, and every later
-    record must have the same widths.
-    """
+def iter_feature_records(paths, dataset: str | None = None, compression: str | None = None
+                         ) -> Iterator[FeatureRecord]:
+    """Stream FeatureRecords from one or more TFRecord files (in the given order), all of the first
+    record's schema and label widths; ``dataset`` ("nus-wide" or "openimages") insists on one."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    wanted = _dataset_name(dataset)
-    schema = None
-    dims = {} if label_dims is None else label_dims
+    wanted, schema, dims = _dataset_name(dataset), None, {}
     for path in paths:
         for index, record in enumerate(iter_tfrecords(path, compression=compression)):
             where = f"{path}: record {index}"
@@ -133,13 +124,8 @@ def iter_feature_records(paths, dataset: str | None = None, compression: str | N
 def iter_feature_batches(paths, batch_size: int, dataset: str | None = None, compression: str | None = None
                          ) -> Iterator[tuple[list, np.ndarray, dict]]:
     """Batches of ``(img_ids, features (B, 196, 512) float32, {label name: (B, D) int8})``, streaming."""
-    batch: list[FeatureRecord] = []
-    for record in iter_feature_records(paths, dataset, compression):
-        batch.append(record)
-        if len(batch) == batch_size:
-            yield _stack(batch)
-            batch = []
-    if batch:
+    records = iter_feature_records(paths, dataset, compression)
+    while batch := list(itertools.islice(records, batch_size)):
         yield _stack(batch)
 
 
@@ -149,12 +135,9 @@ def _stack(batch: list[FeatureRecord]) -> tuple[list, np.ndarray, dict]:
 
 
 def _dataset_name(dataset: str | None) -> str | None:
-    if dataset is None:
-        return None
-    try:
-        return DATASET_NAMES[dataset.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages") from None
+    if dataset is not None and dataset.lower() not in DATASET_NAMES:
+        raise ConfigError(f"unknown dataset {dataset!r}; use nus-wide or openimages")
+    return None if dataset is None else DATASET_NAMES[dataset.lower()]
 
 
 IMG_ID_STYLES = ("original", "relative")
@@ -163,9 +146,7 @@ IMG_ID_STYLES = ("original", "relative")
 def relative_img_id(img_id: str) -> str:
     """original: NUS-WIDE ids were stored as ``./data/NUS_WIDE/Flickr/<concept>/<file>.jpg``; the
     relative form (``<concept>/<file>.jpg``) is what ``lesa extract`` stores. Other ids unchanged."""
-    img_id = img_id.replace("\\", "/")
-    marker = "Flickr/"
-    return img_id.rsplit(marker, 1)[1] if marker in img_id else img_id
+    return img_id.replace("\\", "/").rsplit("Flickr/", 1)[-1]
 
 
 def split_from_filename(path) -> str | None:
@@ -173,19 +154,6 @@ def split_from_filename(path) -> str | None:
     name = Path(path).name
     match = re.match(r"NUS_WIDE_([A-Za-z]+)_", name) or re.match(r"(?:OI_seen_unseen_)?(train|validation|test)_feature", name)
     return match.group(1) if match else None
-
-
-UNKNOWN_SPLIT = "unknown"
-
-
-def split_of(inputs: Sequence, schema: Schema, split: str | None = None) -> str:
-    """The split a conversion stores: ``split`` if given, else what the records tell (Open Images test
-    records carry seen and unseen labels), else the first input's file name, else ``"unknown"``."""
-    if split:
-        return split
-    if schema.name == "openimages_test":
-        return "test"
-    return split_from_filename(inputs[0]) or UNKNOWN_SPLIT
 
 
 @dataclass
@@ -203,50 +171,42 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
                       dtype: str = "float32", compression: str | None = None, batch_size: int = 256,
                       resume: bool = False, overwrite: bool = False, progress: bool = True,
                       img_ids: str = "original", data_dir=None) -> ConvertSummary:
-    """Stream the original's TFRecord feature files into one HDF5 split file (``lesa.datasets.h5``).
-
-    out: the HDF5 file; default ``features/<dataset>_<split>.h5`` in the data folder ``data_dir``
-    (where the configurations look). split: see ``split_of``; the input file names are stored in
-    the attribute ``source_files``.
-    A corrupted or truncated input stops the conversion with ``TFRecordError`` after every record
-    before the bad one was written to ``OUT.partial``; the file is not marked complete and not
-    renamed (``resume=True`` continues it once the input is fixed).
-    img_ids: "original" keeps each record's id byte for byte; "relative" stores NUS-WIDE ids as
-    ``<concept>/<file>.jpg`` like ``lesa extract`` does (Open Images ids are unchanged either way).
-    """
+    """Stream the original's TFRecord feature files into one HDF5 split file ``out`` (default
+    ``features/<dataset>_<split>.h5`` in ``data_dir``). ``split``: if not given, test for Open Images
+    test records, else from the first input's name. A bad input record stops with ``TFRecordError``
+    after every record before it was written to ``OUT.partial`` (``resume=True`` continues it).
+    ``img_ids``: "original" (byte for byte) or "relative" (NUS-WIDE ids as ``lesa extract`` stores them)."""
     from tqdm import tqdm
 
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ConfigError("no TFRecord input files given")
-    for path in inputs:
-        if not path.is_file():
-            raise TFRecordError(f"TFRecord file not found: {path}")
-    _dataset_name(dataset)  # validate before any work
     if img_ids not in IMG_ID_STYLES:
         raise ConfigError(f"unknown img_ids style {img_ids!r}; use one of {', '.join(IMG_ID_STYLES)}")
     rename = relative_img_id if img_ids == "relative" else (lambda i: i)
 
-    label_dims: dict = {}
-    records = iter_feature_records(inputs, dataset, compression, label_dims)
-    first = next(records, None)
+    records = iter_feature_records(inputs, dataset, compression)
+    first = next(records, None)  # (checks the dataset name before any file is read)
     if first is None:
         raise TFRecordError(f"{', '.join(map(str, inputs))}: no records; nothing to convert")
+    label_dims = {name: values.size for name, values in first.labels.items()}
     schema = next(s for s in SCHEMAS if {name for _, name, _ in s.labels} == set(first.labels))
-    split = split_of(inputs, schema, split)
+    # Open Images test records carry seen and unseen labels
+    split = split or ("test" if schema.name == "openimages_test" else split_from_filename(inputs[0]))
     if out is None:
-        if split == UNKNOWN_SPLIT:
+        if not split:
             raise ConfigError(f"cannot tell which split {inputs[0].name} holds (its records and its name do "
                               "not say); pass --split NAME (e.g. Train, Test, train, validation, test) to "
                               "write it to the data folder's features/, or give the output file OUT.h5 "
                               "after the inputs")
         out = layout.resolve(layout.features_file(schema.dataset, split), data_dir)
+    split = split or "unknown"
     attrs = {"source": "tfrecord", "source_files": "\n".join(p.name for p in inputs),
              "backbone": "vgg19_conv54", "img_id_style": img_ids}
     writer = FeatureWriter(out, schema.dataset, split, label_dims, dtype=dtype, attrs=attrs,
                            resume=resume, overwrite=overwrite)
     done = writer.done_ids if resume else []
-    n_seen = n_new = 0
+    n_seen = 0
     batch: list[FeatureRecord] = []
 
     def flush():
@@ -264,7 +224,6 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
                                         f"the input but {done[n_seen]!r} in the file; convert without --resume")
             else:
                 batch.append(record)
-                n_new += 1
             n_seen += 1
             bar.update()
             if len(batch) >= batch_size:
@@ -280,4 +239,4 @@ def convert_tfrecords(inputs: Sequence, out=None, dataset: str | None = None, sp
     finally:
         bar.close()
         writer.close()
-    return ConvertSummary(Path(out), n_new, len(done), schema.name, schema.dataset, split, dict(label_dims))
+    return ConvertSummary(Path(out), n_seen - len(done), len(done), schema.name, schema.dataset, split, label_dims)
