@@ -24,7 +24,7 @@ from lesa.datasets.stream import Batch, RangeReader, open_split
 from lesa.device import pick_device, precision_context
 from lesa.errors import ConfigError, ShapeError
 from lesa.experiment import check_config
-from lesa.files import atomic_write_text, write_csv
+from lesa.files import atomic_write, atomic_write_text, write_csv
 from lesa.tasks import load_task
 
 HEADS = ("logits", "zs_logits", "gzs_logits")
@@ -216,8 +216,10 @@ def evaluate_checkpoints(cfg, checkpoints: list[tuple[str, str]], out_dir=None, 
             if save_scores:  # what `lesa score` reads: the heads, with the images' ids and the labels' names
                 names = {"logits": task.seen_names, "zs_logits": task.unseen_names,
                          "gzs_logits": task.unseen_names + task.seen_names}
-                np.savez(save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz", **scores,
-                         **{f"names_{h}": np.array(names[h]) for h in heads}, img_ids=np.array(split.img_ids))
+                arrays = {**scores, **{f"names_{h}": np.array(names[h]) for h in heads},
+                          "img_ids": np.array(split.img_ids)}
+                atomic_write(save_scores if len(checkpoints) == 1 else f"{save_scores}.{tag}.npz",
+                             lambda f: np.savez(f, **arrays))
             summary = write_reports(out_dir, tag, test_tables(task, scores, labels, cfg.evaluate),
                                     extra={"checkpoint": str(ckpt), "task": task.task, "precision": precision,
                                            "experiment": cfg.experiment.name})
