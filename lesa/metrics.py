@@ -82,7 +82,7 @@ def _average_precision_rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     m = positive.count_nonzero(dim=1)[:, None]
     # each class's negatives and positives, ascending (then the highest value, never < a score)
     negatives = _sort_rows(s.where(negative, highest))
-    positives = _sort_rows(s.where(positive, highest))[:, :max(int(m.max()), 1)].contiguous()
+    positives = _sort_rows(s.where(positive, highest), first=max(int(m.max()), 1))
     # at the threshold s_p of each positive p, the images scoring >= s_p (tied scores share one
     # threshold): all negatives but those scoring < s_p, all positives but those scoring < s_p
     neg_above = n_neg - torch.searchsorted(negatives, positives)
@@ -94,12 +94,16 @@ def _average_precision_rows(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return precision.sum(dim=1) / m[:, 0].clamp(min=1)
 
 
-def _sort_rows(x: torch.Tensor) -> torch.Tensor:
-    """Each row of ``x`` sorted ascending. On a CPU by numpy's vectorised sort (a view, no copy):
-    torch's CPU sort takes over ten times longer (benchmarks/bench_metrics.py)."""
-    if x.device.type == "cpu":
-        return torch.from_numpy(np.sort(x.numpy(), axis=1))
-    return x.sort(dim=1).values
+def _sort_rows(x: torch.Tensor, first: int | None = None) -> torch.Tensor:
+    """The ``first`` smallest values of each row of ``x`` (default: all), ascending. On a CPU by
+    numpy's vectorised sort (torch's CPU sort takes over ten times longer), after a partition when
+    only the first few are needed (benchmarks/bench_metrics.py)."""
+    if x.device.type != "cpu":
+        return x.sort(dim=1).values[:, :first].contiguous()
+    a = x.numpy()
+    if first is not None and first < a.shape[1]:
+        a = np.partition(a, first - 1, axis=1)[:, :first]  # the same values, not yet in order
+    return torch.from_numpy(np.sort(a, axis=1))
 
 
 def mean_average_precision(scores, labels) -> float:
