@@ -261,7 +261,11 @@ def table(rows: list[dict], baseline_rows: list[dict] | None = None) -> str:
 def _in_subprocess(code_dir: str, section: str, quick: bool) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=code_dir)
     cmd = [sys.executable, __file__, "--only", section, "--json"] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:  # e.g. an older checkout without what the section calls: its cells stay "-"
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"{section} could not run with the code in {code_dir}: {last}", file=sys.stderr)
+        return []
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
