@@ -115,6 +115,18 @@ def test_a_file_lesa_did_not_write_is_told_apart(tmp_path):
         assert split.img_ids == ["a", "b"] and split.label_dims == {}
 
 
+def test_numeric_ids_of_a_users_own_file_read_as_strings(tmp_path):
+    path = tmp_path / "mine.h5"
+    with h5py.File(path, "w") as f:
+        f["features"] = np.zeros((3, 196, 512), np.float32)
+        f["img_ids"] = np.arange(3)
+        f["labels"] = np.zeros((3, 2), np.int8)
+        f["label_names/labels"] = np.array([7, 8])
+        f.attrs["complete"] = True
+    with open_features(path) as split:
+        assert split.img_ids == ["0", "1", "2"] and split.label_names == {"labels": ["7", "8"]}
+
+
 def test_resume_refuses_other_settings(tmp_path):
     path = tmp_path / "t.h5"
     w = FeatureWriter(path, "nus_wide", "Train", DIMS, attrs={"backbone": "vgg19_conv54"})

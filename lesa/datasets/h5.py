@@ -74,6 +74,11 @@ def _partial_ids(f, n: int) -> list[str]:
     return [raw[a:b].decode("utf-8") for a, b in zip([0, *ends[:-1]], ends)]
 
 
+def _strings(values) -> list[str]:
+    """UTF-8 strings as str; other values (a user's own file with numeric ids) by ``str``."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
 class _Closing:
     def __enter__(self):
         return self
@@ -301,7 +306,7 @@ class FeatureFile(_Closing):
             self.labels[name] = obj
         self.label_dims = {name: int(ds.shape[1]) for name, ds in self.labels.items()}
         names = f.get("label_names")
-        self.label_names = {k: obj.asstr()[()].tolist() for k, obj in names.items()
+        self.label_names = {k: _strings(obj[()]) for k, obj in names.items()
                             if isinstance(obj, h5py.Dataset) and obj.ndim == 1} if isinstance(names, h5py.Group) else {}
 
     def __len__(self) -> int:
@@ -310,7 +315,7 @@ class FeatureFile(_Closing):
     @cached_property
     def img_ids(self) -> list[str]:
         try:
-            return self._file["img_ids"].asstr()[: self._n].tolist()
+            return _strings(self._file["img_ids"][: self._n])
         except H5_ERRORS as exc:
             raise DataError(f"{self.path}: cannot read 'img_ids' ({type(exc).__name__}: {exc}); {DAMAGED}") from exc
 
